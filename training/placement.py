@@ -1,0 +1,118 @@
+"""Expert layouts and the FSEP token-routing rule. Pure numpy: the planner, the runtime and the simulator share it.
+
+Notation: N devices, E experts, C expert slots per device, G devices per node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which expert each slot restores. Replicas are allowed, two on one device too."""
+
+    slots: np.ndarray  # [N, C] int, expert id held by slot c of device d
+    num_experts: int  # E; every id in slots is in [0, E)
+
+    def __post_init__(self):
+        s = np.array(self.slots)
+        if s.ndim != 2 or s.shape[0] < 1 or s.shape[1] < 1:
+            raise ValueError(f"Placement.slots must be a non-empty [N, C] array, got shape {s.shape}")
+        if not np.issubdtype(s.dtype, np.integer):
+            if not np.all(np.equal(np.mod(s, 1), 0)):
+                raise ValueError("Placement.slots must hold integer expert ids")
+        s = s.astype(np.int64)
+        if self.num_experts < 1:
+            raise ValueError(f"Placement.num_experts must be >= 1, got {self.num_experts}")
+        bad = (s < 0) | (s >= self.num_experts)
+        if bad.any():
+            d, c = np.argwhere(bad)[0]
+            raise ValueError(f"Placement: slot [{d}, {c}] holds expert {s[d, c]}, outside [0, {self.num_experts})")
+        s.setflags(write=False)
+        object.__setattr__(self, "slots", s)
+
+    @property
+    def num_devices(self) -> int:
+        return self.slots.shape[0]
+
+    @property
+    def slots_per_device(self) -> int:
+        return self.slots.shape[1]
+
+    def replica_counts(self) -> np.ndarray:
+        """[E] number of slots holding each expert."""
+        return np.bincount(self.slots.ravel(), minlength=self.num_experts)
+
+    def holders(self) -> np.ndarray:
+        """[E, N] number of replicas of expert j on device d."""
+        h = np.zeros((self.num_experts, self.num_devices), dtype=np.int64)
+        np.add.at(h, (self.slots, np.arange(self.num_devices)[:, None].repeat(self.slots_per_device, 1)), 1)
+        return h
+
+    def expert_slots(self, expert: int) -> list[tuple[int, int]]:
+        """(device, slot) pairs holding `expert`, device-major."""
+        return [tuple(x) for x in np.argwhere(self.slots == expert)]
+
+    def require_all_experts(self) -> None:
+        missing = np.flatnonzero(self.replica_counts() == 0)
+        if missing.size:
+            raise ValueError(f"Placement leaves experts {missing.tolist()} without a replica")
+
+
+def static_ep_placement(num_devices: int, num_experts: int) -> Placement:
+    """Plain expert parallel: device d holds experts d*E/N .. (d+1)*E/N - 1."""
+    if num_experts % num_devices:
+        raise ValueError(f"static EP needs E divisible by N, got E={num_experts}, N={num_devices}")
+    return Placement(np.arange(num_experts).reshape(num_devices, -1), num_experts)
+
+
+def fsdp_ep_placement(num_devices: int, num_experts: int, slots_per_device: int) -> Placement:
+    """The LAER-MoE paper's static FSDP+EP layout: device d holds experts {i*(E/C) + d mod (E/C)}, i < C."""
+    if num_experts % slots_per_device:
+        raise ValueError(f"FSDP+EP needs E divisible by C, got E={num_experts}, C={slots_per_device}")
+    group = num_experts // slots_per_device
+    d = np.arange(num_devices)[:, None]
+    i = np.arange(slots_per_device)[None, :]
+    return Placement(i * group + d % group, num_experts)
+
+
+def fsep_routing(loads: np.ndarray, placement: Placement, devices_per_node: int) -> np.ndarray:
+    """The FSEP routing rule: tokens from device i for expert j split evenly over j's replicas on i's node;
+    if j has none there, evenly over all its replicas.
+
+    loads: [N, E] integer tokens from source device i routed to expert j.
+    Returns routing [N, E, N] int64: tokens from i for j computed on device d; routing.sum(2) == loads.
+    Integer split: each replica gets floor(load / r); the remainder goes one each to replicas starting at an offset
+    that rotates with the source device, so no replica is favoured systematically.
+    """
+    loads = np.asarray(loads)
+    n, e = placement.num_devices, placement.num_experts
+    if loads.shape != (n, e):
+        raise ValueError(f"loads shape {loads.shape} does not match placement ({n} devices, {e} experts)")
+    if n % devices_per_node:
+        raise ValueError(f"{n} devices do not split into nodes of {devices_per_node}")
+    if np.any(loads < 0):
+        raise ValueError("loads must be non-negative")
+    loads = loads.astype(np.int64)
+    holders = placement.holders()  # [E, N] replicas per device
+    node = np.arange(n) // devices_per_node
+    routing = np.zeros((n, e, n), dtype=np.int64)
+    for i in range(n):
+        local = holders * (node == node[i])[None, :]  # [E, N] replicas on i's node
+        has_local = local.sum(1) > 0
+        weights = np.where(has_local[:, None], local, holders)  # [E, N] replicas eligible for source i
+        for j in np.flatnonzero(loads[i]):
+            w = weights[j]
+            if w.sum() == 0:
+                raise ValueError(f"expert {j} receives tokens from device {i} but has no replica")
+            # Expand per replica so two replicas on one device count twice.
+            devs = np.repeat(np.arange(n), w)
+            r = devs.size
+            base, rem = divmod(int(loads[i, j]), r)
+            share = np.full(r, base, dtype=np.int64)
+            share[(np.arange(rem) + i) % r] += 1
+            np.add.at(routing[i, j], devs, share)
+    return routing
