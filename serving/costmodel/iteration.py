@@ -1,0 +1,96 @@
+"""What the simulator and the scheduler need from a cost model, for one replica configuration.
+
+Notation: T prompt tokens in one prefill iteration, L_i the prompt length of sequence i, B sequences in a decode step,
+C their total context tokens (prompt + generated so far), I / O mean input / output tokens of a request type.
+A prefill iteration costs f(T) + q * sum_i L_i^2 (f interpolated between knots, q the causal-attention term);
+a decode step costs a[B] + b * C (b: reading one token of KV cache, plus its attention FLOPs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    tp: int  # tensor-parallel degree (inside one node)
+    pp: int = 1  # pipeline-parallel stages (may cross nodes)
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+    def __str__(self) -> str:
+        return f"tp{self.tp}pp{self.pp}"
+
+
+@dataclass(frozen=True)
+class IterationCost:
+    config: ReplicaConfig  # the replica this describes
+    prefill_knots_tokens: tuple[float, ...]  # ascending T at which f is known
+    prefill_knots_s: tuple[float, ...]  # f(T), seconds; linear in between and beyond the last two knots
+    prefill_s_per_sq_token: float  # q: seconds per unit of sum_i L_i^2 (0 when the table already includes it)
+    decode_base_s: tuple[float, ...]  # a[B] for B = 0..max_num_seqs, seconds (a[0] unused)
+    decode_s_per_ctx_token: float  # b: seconds per context token read in a decode step
+    kv_capacity_tokens: int  # KV-cache tokens that fit in the replica's memory after the weights
+    source: str  # "measured" or "roofline"
+
+    @property
+    def max_num_seqs(self) -> int:
+        return len(self.decode_base_s) - 1
+
+    def prefill_time(self, total_tokens: float, sum_sq_tokens: float | None = None) -> float:
+        """Seconds of one prefill iteration over prompts totalling `total_tokens` (sum of squares for attention)."""
+        x, y = self.prefill_knots_tokens, self.prefill_knots_s
+        if total_tokens <= x[-1]:
+            t = float(np.interp(total_tokens, x, y))
+        else:  # Beyond the table the cost grows at the last measured per-token slope.
+            t = y[-1] + (total_tokens - x[-1]) * (y[-1] - y[-2]) / (x[-1] - x[-2])
+        sq = total_tokens**2 if sum_sq_tokens is None else sum_sq_tokens
+        return t + self.prefill_s_per_sq_token * sq
+
+    def decode_time(self, batch: int, context_tokens: float) -> float:
+        """Seconds of one decode step for `batch` sequences holding `context_tokens` tokens of KV cache."""
+        a = self.decode_base_s
+        if batch < len(a):
+            base = a[batch]
+        else:
+            base = a[-1] + (batch - len(a) + 1) * (a[-1] - a[-2])
+        return base + self.decode_s_per_ctx_token * context_tokens
+
+
+def decode_base_table(knots_b: np.ndarray, knots_s: np.ndarray, max_num_seqs: int) -> tuple[float, ...]:
+    """a[B] for B = 0..max_num_seqs by linear interpolation in B, extrapolated at the last slope."""
+    b = np.arange(max_num_seqs + 1, dtype=float)
+    a = np.interp(b, knots_b, knots_s)
+    slope = (knots_s[-1] - knots_s[-2]) / (knots_b[-1] - knots_b[-2]) if len(knots_b) > 1 else 0.0
+    beyond = b > knots_b[-1]
+    a[beyond] = knots_s[-1] + (b[beyond] - knots_b[-1]) * slope
+    return tuple(float(v) for v in a)
+
+
+@dataclass(frozen=True)
+class TypeCapacity:
+    rate_rps: float  # n_kj: requests/s of this type the replica sustains alone under continuous batching
+    latency_s: float  # l_kj: end-to-end latency of one request at a moderate batch (the dispatcher's tie-break)
+    batch: int  # sequences resident at saturation (limited by KV cache and max_num_seqs)
+
+
+def type_capacity(cost: IterationCost, mean_in: float, mean_out: float, max_batched_tokens: int) -> TypeCapacity:
+    """Sustainable rate and latency of one request type on one replica.
+
+    1. At saturation the KV cache holds B sequences of average footprint I + O/2 (capped by max_num_seqs).
+    2. Prefill: prompts are batched up to the token budget, so each request pays f(k*I)/k plus its attention term.
+    3. Decode: each request pays O steps of a B-sequence step, shared by B requests.
+    """
+    footprint = mean_in + mean_out / 2
+    batch = int(np.clip(cost.kv_capacity_tokens // max(footprint, 1.0), 1, cost.max_num_seqs))
+    k = max(1, int(max_batched_tokens // max(mean_in, 1.0)))
+    prefill_share = cost.prefill_time(k * mean_in, k * mean_in**2) / k
+    step = cost.decode_time(batch, batch * footprint)
+    per_request = prefill_share + max(mean_out - 1, 0.0) * step / batch
+    light = max(1, batch // 2)
+    latency = cost.prefill_time(mean_in, mean_in**2) + max(mean_out - 1, 0.0) * cost.decode_time(light, light * footprint)
+    return TypeCapacity(rate_rps=1.0 / per_request, latency_s=latency, batch=batch)
