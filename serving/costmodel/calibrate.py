@@ -11,7 +11,7 @@ from common.topology import A100_80G, H100_80G, a100_80g_4x8, h100_80g_4x8
 from serving.costmodel.iteration import ReplicaConfig
 from serving.costmodel.measured import MeasuredTable, measured_cost
 from serving.costmodel.models import MODELS
-from serving.costmodel.roofline import RooflineParams, roofline_cost
+from serving.costmodel.roofline import DEFAULT_PARAMS, RooflineParams, roofline_cost
 
 CLUSTERS = {"a100-80gb": a100_80g_4x8, "h100-80gb": h100_80g_4x8}
 assert A100_80G.name and H100_80G.name  # the device names measured.HARDWARE maps from
@@ -53,7 +53,7 @@ def _pairs(table: MeasuredTable, params: RooflineParams, select=None):
         yield key, "decode", rc.decode_time(b, b * (p + 64)), mc.decode_time(b, 0)
 
 
-def roofline_errors(table: MeasuredTable, params: RooflineParams = RooflineParams()) -> list[ErrorRow]:
+def roofline_errors(table: MeasuredTable, params: RooflineParams = DEFAULT_PARAMS) -> list[ErrorRow]:
     groups: dict = {}
     for key, phase, pred, meas in _pairs(table, params):
         groups.setdefault((*key, phase), []).append(abs(pred - meas) / meas)
@@ -62,7 +62,7 @@ def roofline_errors(table: MeasuredTable, params: RooflineParams = RooflineParam
 
 
 def fit_roofline(table: MeasuredTable, model: str = "llama2-70b", hardware: str = "a100-80gb",
-                 base: RooflineParams = RooflineParams()) -> RooflineParams:
+                 base: RooflineParams = DEFAULT_PARAMS) -> RooflineParams:
     """Least squares in log time for (compute_eff, memory_eff, overhead_s) on one model and hardware."""
     def make(z):
         return replace(base, compute_eff=float(z[0]), memory_eff=float(z[1]), overhead_s=float(z[2]))

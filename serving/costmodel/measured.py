@@ -20,7 +20,7 @@ from common.costmodel import p2p_time
 from common.topology import ClusterSpec
 from serving.costmodel.iteration import IterationCost, ReplicaConfig, decode_base_table
 from serving.costmodel.models import ModelSpec
-from serving.costmodel.roofline import RooflineParams, kv_capacity_tokens, replica_devices
+from serving.costmodel.roofline import DEFAULT_PARAMS, RooflineParams, kv_capacity_tokens, replica_devices
 
 HARDWARE = {"A100-SXM4-80GB": "a100-80gb", "H100-SXM5-80GB": "h100-80gb"}
 COLUMNS = ("model", "hardware", "prompt_size", "batch_size", "token_size", "prompt_time", "token_time", "tensor_parallel")
@@ -97,7 +97,7 @@ def hardware_key(cluster: ClusterSpec) -> str:
 
 def measured_cost(
     table: MeasuredTable, model: ModelSpec, cluster: ClusterSpec, config: ReplicaConfig,
-    params: RooflineParams = RooflineParams(),
+    params: RooflineParams = DEFAULT_PARAMS,
 ) -> IterationCost:
     key = (model.name, hardware_key(cluster), config.tp)
     if key not in table.curves:

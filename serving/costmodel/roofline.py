@@ -33,6 +33,9 @@ class RooflineParams:
     max_num_seqs: int = 256  # vLLM's default cap on sequences in one batch
 
 
+DEFAULT_PARAMS = RooflineParams()
+
+
 def replica_devices(cluster: ClusterSpec, config: ReplicaConfig) -> list[int]:
     """Devices of a replica placed at the start of a node: TP inside a node, PP stages on consecutive groups."""
     if config.tp < 1 or config.pp < 1:
@@ -63,7 +66,7 @@ def communication_s(model: ModelSpec, cluster: ClusterSpec, config: ReplicaConfi
 
 
 def roofline_cost(
-    model: ModelSpec, cluster: ClusterSpec, config: ReplicaConfig, params: RooflineParams = RooflineParams()
+    model: ModelSpec, cluster: ClusterSpec, config: ReplicaConfig, params: RooflineParams = DEFAULT_PARAMS
 ) -> IterationCost:
     dev = cluster.device
     compute = config.tp * dev.peak_flops * params.compute_eff  # FLOP/s of one stage; stages run in turn

@@ -16,6 +16,9 @@ from serving.sim import dispatcher as D
 from serving.sim.metrics import SLO, summarize
 from serving.sim.replica import EngineConfig, ReplicaEngine, Requests
 
+DEFAULT_ENGINE = EngineConfig()
+DEFAULT_SLO = SLO()
+
 
 @dataclass(frozen=True)
 class SimResult:
@@ -33,7 +36,7 @@ class SimResult:
 
 def simulate(
     arrival_s, input_tokens, output_tokens, labels, costs: list[IterationCost], dispatch: str = "plan",
-    weights=None, engine: EngineConfig = EngineConfig(), max_model_len: int = 8192, slo: SLO = SLO(),
+    weights=None, engine: EngineConfig = DEFAULT_ENGINE, max_model_len: int = 8192, slo: SLO = DEFAULT_SLO,
 ) -> SimResult:
     """Serve the requests on replicas with the given iteration costs.
 
