@@ -25,7 +25,9 @@ class SchedulerConfig:
     max_batched_tokens: int = 8192  # the replicas' prefill token budget (enters the capacity estimate)
     patience: int = 20  # stop after this many search steps without improvement
     max_steps: int = 500  # hard cap on search steps
-    headroom: float = 0.8  # utilisation up to which the latency tie-break may load fast replicas
+    headroom: float = 0.0  # utilisation up to which the latency tie-break may load fast replicas (0: keep the
+    # least peak utilisation, so latency only breaks ties among equally balanced dispatches)
+    tie_break: str = "latency"  # final dispatch among equal-rate solutions: "latency" or "balance" (min peak load)
 
 
 @dataclass
@@ -76,7 +78,8 @@ class Problem:
     def plan(self, dep: Deployment, policy: str, steps: int = 0, t0: float | None = None) -> DeploymentPlan:
         """Expand a deployment into per-replica rows with the latency-tie-broken dispatch and device ids."""
         keys, counts, n, lat = self._classes(dep)
-        d = solve_dispatch(n, self.lam, latency=lat, counts=counts, headroom=self.cfg.headroom)
+        d = solve_dispatch(n, self.lam, latency=lat, counts=counts, headroom=self.cfg.headroom,
+                           tie_break=self.cfg.tie_break)
         replicas, rows, util = [], [], []
         for k, c in enumerate(keys):
             for _ in range(int(counts[k])):
