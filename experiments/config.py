@@ -7,6 +7,7 @@ Each experiment owns one section below (the `task` key picks which function runs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -14,9 +15,9 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class PathsConfig:
     # Where the real traces live. null: $LOADWISE_DATA_DIR, else ../shared/data beside the checkout, else ./data.
-    data_dir: str | None = None
+    data_dir: Optional[str] = None
     # Profile loaded by the `local_cpu` cluster preset and the cost models (null: common/profiles/local_cpu.json).
-    profile: str | None = None
+    profile: Optional[str] = None
 
 
 @dataclass
@@ -24,8 +25,8 @@ class ClusterConfig:
     # A name from common.topology.PRESETS.
     preset: str = "a100_80g_4x8"
     # Resize the preset (same hardware): null keeps the preset's shape.
-    num_nodes: int | None = None
-    devices_per_node: int | None = None
+    num_nodes: Optional[int] = None
+    devices_per_node: Optional[int] = None
 
 
 @dataclass
@@ -50,7 +51,7 @@ class WorkloadConfig:
     # Multiply the trace's arrival rate by this (>1: more requests per second).
     rate_scale: float = 1.0
     # Keep only the first this many requests (null: all); tiny runs in tests.
-    max_requests: int | None = None
+    max_requests: Optional[int] = None
     # Request types found by k-means over (log input, log output).
     num_types: int = 4
 
