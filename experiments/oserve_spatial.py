@@ -75,7 +75,10 @@ def build_cost(cfg: DictConfig, data_dir: Path, num_gpus: int) -> CostModel:
     table = load_perf_table(_data_path(data_dir, cfg.oserve.perf_table)) if cfg.oserve.costmodel == "measured" else None
     cm = CostModel(get_model(cfg.model), cluster, kind=cfg.oserve.costmodel, table=table,
                    max_model_len=int(cfg.oserve.max_model_len))
-    cm.min_gpus()  # a clear error now if the model cannot fit
+    need = cm.min_gpus()  # a clear error now if the model cannot fit
+    if need > num_gpus:
+        raise ValueError(f"config key 'num_gpus': model {cfg.model} does not fit on {num_gpus} GPUs "
+                         f"(a replica needs {need})")
     return cm
 
 

@@ -46,8 +46,9 @@ class IterationCost:
         x, y = self.prefill_knots_tokens, self.prefill_knots_s
         if total_tokens <= x[-1]:
             t = float(np.interp(total_tokens, x, y))
-        else:  # Beyond the table the cost grows at the last measured per-token slope.
-            t = y[-1] + (total_tokens - x[-1]) * (y[-1] - y[-2]) / (x[-1] - x[-2])
+        else:  # Beyond the table: the last segment's per-token slope, at least the table's average one.
+            slope = max((y[-1] - y[-2]) / (x[-1] - x[-2]), y[-1] / x[-1])
+            t = y[-1] + (total_tokens - x[-1]) * slope
         sq = total_tokens**2 if sum_sq_tokens is None else sum_sq_tokens
         return t + self.prefill_s_per_sq_token * sq
 
@@ -65,7 +66,13 @@ def decode_base_table(knots_b: np.ndarray, knots_s: np.ndarray, max_num_seqs: in
     """a[B] for B = 0..max_num_seqs by linear interpolation in B, extrapolated at the last slope."""
     b = np.arange(max_num_seqs + 1, dtype=float)
     a = np.interp(b, knots_b, knots_s)
-    slope = (knots_s[-1] - knots_s[-2]) / (knots_b[-1] - knots_b[-2]) if len(knots_b) > 1 else 0.0
+    # Beyond the last knot: its segment's slope, but at least the table's overall slope (the measured A100/H100 TP2
+    # steps dip at batch 64, which extrapolated would turn negative) and never below zero.
+    slope = 0.0
+    if len(knots_b) > 1:
+        last = (knots_s[-1] - knots_s[-2]) / (knots_b[-1] - knots_b[-2])
+        overall = (knots_s[-1] - knots_s[0]) / (knots_b[-1] - knots_b[0])
+        slope = max(last, overall, 0.0)
     beyond = b > knots_b[-1]
     a[beyond] = knots_s[-1] + (b[beyond] - knots_b[-1]) * slope
     return tuple(float(v) for v in a)

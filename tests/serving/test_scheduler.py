@@ -1,0 +1,53 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from common.topology import h100_80g_4x8
+from serving.costmodel import CostModel, get_model
+from serving.scheduler import Problem, all_deployments, best_homogeneous, brute_force, oserve_search
+
+
+def _problem(model="opt-30b", lam=(3.0, 1.0, 0.5), scale=1.0):
+    cm = CostModel(get_model(model), h100_80g_4x8().with_shape(1))
+    return Problem(cm, np.array(lam) * scale, np.array([200.0, 1500.0, 3000.0]), np.array([20.0, 300.0, 600.0]))
+
+
+@pytest.mark.parametrize("scale", [1.0, 8.0, 30.0])
+def test_search_between_homogeneous_and_brute_force(scale):
+    pr = _problem(scale=scale)
+    homo = pr.score(best_homogeneous(pr, 8))
+    plan = oserve_search(pr, 8)
+    bf = brute_force(pr, 8)
+    s_plan = (round(plan.served_rps / pr.lam.sum(), 6), -plan.peak_utilisation)
+    s_bf = (round(bf.served_rps / pr.lam.sum(), 6), -bf.peak_utilisation)
+    assert s_plan >= tuple(np.array(homo) - [0, 1e-6])
+    assert s_bf >= tuple(np.array(s_plan) - [0, 1e-6])  # brute force is the optimum
+
+
+def test_plan_invariants_and_frozen():
+    pr = _problem("llama2-70b", scale=10)
+    pr_cluster = pr.cost.cluster.with_shape(4)
+    pr.cost = CostModel(pr.cost.model, pr_cluster)
+    plan = oserve_search(pr, 32)
+    dev = [d for ds in plan.devices for d in ds]
+    assert len(dev) == len(set(dev)) and max(dev) < 32 and plan.num_gpus <= 32
+    for r, ds in zip(plan.replicas, plan.devices):
+        assert len(ds) == r.gpus
+        for s in range(r.pp):  # every TP group inside one node
+            grp = ds[s * r.tp:(s + 1) * r.tp]
+            assert len({d // 8 for d in grp}) == 1
+    x = np.array(plan.dispatch)
+    assert np.all(x.sum(0) <= np.array(plan.type_rates) + 1e-6)
+    assert x.sum() == pytest.approx(plan.served_rps)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.served_rps = 0
+
+
+def test_brute_force_enumerates_every_multiset():
+    pr = _problem()
+    deps = all_deployments(pr, 8)
+    assert len(deps) == len(set(deps))
+    assert all(sum(c.gpus for c in d) <= 8 for d in deps)
+    sizes = {c.gpus for d in deps for c in d}
+    assert sizes == {1, 2, 4, 8}
