@@ -208,7 +208,9 @@ def parse_raw_log(path: str | Path, num_layers: int, num_microbatches: int, num_
         try:
             a = np.array(json.loads(body), dtype=np.float64)
         except (json.JSONDecodeError, ValueError, TypeError) as exc:
-            raise TraceError(path, [(ln, f"not a JSON list of {num_microbatches} x {num_experts} numbers ({exc})")]) from exc
+            raise TraceError(
+                path, [(ln, f"not a JSON list of {num_microbatches} x {num_experts} numbers ({exc})")]
+            ) from exc
         if a.shape != (num_microbatches, num_experts):
             raise TraceError(path, [(ln, f"expected {num_microbatches} x {num_experts} numbers, got shape {a.shape}")])
         if not np.all((a == np.round(a)) & (a >= 0) & (a <= np.iinfo(np.uint16).max)):
@@ -291,7 +293,12 @@ def fetch_raw_logs(
     """Download every raw log not already in `raw_dir` (so an interrupted run resumes). Returns how many were fetched.
     The logs carry no individual digests: the converted counts are verified as a whole."""
     raw_dir = Path(raw_dir)
-    todo = [(it, r) for it in spec.iterations for r in range(spec.num_ranks) if not (raw_dir / spec.raw_name(it, r)).is_file()]
+    todo = [
+        (it, r)
+        for it in spec.iterations
+        for r in range(spec.num_ranks)
+        if not (raw_dir / spec.raw_name(it, r)).is_file()
+    ]
 
     def one(job):
         it, r = job

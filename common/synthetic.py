@@ -79,7 +79,10 @@ def write_smartmoe_raw_logs(trace: ExpertLoadTrace, directory: str | Path) -> li
     for ii, it in enumerate(trace.iterations):
         for r in range(trace.num_ranks):
             p = directory / f"table_iter{int(it)}_rank{r}.log"
-            rows = [f"{layer}:{json.dumps(trace.counts[ii, r, layer].astype(float).tolist())}" for layer in range(trace.num_layers)]
+            rows = [
+                f"{layer}:{json.dumps(trace.counts[ii, r, layer].astype(float).tolist())}"
+                for layer in range(trace.num_layers)
+            ]
             p.write_text("\n".join(rows) + "\n")
             paths.append(p)
     return paths
@@ -152,7 +155,10 @@ def write_csv_trace(
     """A generic CSV (numeric timestamps in `time_unit`) with an extra `id` column the loader must ignore."""
     scale = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[time_unit]
     rows = [f"id,{time_col},{input_col},{output_col}"]
-    rows += [f"{k},{float(t) * scale!r},{a},{b}" for k, (t, a, b) in enumerate(zip(trace.arrival_s, trace.input_tokens, trace.output_tokens))]
+    rows += [
+        f"{k},{float(t) * scale!r},{a},{b}"
+        for k, (t, a, b) in enumerate(zip(trace.arrival_s, trace.input_tokens, trace.output_tokens))
+    ]
     return _write(path, "\n".join(rows) + "\n")
 
 

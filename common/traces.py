@@ -269,7 +269,9 @@ def load_csv_trace(
     """A CSV with a header row. `time_unit`: "s", "ms", "us", "ns" for numeric timestamps, or "datetime" for
     ISO-8601 wall-clock stamps (`2023-11-16 18:17:03.9799600`, up to 9 fractional digits). Extra columns are ignored."""
     if time_unit != "datetime" and time_unit not in TIME_UNITS:
-        raise ValueError(f"load_csv_trace: time_unit must be one of {sorted(TIME_UNITS) + ['datetime']}, got {time_unit!r}")
+        raise ValueError(
+            f"load_csv_trace: time_unit must be one of {sorted(TIME_UNITS) + ['datetime']}, got {time_unit!r}"
+        )
     path = _existing(path)
     lines = _lines(path)
     if not lines:

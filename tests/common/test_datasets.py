@@ -155,7 +155,12 @@ def _mirror(root: Path, entries, smartmoe, trace):
 def test_sync_end_to_end(tmp_path, small_trace):
     body = b"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,1,2\n"
     entry = ds.DataFile(
-        "azure/x.csv", hashlib.sha256(body).hexdigest(), "CC-BY-4.0", repo="o/r", commit="c" * 40, upstream_path="d/x.csv"
+        "azure/x.csv",
+        hashlib.sha256(body).hexdigest(),
+        "CC-BY-4.0",
+        repo="o/r",
+        commit="c" * 40,
+        upstream_path="d/x.csv",
     )
     manual = ds.DataFile("paper/y.csv", "0" * 64, "Apache-2.0", note="copy it by hand")
     spec = _spec_for(small_trace, repo="o/s", commit="d" * 40, path="moe/counts.npz")

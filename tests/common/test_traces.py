@@ -203,7 +203,12 @@ AZURE_BAD = [
     ("blank row", HDR + OK1 + "\n" + OK2, 3, "empty row"),
     ("zero bytes", "", 1, "empty file"),
     ("header only", HDR, 2, "no data rows"),
-    ("missing column", "TIMESTAMP,ContextTokens\n2023-11-16 18:17:03.9799600,4808\n", 1, "missing column(s) ['GeneratedTokens']"),
+    (
+        "missing column",
+        "TIMESTAMP,ContextTokens\n2023-11-16 18:17:03.9799600,4808\n",
+        1,
+        "missing column(s) ['GeneratedTokens']",
+    ),
 ]
 
 
