@@ -9,6 +9,7 @@ Notation: I sampled iterations, R ranks, L layers, M micro-batches, E experts.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -58,6 +59,8 @@ class ConvertedTrace:
     num_layers: int  # L lines per file
     num_microbatches: int  # M lists per line
     num_experts: int  # E numbers per list
+    long_csv_path: str | None = None  # derived table iteration,layer,expert,tokens (gzip), relative to the data dir
+    long_csv_sha256: str | None = None  # sha256 of that table's decompressed bytes (gzip headers vary by writer)
 
     def raw_name(self, iteration: int, rank: int) -> str:
         return f"table_iter{iteration}_rank{rank}.log"
@@ -133,6 +136,8 @@ SMARTMOE = ConvertedTrace(
     num_layers=24,
     num_microbatches=4,
     num_experts=32,
+    long_csv_path="smartmoe_expert_trace/smartmoe_iter_layer_expert.csv.gz",
+    long_csv_sha256="56ac380549565bb503ff22d27febb4f8677a45771e93e3f7bcdf559d2a56b620",
 )
 
 
@@ -251,6 +256,42 @@ def write_counts_npz(counts: np.ndarray, spec: ConvertedTrace, path: str | Path)
     return path
 
 
+def long_csv_bytes(counts: np.ndarray, iterations) -> bytes:
+    """The derived long table: `iteration,layer,expert,tokens`, tokens summed over ranks and micro-batches, rows in
+    (iteration, layer, expert) order, CRLF line ends (as the copy in the shared data directory was written)."""
+    per = np.asarray(counts, dtype=np.int64).sum(axis=(1, 3))  # [I, L, E]
+    i, n_l, e = per.shape
+    it = np.repeat(np.asarray(iterations, dtype=np.int64), n_l * e)
+    layer = np.tile(np.repeat(np.arange(n_l), e), i)
+    expert = np.tile(np.arange(e), i * n_l)
+    rows = ["iteration,layer,expert,tokens"]
+    rows += [
+        f"{a},{b},{c},{d}" for a, b, c, d in zip(it.tolist(), layer.tolist(), expert.tolist(), per.ravel().tolist())
+    ]
+    return ("\r\n".join(rows) + "\r\n").encode()
+
+
+def write_long_csv_gz(data: bytes, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with gzip.GzipFile(tmp, "wb", mtime=0) as f:  # mtime=0: the same bytes every time
+        f.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+def verify_long_csv(data_dir: str | Path, spec: ConvertedTrace = SMARTMOE) -> Check:
+    p = Path(data_dir) / spec.long_csv_path
+    if not p.is_file():
+        return Check(p, "missing")
+    try:
+        digest = hashlib.sha256(gzip.decompress(p.read_bytes())).hexdigest()
+    except (OSError, EOFError) as exc:
+        return Check(p, "mismatch", f"unreadable ({type(exc).__name__}: {exc})")
+    return Check(p, "ok" if digest == spec.long_csv_sha256 else "mismatch", digest)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Download
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,7 +329,12 @@ def download(url: str, dest: str | Path, sha256: str | None = None, progress=Non
 
 
 def fetch_raw_logs(
-    spec: ConvertedTrace, raw_dir: str | Path, base: str = GITHUB_RAW, workers: int = 16, progress=None
+    spec: ConvertedTrace,
+    raw_dir: str | Path,
+    base: str = GITHUB_RAW,
+    workers: int = 16,
+    progress=None,
+    retries: int = 2,
 ) -> int:
     """Download every raw log not already in `raw_dir` (so an interrupted run resumes). Returns how many were fetched.
     The logs carry no individual digests: the converted counts are verified as a whole."""
@@ -302,12 +348,22 @@ def fetch_raw_logs(
 
     def one(job):
         it, r = job
-        download(spec.raw_url(it, r, base), raw_dir / spec.raw_name(it, r))
+        for attempt in range(retries + 1):  # 8,016 small requests: retry transient failures rather than start over
+            try:
+                download(spec.raw_url(it, r, base), raw_dir / spec.raw_name(it, r))
+                break
+            except OSError:
+                if attempt == retries:
+                    raise
         if progress:
             progress(1)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(one, todo))  # list() re-raises the first failure
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+        for _ in pool.map(one, todo):  # re-raises the first failure
+            pass
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after a failure, do not fetch the rest
     return len(todo)
 
 
@@ -331,6 +387,7 @@ def sync(
     2. A file present with a different digest is left untouched and reported: we never overwrite a user's file.
     3. A missing file with a known origin is downloaded and verified; one without is reported with its note.
     4. The SmartMoE npz: if missing, fetch its raw logs (resuming), convert, verify the counts digest, then write.
+    5. Its derived long table (csv.gz): if missing, build it from the npz and verify the decompressed digest.
     """
     from tqdm import tqdm
 
@@ -367,6 +424,29 @@ def sync(
 
 
 def _sync_smartmoe(data_dir: Path, spec: ConvertedTrace, base: str, workers: int, keep_raw: bool, log) -> list[str]:
+    """The npz (step 4 of sync), then the long table derived from it."""
+    problems = _sync_smartmoe_npz(data_dir, spec, base, workers, keep_raw, log)
+    if problems or spec.long_csv_path is None:
+        return problems
+    check = verify_long_csv(data_dir, spec)
+    if check.status == "ok":
+        log(f"ok        {spec.long_csv_path}")
+        return []
+    if check.status == "mismatch":
+        log(f"MISMATCH  {spec.long_csv_path}")
+        return [
+            f"{check.path}: content sha256 {check.actual} differs from {spec.long_csv_sha256}. Left as is; delete it to rebuild"
+        ]
+    with np.load(data_dir / spec.path, allow_pickle=False) as z:
+        data = long_csv_bytes(z["counts"], z["iterations"])
+    if hashlib.sha256(data).hexdigest() != spec.long_csv_sha256:
+        return [f"{check.path}: the table built from {spec.path} does not match the recorded digest; not written"]
+    write_long_csv_gz(data, check.path)
+    log(f"ok        {spec.long_csv_path} (derived from the npz, sha256 verified)")
+    return []
+
+
+def _sync_smartmoe_npz(data_dir: Path, spec: ConvertedTrace, base: str, workers: int, keep_raw: bool, log) -> list[str]:
     from tqdm import tqdm
 
     check = verify_converted(data_dir, spec)

@@ -196,8 +196,16 @@ def fit_request_types(input_tokens, output_tokens, k: int = 4, seed: int = 0, ma
         nxt = x[rng.choice(x.shape[0], p=d2 / d2.sum())]
         centers.append(nxt)
         d2 = np.minimum(d2, ((x - nxt) ** 2).sum(axis=1))
-    c = np.array(centers)
     # Step 3
+    c = _lloyd(x, np.array(centers), max_iter)
+    # Step 4
+    order = np.lexsort((c[:, 1], c[:, 0]))
+    return RequestTypes(c[order])
+
+
+def _lloyd(x: np.ndarray, c: np.ndarray, max_iter: int) -> np.ndarray:
+    """[K, 2] centers after Lloyd iterations from `c` (step 3 of fit_request_types)."""
+    k = c.shape[0]
     labels = None
     for _ in range(max_iter):
         d = _sq_dist(x, c)
@@ -215,9 +223,7 @@ def fit_request_types(input_tokens, output_tokens, k: int = 4, seed: int = 0, ma
         sums = np.zeros_like(c)
         np.add.at(sums, labels, x)
         c = sums / counts[:, None]
-    # Step 4
-    order = np.lexsort((c[:, 1], c[:, 0]))
-    return RequestTypes(c[order])
+    return c
 
 
 def type_rates(arrival_s, labels, num_types: int, interval_s: float, num_bins: int | None = None) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
 import importlib.util
 import re
@@ -46,6 +48,8 @@ def test_real_files_match_manifest(data_dir):
     if not (data_dir / ds.SMARTMOE.path).is_file():
         pytest.skip("no SmartMoE npz in the data directory")
     assert ds.verify_converted(data_dir).status == "ok"
+    if (data_dir / ds.SMARTMOE.long_csv_path).is_file():
+        assert ds.verify_long_csv(data_dir).status == "ok"
 
 
 @pytest.mark.data
@@ -104,6 +108,8 @@ def _spec_for(trace, **kw):
         num_layers=trace.num_layers,
         num_microbatches=trace.num_microbatches,
         num_experts=trace.num_experts,
+        long_csv_path="moe/long.csv.gz",
+        long_csv_sha256=hashlib.sha256(ds.long_csv_bytes(trace.counts, trace.iterations)).hexdigest(),
     )
     return replace(ds.SMARTMOE, **{**fields, **kw})
 
@@ -173,6 +179,12 @@ def test_sync_end_to_end(tmp_path, small_trace):
     assert (data / "azure/x.csv").read_bytes() == body
     np.testing.assert_array_equal(load_expert_trace(data / spec.path).counts, small_trace.counts)
     assert not list((data / "moe" / "raw").rglob("*.log"))  # raw logs removed after a verified conversion
+    assert ds.verify_long_csv(data, spec).status == "ok"
+    with gzip.open(data / "moe/long.csv.gz", "rt", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["iteration", "layer", "expert", "tokens"] and len(rows) == 1 + 3 * 3 * 4
+    i, layer, e = 2, 1, 3  # row of (third iteration, layer 1, expert 3)
+    assert int(rows[1 + (i * 3 + layer) * 4 + e][3]) == small_trace.counts[i, :, layer, :, e].sum()
 
     # Present and verified: nothing is fetched again (the mirror is gone).
     for p in sorted(mirror.rglob("*"), reverse=True):
@@ -198,3 +210,20 @@ def test_sync_refuses_corrupt_downloads(tmp_path, small_trace):
     assert "not written" in problems[1] and not (tmp_path / "data" / spec.path).exists()
     # The raw logs stay, so a corrected manifest can convert them without fetching again.
     assert len(list((tmp_path / "data" / "moe" / "raw").rglob("*.log"))) == 6
+
+
+def test_sync_resumes_after_a_failed_raw_download(tmp_path, small_trace):
+    spec = _spec_for(small_trace, repo="o/s", commit="d" * 40, path="moe/counts.npz")
+    mirror = tmp_path / "mirror"
+    _mirror(mirror, [], spec, small_trace)
+    gone = mirror / spec.repo / spec.commit / spec.raw_dir / spec.raw_name(21, 1)
+    kept = gone.read_bytes()
+    gone.unlink()
+    data = tmp_path / "data"
+    problems = ds.sync(data, [], spec, base=mirror.as_uri(), workers=1, log=lambda s: None)
+    assert len(problems) == 1 and "could not build from the raw logs" in problems[0]
+    assert not (data / spec.path).exists()
+    gone.write_bytes(kept)
+    (mirror / spec.repo / spec.commit / spec.raw_dir / spec.raw_name(1, 0)).unlink()  # already fetched: not needed
+    assert ds.sync(data, [], spec, base=mirror.as_uri(), workers=1, log=lambda s: None) == []
+    np.testing.assert_array_equal(load_expert_trace(data / spec.path).counts, small_trace.counts)
