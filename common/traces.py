@@ -201,10 +201,14 @@ class RequestTrace:
 
     def scale_rate(self, factor: float) -> RequestTrace:
         """The same requests `factor` times faster: every inter-arrival time (and the start offset) divided by factor."""
-        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+        try:
+            f = float(factor)
+        except (TypeError, ValueError):
+            f = math.nan
+        if not (math.isfinite(f) and f > 0):
             raise ValueError(f"RequestTrace.scale_rate: factor must be a finite number > 0, got {factor!r}")
         return RequestTrace(
-            self.arrival_s / factor, self.input_tokens, self.output_tokens, f"{self.source} (rate x{factor:g})"
+            self.arrival_s / f, self.input_tokens, self.output_tokens, f"{self.source} (rate x{factor:g})"
         )
 
 

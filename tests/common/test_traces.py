@@ -172,7 +172,8 @@ def test_request_trace_ops():
     f = tr.scale_rate(2.0)
     np.testing.assert_allclose(np.diff(f.arrival_s), np.diff(tr.arrival_s) / 2.0)
     assert f.duration_s == 2.5 and f.output_tokens.tolist() == tr.output_tokens.tolist()
-    for bad in (0, -1.0, float("inf")):
+    np.testing.assert_allclose(tr.scale_rate(np.int64(4)).arrival_s, tr.arrival_s / 4)
+    for bad in (0, -1.0, float("inf"), "fast", None):
         with pytest.raises(ValueError, match="factor"):
             tr.scale_rate(bad)
     with pytest.raises(ValueError, match="t0 <= t1"):
