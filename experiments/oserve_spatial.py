@@ -25,7 +25,7 @@ from tqdm import tqdm  # noqa: E402
 
 from common.datapaths import resolve_data_dir  # noqa: E402
 from common.topology import get_cluster  # noqa: E402
-from serving._pending_common import RequestTrace, load_request_trace  # noqa: E402
+from common.traces import RequestTrace, load_request_trace  # noqa: E402
 from serving.costmodel import CostModel, get_model, load_perf_table  # noqa: E402
 from serving.scheduler import Problem, SchedulerConfig, homogeneous_candidates, oserve_search  # noqa: E402
 from serving.sim import SLO, simulate  # noqa: E402

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving._pending_common import RequestTrace, fit_request_types
+from common.stats import fit_request_types
+from common.traces import RequestTrace
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ def build_workload(trace: RequestTrace, num_types: int = 4, seed: int = 0) -> Wo
     """1. k-means types over (log1p in, log1p out); 2. per-type mean lengths; 3. per-type mean rates."""
     if len(trace) == 0:
         raise ValueError(f"request trace {trace.source!r} is empty")
-    k = min(num_types, len(trace))
+    distinct = np.unique(np.stack([trace.input_tokens, trace.output_tokens]), axis=1).shape[1]
+    k = min(num_types, distinct)  # k-means needs k distinct (input, output) points
     types = fit_request_types(trace.input_tokens, trace.output_tokens, k=k, seed=seed)
     labels = types.assign(trace.input_tokens, trace.output_tokens)
     span = max(trace.duration_s, 1e-9)

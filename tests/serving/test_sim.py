@@ -76,7 +76,7 @@ def test_invariants_under_kv_pressure_synthetic(dispatch):
 
 def test_invariants_on_real_trace_slice(real_data):
     from common.topology import h100_80g_4x8
-    from serving._pending_common import load_request_trace
+    from common.traces import load_request_trace
     from serving.costmodel import CostModel, get_model, load_perf_table
 
     tr = load_request_trace(real_data / "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv", "azure")
