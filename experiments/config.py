@@ -69,7 +69,7 @@ class OServeConfig:
     # GPU counts of the comparison grid (num_gpus is the headline one).
     gpu_counts: list = field(default_factory=lambda: [8, 16, 32])
     # Request-rate points (x workload.rate_scale x num_gpus / 8, so the load per GPU is alike at every size).
-    rate_points: list = field(default_factory=lambda: [0.5, 1.0, 1.5])
+    rate_points: list = field(default_factory=lambda: [0.5, 0.75, 1.0])
     # Spatial-sensitivity sweep: share of long requests mixed into short ones (0 = short only).
     sensitivity_mix: list = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
     # Requests per sensitivity point.
@@ -82,6 +82,12 @@ class OServeConfig:
     # Final dispatch among equal-rate solutions: latency (toward faster replicas, up to headroom load) or balance.
     tie_break: str = "latency"
     headroom: float = 0.0
+    # Time per output token the scheduler's capacity estimate keeps to (prefill stalls included).
+    tpot_target_s: float = 0.1
+    # Capacities n_kj: analytic (cost-model formula) or simulated (profiled per type in the simulator, slower).
+    capacity: str = "analytic"
+    # Plan for this quantile of the per-minute type rates (null: the trace's mean rates); 0.9 plans for bursts.
+    plan_rate_quantile: Optional[float] = None
 
 
 @dataclass

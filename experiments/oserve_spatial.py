@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -89,11 +90,19 @@ def run_policy(trace, labels, cm, replicas, dispatch, weights, cfg) -> dict:
     return {**res.summary, "preemptions": int(res.preemptions.sum())}
 
 
+def scheduler_config(cfg: DictConfig) -> SchedulerConfig:
+    return SchedulerConfig(
+        patience=int(cfg.oserve.patience), tie_break=cfg.oserve.tie_break, headroom=float(cfg.oserve.headroom),
+        tpot_target_s=float(cfg.oserve.tpot_target_s), capacity=cfg.oserve.capacity,
+        ttft_target_s=float(cfg.oserve.slo_ttft_s) / 2)
+
+
 def compare(trace, cm, gpus, cfg, static_dep=None) -> tuple[dict, tuple, object]:
     """The three policies on one trace; returns (metrics per policy, the static deployment used, the OServe plan)."""
-    wl = build_workload(trace, int(cfg.workload.num_types), seed=int(cfg.seed))
-    prob = Problem.from_workload(cm, wl, SchedulerConfig(patience=int(cfg.oserve.patience), tie_break=cfg.oserve.tie_break,
-                                                 headroom=float(cfg.oserve.headroom)))
+    q = cfg.oserve.plan_rate_quantile
+    wl = build_workload(trace, int(cfg.workload.num_types), seed=int(cfg.seed),
+                        rate_quantile=None if q is None else float(q))
+    prob = Problem.from_workload(cm, wl, scheduler_config(cfg))
     plan = oserve_search(prob, gpus)
     if static_dep is None:  # best homogeneous by P99 in the same simulator
         cands = homogeneous_candidates(prob, gpus)
@@ -120,7 +129,7 @@ def sensitivity(trace, cm, gpus, cfg) -> list[dict]:
     for p in tqdm(list(cfg.oserve.sensitivity_mix), desc="sensitivity", leave=False):
         probe = mix_types(pools, [1 - p, p], int(cfg.oserve.sensitivity_requests), 1.0, seed=int(cfg.seed))
         wl_p = build_workload(probe, int(cfg.workload.num_types), seed=int(cfg.seed))
-        prob = Problem.from_workload(cm, wl_p)
+        prob = Problem.from_workload(cm, wl_p, scheduler_config(cfg))
         # Rate: 70% of what the best homogeneous deployment serves of this mix (its LP capacity at rate 1).
         best = max(homogeneous_candidates(prob, gpus), key=prob.score)
         rate = 0.7 / max(-prob.score(best)[1], 1e-9)
@@ -134,7 +143,7 @@ def sensitivity(trace, cm, gpus, cfg) -> list[dict]:
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     t0 = time.perf_counter()
-    data_dir = resolve_data_dir(cfg.paths.data_dir)
+    data_dir = resolve_data_dir(cfg.paths.data_dir, os.environ)
     traces = load_traces(cfg, data_dir)
     primary = next(iter(traces))
     gpu_counts = sorted(set(int(g) for g in cfg.oserve.gpu_counts) | {int(cfg.num_gpus)})
@@ -143,7 +152,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     for name, g in tqdm(cells, desc="oserve grid"):
         cm = build_cost(cfg, data_dir, g)
         static_dep = None
-        points = sorted(cfg.oserve.rate_points, key=lambda x: abs(x - 1.0))  # pick the static plan at the middle
+        mid = float(np.median(cfg.oserve.rate_points))
+        points = sorted(cfg.oserve.rate_points, key=lambda x: abs(x - mid))  # pick the static plan at the middle
         for pt in points:
             scale = float(cfg.workload.rate_scale) * float(pt) * g / 8
             tr = traces[name].scale_rate(scale)

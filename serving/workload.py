@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.stats import fit_request_types
+from common.stats import fit_request_types, type_rates
 from common.traces import RequestTrace
 
 
@@ -26,8 +26,11 @@ class Workload:
         return len(self.rates)
 
 
-def build_workload(trace: RequestTrace, num_types: int = 4, seed: int = 0) -> Workload:
-    """1. k-means types over (log1p in, log1p out); 2. per-type mean lengths; 3. per-type mean rates."""
+def build_workload(trace: RequestTrace, num_types: int = 4, seed: int = 0, rate_quantile: float | None = None,
+                   interval_s: float = 60.0) -> Workload:
+    """1. k-means types over (log1p in, log1p out); 2. per-type mean lengths; 3. per-type rates: the mean over the
+    trace, or (rate_quantile q) the q-quantile of the per-interval rates, so that a plan also holds through bursts
+    (the Azure conv hour's per-minute rate peaks at 1.5x its mean)."""
     if len(trace) == 0:
         raise ValueError(f"request trace {trace.source!r} is empty")
     distinct = np.unique(np.stack([trace.input_tokens, trace.output_tokens]), axis=1).shape[1]
@@ -38,6 +41,12 @@ def build_workload(trace: RequestTrace, num_types: int = 4, seed: int = 0) -> Wo
     mean_in = np.array([trace.input_tokens[labels == j].mean() if np.any(labels == j) else 1.0 for j in range(k)])
     mean_out = np.array([trace.output_tokens[labels == j].mean() if np.any(labels == j) else 1.0 for j in range(k)])
     rates = np.bincount(labels, minlength=k) / span
+    if rate_quantile is not None:
+        if not 0 <= rate_quantile <= 1:
+            raise ValueError(f"rate_quantile must lie in [0, 1], got {rate_quantile}")
+        if span >= 2 * interval_s:  # too short a trace has no meaningful per-interval rates: keep the mean
+            per_bin = type_rates(trace.arrival_s, labels, k, interval_s)[: int(span // interval_s)]  # full bins only
+            rates = np.quantile(per_bin, rate_quantile, axis=0)
     return Workload(trace, labels, mean_in, np.maximum(mean_out, 1.0), rates)
 
 

@@ -85,19 +85,34 @@ class TypeCapacity:
     batch: int  # sequences resident at saturation (limited by KV cache and max_num_seqs)
 
 
-def type_capacity(cost: IterationCost, mean_in: float, mean_out: float, max_batched_tokens: int) -> TypeCapacity:
-    """Sustainable rate and latency of one request type on one replica.
+def type_capacity(
+    cost: IterationCost, mean_in: float, mean_out: float, max_batched_tokens: int, tpot_target_s: float | None = None
+) -> TypeCapacity:
+    """Sustainable rate and latency of one request type on one replica under continuous batching.
 
-    1. At saturation the KV cache holds B sequences of average footprint I + O/2 (capped by max_num_seqs).
-    2. Prefill: prompts are batched up to the token budget, so each request pays f(k*I)/k plus its attention term.
-    3. Decode: each request pays O steps of a B-sequence step, shared by B requests.
+    1. Prefill: prompts are batched up to the token budget, so each request costs p = f(k I) / k of engine time.
+    2. A batch of B sequences (B up to what the KV cache holds at an average footprint of I + O/2, and max_num_seqs)
+       decodes at B / s(B) tokens/s, s(B) = a[B] + b B (I + O/2), in the time prefills leave: serving r requests/s
+       needs (1 - r p) B / s(B) >= r (O - 1), i.e. r <= x / (O - 1 + p x) with x = B / s(B).
+    3. Prefills stall decoding, so a sequence's time per output token is s(B) / (1 - r p); with a target tau this
+       also needs r <= (1 - s(B) / tau) / p (no target: saturation throughput).
+    4. n = the best r over B.
     """
     footprint = mean_in + mean_out / 2
-    batch = int(np.clip(cost.kv_capacity_tokens // max(footprint, 1.0), 1, cost.max_num_seqs))
+    b_kv = int(np.clip(cost.kv_capacity_tokens // max(footprint, 1.0), 1, cost.max_num_seqs))
     k = max(1, int(max_batched_tokens // max(mean_in, 1.0)))
-    prefill_share = cost.prefill_time(k * mean_in, k * mean_in**2) / k
-    step = cost.decode_time(batch, batch * footprint)
-    per_request = prefill_share + max(mean_out - 1, 0.0) * step / batch
-    light = max(1, batch // 2)
-    latency = cost.prefill_time(mean_in, mean_in**2) + max(mean_out - 1, 0.0) * cost.decode_time(light, light * footprint)
-    return TypeCapacity(rate_rps=1.0 / per_request, latency_s=latency, batch=batch)
+    p = cost.prefill_time(k * mean_in, k * mean_in**2) / k
+    B = np.arange(1, b_kv + 1, dtype=float)
+    s = np.asarray(cost.decode_base_s[1:b_kv + 1]) + cost.decode_s_per_ctx_token * B * footprint
+    x = B / s
+    o = max(mean_out - 1, 0.0)
+    r = x / (o + p * x)
+    if tpot_target_s is not None and o > 0:
+        r = np.minimum(r, np.clip(1 - s / tpot_target_s, 0.0, None) / p)
+    best = int(np.argmax(r))
+    rate = float(r[best])
+    if rate <= 0:  # even one sequence misses the target: report the saturation rate of B = 1, heavily loaded
+        rate = float(1 / (p + o * s[0]))
+    light = max(1, (best + 1) // 2)
+    latency = cost.prefill_time(mean_in, mean_in**2) + o * cost.decode_time(light, light * footprint)
+    return TypeCapacity(rate_rps=rate, latency_s=latency, batch=best + 1)

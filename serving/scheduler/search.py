@@ -15,6 +15,7 @@ import numpy as np
 from serving.costmodel import CostModel, ReplicaConfig, type_capacity
 from serving.scheduler.dispatch import solve_dispatch
 from serving.scheduler.plan import DeploymentPlan
+from serving.scheduler.profile import simulated_rate
 from serving.workload import Workload
 
 Deployment = tuple  # sorted tuple of ReplicaConfig
@@ -25,9 +26,21 @@ class SchedulerConfig:
     max_batched_tokens: int = 8192  # the replicas' prefill token budget (enters the capacity estimate)
     patience: int = 20  # stop after this many search steps without improvement
     max_steps: int = 500  # hard cap on search steps
-    headroom: float = 0.0  # utilisation up to which the latency tie-break may load fast replicas (0: keep the
-    # least peak utilisation, so latency only breaks ties among equally balanced dispatches)
-    tie_break: str = "latency"  # final dispatch among equal-rate solutions: "latency" or "balance" (min peak load)
+    # Final dispatch among equal-rate solutions: "latency" (least sum l x) or "balance" (least peak utilisation).
+    tie_break: str = "latency"
+    # Utilisation up to which the latency tie-break may load fast replicas (0: keep the least peak utilisation, so
+    # latency only breaks ties among equally balanced dispatches).
+    headroom: float = 0.0
+    # Time per output token the capacity estimate keeps to (prefill stalls included); None: saturation throughput.
+    tpot_target_s: float | None = 0.1
+    # n_kj from the analytic estimate, or "simulated": profiled by replaying the type's own requests on one replica
+    # in the simulator (as a deployment would profile offline); see profile.py.
+    capacity: str = "analytic"
+    # For "simulated": the P90 TTFT a sustainable rate must keep to.
+    ttft_target_s: float = 2.0
+
+
+DEFAULT_CONFIG = SchedulerConfig()
 
 
 @dataclass
@@ -38,22 +51,34 @@ class Problem:
     lam: np.ndarray  # [J]
     mean_in: np.ndarray  # [J]
     mean_out: np.ndarray  # [J]
-    cfg: SchedulerConfig = SchedulerConfig()
+    cfg: SchedulerConfig = DEFAULT_CONFIG
     _rates: dict = field(default_factory=dict)
     _lat: dict = field(default_factory=dict)
     _scores: dict = field(default_factory=dict)
     evaluations: int = 0
 
+    samples: list | None = None  # [J] (input, output) token arrays per type, for capacity="simulated"
+
     @classmethod
-    def from_workload(cls, cost: CostModel, wl: Workload, cfg: SchedulerConfig = SchedulerConfig()) -> Problem:
-        return cls(cost, np.asarray(wl.rates, float), wl.mean_input, wl.mean_output, cfg)
+    def from_workload(cls, cost: CostModel, wl: Workload, cfg: SchedulerConfig = DEFAULT_CONFIG) -> Problem:
+        samples = [(wl.trace.input_tokens[wl.labels == j], wl.trace.output_tokens[wl.labels == j])
+                   for j in range(wl.num_types)]
+        return cls(cost, np.asarray(wl.rates, float), wl.mean_input, wl.mean_output, cfg, samples=samples)
 
     def capacity(self, c: ReplicaConfig) -> tuple[np.ndarray, np.ndarray]:
         if c not in self._rates:
-            caps = [type_capacity(self.cost.cost(c), i, o, self.cfg.max_batched_tokens)
+            caps = [type_capacity(self.cost.cost(c), i, o, self.cfg.max_batched_tokens, self.cfg.tpot_target_s)
                     for i, o in zip(self.mean_in, self.mean_out)]
             self._rates[c] = np.array([t.rate_rps for t in caps])
             self._lat[c] = np.array([t.latency_s for t in caps])
+            if self.cfg.capacity == "simulated":
+                if self.samples is None:
+                    raise ValueError("capacity 'simulated' needs the workload's per-type samples (Problem.from_workload)")
+                self._rates[c] = np.array([
+                    simulated_rate(self.cost.cost(c), inp, out, guess, self.cfg, self.cost.max_model_len)
+                    for (inp, out), guess in zip(self.samples, self._rates[c])])
+            elif self.cfg.capacity != "analytic":
+                raise ValueError(f"scheduler capacity must be 'analytic' or 'simulated', got {self.cfg.capacity!r}")
         return self._rates[c], self._lat[c]
 
     def _classes(self, dep: Deployment):

@@ -51,3 +51,43 @@ def test_brute_force_enumerates_every_multiset():
     assert all(sum(c.gpus for c in d) <= 8 for d in deps)
     sizes = {c.gpus for d in deps for c in d}
     assert sizes == {1, 2, 4, 8}
+
+
+def test_simulated_capacity_close_to_analytic_and_monotone():
+    """Profiling n_kj in the simulator lands near the analytic estimate, and a stricter TPOT target lowers it."""
+    from common.synthetic import synthetic_request_trace
+    from serving.costmodel import ReplicaConfig
+    from serving.scheduler import SchedulerConfig
+    from serving.workload import build_workload
+
+    tr, _ = synthetic_request_trace(600, rate_rps=5.0, seed=3)
+    wl = build_workload(tr, 2)
+    cm = CostModel(get_model("opt-30b"), h100_80g_4x8().with_shape(1))
+    c = ReplicaConfig(2)
+    ana = Problem.from_workload(cm, wl, SchedulerConfig(tpot_target_s=0.1)).capacity(c)[0]
+    sim = Problem.from_workload(cm, wl, SchedulerConfig(tpot_target_s=0.1, capacity="simulated")).capacity(c)[0]
+    strict = Problem.from_workload(cm, wl, SchedulerConfig(tpot_target_s=0.05, capacity="simulated")).capacity(c)[0]
+    assert np.all(sim > 0)
+    assert np.all(np.abs(np.log(sim / ana)) < np.log(3))  # same order as the formula
+    assert np.all(strict <= sim * 1.0001)
+    with pytest.raises(ValueError, match="capacity"):
+        Problem.from_workload(cm, wl, SchedulerConfig(capacity="guess")).capacity(c)
+
+
+def test_workload_rates_mean_and_quantile():
+    from common.traces import RequestTrace
+    from serving.workload import build_workload
+
+    # 2 types, type 0 at 1/s for 120 s then 3/s for 120 s; type 1 steady at 0.5/s.
+    t0 = np.concatenate([np.arange(0, 120, 1.0), 120 + np.arange(0, 120, 1 / 3)])
+    t1 = np.arange(0, 240, 2.0) + 0.25
+    t = np.concatenate([t0, t1])
+    inp = np.concatenate([np.full(t0.size, 100), np.full(t1.size, 3000)])
+    out = np.concatenate([np.full(t0.size, 10), np.full(t1.size, 500)])
+    o = np.argsort(t, kind="stable")
+    tr = RequestTrace(t[o], inp[o], out[o], "two-phase")
+    mean = build_workload(tr, 2)
+    assert mean.rates == pytest.approx([t0.size / tr.duration_s, t1.size / tr.duration_s])
+    peak = build_workload(tr, 2, rate_quantile=1.0)
+    assert peak.rates == pytest.approx([3.0, 0.5])
+    assert mean.mean_input == pytest.approx([100, 3000]) and mean.mean_output == pytest.approx([10, 500])
