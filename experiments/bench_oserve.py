@@ -24,7 +24,7 @@ from common.datapaths import resolve_data_dir
 from common.topology import a100_80g_4x8, h100_80g_4x8
 from common.traces import load_request_trace
 from serving.costmodel import CostModel, ReplicaConfig, get_model, load_perf_table
-from serving.scheduler import Problem, SchedulerConfig, brute_force, oserve_search
+from serving.scheduler import Problem, brute_force, oserve_search
 from serving.sim import simulate
 from serving.workload import build_workload
 
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
                                    f" search/optimum peak-util ratio {None if gap is None else round(1 / gap, 4)}"})
         rows.append(row)
         if g == 32:
-            plan32, prob32, tr32 = plan, prob, tr
+            plan32, tr32 = plan, tr
 
     # 2. Simulator speed on the full conv hour (19,366 requests) with the 32-GPU plan.
     wl = build_workload(tr32, 4)
