@@ -5,6 +5,7 @@
 1. Simulator speed: the 19,366-request Azure conv hour on 32 H100s (llama2-70b, measured cost model), per dispatcher.
 2. Scheduler speed: the two-level search at 8 / 16 / 32 GPUs, and brute force at 8 GPUs (its gap to the search).
 3. Cross-check against Vidur: llama2-70b on 16 A100s as 4 x TP4 and 2 x TP8, round-robin, prompts cut to 4,096 tokens.
+4. The roofline cost model's error against the measured one on the measured points.
 Prints a table and writes bench_oserve.json and bench_oserve.csv. Timings are wall-clock on whatever else the machine
 is doing; run it with `nice` on a shared machine and say so when quoting them.
 """
@@ -24,6 +25,7 @@ from common.datapaths import resolve_data_dir
 from common.topology import a100_80g_4x8, h100_80g_4x8
 from common.traces import load_request_trace
 from serving.costmodel import CostModel, ReplicaConfig, get_model, load_perf_table
+from serving.costmodel.calibrate import roofline_errors
 from serving.scheduler import Problem, brute_force, oserve_search
 from serving.sim import simulate
 from serving.workload import build_workload
@@ -108,6 +110,13 @@ def main(argv=None) -> dict:
                                    f" / {s['p99_ttft_s']:.2f} s" + (f" (Vidur {v['p50_ttft_s']} / {v['p99_ttft_s']})"
                                                                    if "p50_ttft_s" in v else "")
                                    + f"; TPOT P50 {s['p50_tpot_s'] * 1e3:.0f} ms"})
+
+    # 4. Cost model (b) roofline against (a) measured, on the measured points.
+    errs = roofline_errors(table)
+    report["roofline_error"] = [e.__dict__ for e in errs]
+    for e in errs:
+        rows.append({"what": f"roofline error {e.model} {e.hardware} tp{e.tp} {e.phase}", "seconds": float("nan"),
+                     "detail": f"mean {e.mape:.1%}, worst {e.max_ape:.1%} over {e.rows} points"})
 
     report["rows"] = rows
     report["paper"] = {"scheduler_16_gpus_s": 12.0, "targets": {"simulator_32_gpus_s": 10.0, "scheduler_32_gpus_s": 1.0}}
