@@ -82,8 +82,11 @@ class OServeConfig:
     # Final dispatch among equal-rate solutions: latency (toward faster replicas, up to headroom load) or balance.
     tie_break: str = "latency"
     headroom: float = 0.0
-    # Time per output token the scheduler's capacity estimate keeps to (prefill stalls included).
-    tpot_target_s: float = 0.1
+    # Time per output token the scheduler's capacity estimate keeps to (prefill stalls included). ~ slo_tpot_s / 3: the
+    # simulated P99 TPOT runs about twice the median, so planning at a third keeps the tail inside the SLO.
+    tpot_target_s: float = 0.07
+    # TP of the fixed vLLM-style baseline deployment (N / fixed_tp replicas of TP fixed_tp).
+    fixed_tp: int = 4
     # Capacities n_kj: analytic (cost-model formula) or simulated (profiled per type in the simulator, slower).
     capacity: str = "analytic"
     # Plan for this quantile of the per-minute type rates (null: the trace's mean rates); 0.9 plans for bursts.

@@ -4,7 +4,8 @@
 
 For every (trace, GPU count, request rate): OServe's two-level plan with its x_kj dispatch ("oserve"), the same
 deployment with round-robin ("oserve_rr"), and the best homogeneous deployment (every replica alike, picked by P99 in
-the same simulator at the middle rate) with round-robin ("static_vllm"). Then a spatial-sensitivity sweep mixing short
+the same simulator at the middle rate) with round-robin ("static_vllm"), and a fixed vLLM-style deployment of
+TP=oserve.fixed_tp replicas with round-robin ("static_tp<N>", when that config fits). Then a spatial-sensitivity sweep mixing short
 and long requests at rising length CV. Writes results.json, results.csv, sensitivity.csv, p99_vs_rate.png.
 """
 
@@ -27,7 +28,7 @@ from tqdm import tqdm  # noqa: E402
 from common.datapaths import resolve_data_dir  # noqa: E402
 from common.topology import get_cluster  # noqa: E402
 from common.traces import RequestTrace, load_request_trace  # noqa: E402
-from serving.costmodel import CostModel, get_model, load_perf_table  # noqa: E402
+from serving.costmodel import CostModel, ReplicaConfig, get_model, load_perf_table  # noqa: E402
 from serving.scheduler import Problem, SchedulerConfig, homogeneous_candidates, oserve_search  # noqa: E402
 from serving.sim import SLO, simulate  # noqa: E402
 from serving.workload import build_workload, length_cv, mix_types  # noqa: E402
@@ -113,6 +114,11 @@ def compare(trace, cm, gpus, cfg, static_dep=None) -> tuple[dict, tuple, object]
         "oserve_rr": run_policy(trace, wl.labels, cm, plan.replicas, "round_robin", None, cfg),
         "static_vllm": run_policy(trace, wl.labels, cm, static_dep, "round_robin", None, cfg),
     }
+    tp = int(cfg.oserve.fixed_tp)
+    if tp <= gpus and ReplicaConfig(tp) in cm.configs(tp):
+        res[f"static_tp{tp}"] = run_policy(trace, wl.labels, cm, (ReplicaConfig(tp),) * (gpus // tp), "round_robin",
+                                           None, cfg)
+        res[f"static_tp{tp}"]["plan"] = f"{gpus // tp}x{ReplicaConfig(tp)}"
     res["oserve"]["plan"] = plan.describe()
     res["oserve"]["scheduler_s"] = plan.solve_time_s
     res["static_vllm"]["plan"] = " + ".join(sorted({f"{len(static_dep)}x{c}" for c in static_dep}))
@@ -163,16 +169,21 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                              "policy": pol, **{k: v for k, v in m.items() if k != "plan"}, "plan": m.get("plan", "")})
             if name == primary and g == int(cfg.num_gpus) and pt == points[0]:
                 headline = res
-    ratios = {}
+    ratios, ratios_fixed = {}, {}
+    fixed = f"static_tp{int(cfg.oserve.fixed_tp)}"
     for (name, g, pt) in {(r["trace"], r["gpus"], r["rate_point"]) for r in grid}:
         by = {r["policy"]: r for r in grid if (r["trace"], r["gpus"], r["rate_point"]) == (name, g, pt)}
         ratios[f"{name}/{g}/{pt}"] = by["static_vllm"]["p99_latency_s"] / by["oserve"]["p99_latency_s"]
+        if fixed in by:
+            ratios_fixed[f"{name}/{g}/{pt}"] = by[fixed]["p99_latency_s"] / by["oserve"]["p99_latency_s"]
     sens = sensitivity(traces[primary], build_cost(cfg, data_dir, int(cfg.num_gpus)), int(cfg.num_gpus), cfg)
 
     out = {
         "policies": {k: {kk: v for kk, v in m.items()} for k, m in headline.items()},
         "p99_speedup_vs_static": {"max": max(ratios.values()), "mean": float(np.mean(list(ratios.values()))),
                                   "per_cell": ratios},
+        f"p99_speedup_vs_{fixed}": ({"max": max(ratios_fixed.values()), "mean": float(np.mean(list(ratios_fixed.values()))),
+                                     "per_cell": ratios_fixed} if ratios_fixed else None),
         "sensitivity": sens,
         "paper": PAPER,
         "config": {"model": cfg.model, "cluster": cfg.cluster.preset, "num_gpus": int(cfg.num_gpus),
@@ -182,13 +193,16 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     (out_dir / "results.json").write_text(json.dumps(out, indent=2))
     _write_csv(out_dir / "results.csv", grid)
     _write_csv(out_dir / "sensitivity.csv", sens)
-    _plot(out_dir / "p99_vs_rate.png", grid, traces, gpu_counts)
+    _plot(out_dir / "p99_vs_rate.png", grid, traces, gpu_counts, fixed)
     print(f"OServe spatial ({cfg.model}, {cfg.cluster.preset}, {cfg.oserve.costmodel} cost model)")
     for k, m in headline.items():
-        print(f"  {k:12s} P50 {m['p50_latency_s']:8.2f} s  P99 {m['p99_latency_s']:8.2f} s  "
+        print(f"  {k:13s} P50 {m['p50_latency_s']:8.2f} s  P99 {m['p99_latency_s']:8.2f} s  "
               f"{m['throughput_rps']:6.2f} req/s  SLO {m['slo_attainment']:.3f}  {m.get('plan', '')}")
     s = out["p99_speedup_vs_static"]
-    print(f"  P99 static/oserve: max {s['max']:.2f}x, mean {s['mean']:.2f}x   (paper: up to 2x, average 1.5x vs vLLM)")
+    print(f"  P99 best-static/oserve: max {s['max']:.2f}x, mean {s['mean']:.2f}x   (paper: up to 2x, average 1.5x vs vLLM)")
+    if ratios_fixed:
+        f = out[f"p99_speedup_vs_{fixed}"]
+        print(f"  P99 {fixed}/oserve: max {f['max']:.2f}x, mean {f['mean']:.2f}x")
     for r in sens:
         print(f"  sensitivity CV {r['cv']:.3f}: {r['speedup']:.2f}x   (paper: 1.14x at CV 0.112 .. 2.66x at CV 0.688)")
     print(f"  results in {out_dir}")
@@ -204,13 +218,13 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _plot(path: Path, grid: list[dict], traces, gpu_counts) -> None:
+def _plot(path: Path, grid: list[dict], traces, gpu_counts, fixed: str) -> None:
     fig, axes = plt.subplots(len(traces), len(gpu_counts), figsize=(4 * len(gpu_counts), 3 * len(traces)),
                              squeeze=False)
     for i, name in enumerate(traces):
         for j, g in enumerate(gpu_counts):
             ax = axes[i, j]
-            for pol in ("oserve", "oserve_rr", "static_vllm"):
+            for pol in ("oserve", "oserve_rr", "static_vllm", fixed):
                 rows = sorted((r for r in grid if r["trace"] == name and r["gpus"] == g and r["policy"] == pol),
                               key=lambda r: r["rate_rps"])
                 ax.plot([r["rate_rps"] for r in rows], [r["p99_latency_s"] for r in rows], marker="o", label=pol)

@@ -32,7 +32,7 @@ class SchedulerConfig:
     # latency only breaks ties among equally balanced dispatches).
     headroom: float = 0.0
     # Time per output token the capacity estimate keeps to (prefill stalls included); None: saturation throughput.
-    tpot_target_s: float | None = 0.1
+    tpot_target_s: float | None = 0.07
     # n_kj from the analytic estimate, or "simulated": profiled by replaying the type's own requests on one replica
     # in the simulator (as a deployment would profile offline); see profile.py.
     capacity: str = "analytic"

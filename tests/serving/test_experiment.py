@@ -23,7 +23,8 @@ def _check(out, tmp_path):
             assert k in m and m[k] == m[k]
         assert m["p50_latency_s"] <= m["p99_latency_s"]
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["policies"]) == {"oserve", "oserve_rr", "static_vllm"}
+    assert set(saved["policies"]) == {"oserve", "oserve_rr", "static_vllm", "static_tp4"}
+    assert saved["p99_speedup_vs_static_tp4"]["mean"] > 0
     assert (tmp_path / "results.csv").exists() and (tmp_path / "p99_vs_rate.png").stat().st_size > 0
 
 
