@@ -99,7 +99,7 @@ def scheduler_config(cfg: DictConfig) -> SchedulerConfig:
 
 
 def compare(trace, cm, gpus, cfg, static_dep=None) -> tuple[dict, tuple, object]:
-    """The three policies on one trace; returns (metrics per policy, the static deployment used, the OServe plan)."""
+    """The policies on one trace; returns (metrics per policy, the static deployment used, the OServe plan)."""
     q = cfg.oserve.plan_rate_quantile
     wl = build_workload(trace, int(cfg.workload.num_types), seed=int(cfg.seed),
                         rate_quantile=None if q is None else float(q))

@@ -7,14 +7,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.optimize import least_squares
 
-from common.topology import A100_80G, H100_80G, a100_80g_4x8, h100_80g_4x8
+from common.topology import a100_80g_4x8, h100_80g_4x8
 from serving.costmodel.iteration import ReplicaConfig
 from serving.costmodel.measured import MeasuredTable, measured_cost
 from serving.costmodel.models import MODELS
 from serving.costmodel.roofline import DEFAULT_PARAMS, RooflineParams, roofline_cost
 
 CLUSTERS = {"a100-80gb": a100_80g_4x8, "h100-80gb": h100_80g_4x8}
-assert A100_80G.name and H100_80G.name  # the device names measured.HARDWARE maps from
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,15 @@ def _moves(problem: Problem, dep: Deployment, b: int, r: int, num_gpus: int) -> 
     TP/PP for the replicas that changed."""
     cm, reps = problem.cost, list(dep)
     rb, rr = reps[b], reps[r]
+    free = num_gpus - sum(c.gpus for c in reps)
+    if b == r:  # b alone: split it, reshape it, or grow it into free GPUs
+        rest = [c for i, c in enumerate(reps) if i != b]
+        out = [_canon(rest + [c]) for c in cm.configs(rb.gpus)]
+        if rb.gpus // 2 >= 1:
+            out += [_canon(rest + [c1, c2]) for c1 in cm.configs(rb.gpus // 2) for c2 in cm.configs(rb.gpus // 2)]
+        if free >= rb.gpus:
+            out += [_canon(rest + [c]) for c in cm.configs(2 * rb.gpus)]
+        return [d for d in out if sum(c.gpus for c in d) <= num_gpus and d != dep]
     rest = [c for i, c in enumerate(reps) if i not in (b, r)]
     out = []
     # 1. r joins b: one replica of twice the size (when they are the same size).
@@ -179,7 +188,7 @@ def _roles(problem: Problem, dep: Deployment) -> list[tuple[int, int]]:
     util = np.array([d.utilisation[keys.index(c)] for c in dep])
     order = np.argsort(-util, kind="stable")
     pairs = [(int(b), int(r)) for b in order for r in order[::-1] if b != r]
-    return pairs or [(0, 0)]
+    return pairs + [(int(b), int(b)) for b in order]  # then each replica on its own
 
 
 def oserve_search(problem: Problem, num_gpus: int, start: Deployment | None = None) -> DeploymentPlan:
@@ -197,7 +206,7 @@ def oserve_search(problem: Problem, num_gpus: int, start: Deployment | None = No
     pairs, idx, stale, steps = _roles(problem, cur), 0, 0, 0
     while stale < problem.cfg.patience and steps < problem.cfg.max_steps:
         steps += 1
-        if len(cur) < 2 or idx >= len(pairs):
+        if idx >= len(pairs):
             break
         b, r = pairs[idx]
         cands = _moves(problem, cur, b, r, num_gpus)

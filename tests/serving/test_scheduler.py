@@ -91,3 +91,14 @@ def test_workload_rates_mean_and_quantile():
     peak = build_workload(tr, 2, rate_quantile=1.0)
     assert peak.rates == pytest.approx([3.0, 0.5])
     assert mean.mean_input == pytest.approx([100, 3000]) and mean.mean_output == pytest.approx([10, 500])
+
+
+def test_search_improves_a_single_replica_start():
+    """From one big replica the search can still split it (its only move): short requests want data parallelism."""
+    from serving.costmodel import ReplicaConfig
+
+    pr = _problem(scale=30.0)
+    start = (ReplicaConfig(8),)
+    plan = oserve_search(pr, 8, start=start)
+    assert len(plan.replicas) > 1
+    assert (round(plan.served_rps / pr.lam.sum(), 6), -plan.peak_utilisation) > pr.score(start)
