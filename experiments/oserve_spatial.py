@@ -144,7 +144,7 @@ def sensitivity(trace, cm, gpus, cfg) -> list[dict]:
         rows.append({"long_share": p, "cv": length_cv(mixed), "rate_rps": rate,
                      "p99_static_s": res["static_vllm"]["p99_latency_s"], "p99_oserve_s": res["oserve"]["p99_latency_s"],
                      "speedup": res["static_vllm"]["p99_latency_s"] / res["oserve"]["p99_latency_s"]})
-    return rows
+    return sorted(rows, key=lambda r: r["cv"])  # rising CV
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
