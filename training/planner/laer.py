@@ -1,0 +1,34 @@
+"""The LAER-MoE paper's planner: two replica-count candidates, LPT placement, FSEP routing, keep the cheaper."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.planner.base import Plan, Planner
+from training.planner.lpt import even_replicas, lpt_place, priority_replicas
+
+
+def laer_candidates(loads: np.ndarray, n: int, c: int, g: int) -> list[np.ndarray]:
+    """Placements [N, C] of the paper's two candidates (even counts when E divides N*C; the priority queue)."""
+    w = loads.sum(0)
+    counts = [even_replicas(w.size, n * c), priority_replicas(w, n * c, n // g)]
+    out, seen = [], []
+    for r in counts:
+        if r is None or any(np.array_equal(r, s) for s in seen):
+            continue
+        seen.append(r)
+        out.append(lpt_place(w, r, n, c, g))
+    return out
+
+
+class Laer(Planner):
+    name = "laer"
+
+    def _plan(self, loads: np.ndarray) -> Plan:
+        # 1. Candidates; 2. score each with the cost model under the FSEP rule; 3. keep the cheaper.
+        best = None
+        for slots in laer_candidates(loads, self.n, self.c, self.g):
+            s = self.score(loads, slots)
+            if best is None or s[0] < best[1][0]:
+                best = (slots, s)
+        return self.fsep_plan(loads, best[0], best[1])

@@ -1,0 +1,105 @@
+"""LAER+ (ours, beyond the paper): the paper's cost model and FSEP routing rule, better replica counts and placement.
+
+Notation: N devices, E experts, C slots per device, G devices per node, K nodes, w [E] tokens per expert,
+w_m [E] tokens from node m's sources.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.placement import Placement
+from training.planner.base import Plan, Planner
+from training.planner.bound import waterfill_replicas
+from training.planner.laer import laer_candidates
+from training.planner.lp import minmax_routing
+from training.planner.lpt import lpt_place
+
+
+def node_local_placement(loads: np.ndarray, n: int, c: int, g: int) -> np.ndarray | None:
+    """Every node holds every expert, with counts water-filled on its own sources' loads, so all dispatch stays inside
+    the node. None when a node's G*C slots cannot hold E experts."""
+    e = loads.shape[1]
+    if g * c < e:
+        return None
+    k = n // g
+    node_src = loads.reshape(k, g, e).sum(1)  # [K, E]
+    slots = np.empty((n, c), dtype=np.int64)
+    for m in range(k):
+        r = waterfill_replicas(node_src[m], g * c)
+        slots[m * g:(m + 1) * g] = lpt_place(node_src[m], r, g, c, g)
+    return slots
+
+
+class LaerPlus(Planner):
+    name = "laer_plus"
+
+    def __init__(self, *args, search_rounds: int = 2, flow_max_vars: int = 20000, **kw):
+        super().__init__(*args, **kw)
+        if search_rounds < 0:
+            raise ValueError(f"laer_plus: search_rounds must be >= 0, got {search_rounds}")
+        if flow_max_vars < 0:
+            raise ValueError(f"laer_plus: flow_max_vars must be >= 0, got {flow_max_vars}")
+        self.search_rounds = search_rounds  # local-search improvement rounds after choosing a candidate
+        # Min-max flow routing is an LP with one variable per (source, expert, holder); above this many variables
+        # (large clusters) the plan keeps the FSEP even split.
+        self.flow_max_vars = flow_max_vars
+
+    def _plan(self, loads: np.ndarray) -> Plan:
+        w = loads.sum(0)
+        # 1. Candidates: the paper's two, water-filled counts (steps of 1) with LPT, and the node-local layout.
+        cands = laer_candidates(loads, self.n, self.c, self.g)
+        cands.append(lpt_place(w, waterfill_replicas(w, self.n * self.c), self.n, self.c, self.g))
+        local = node_local_placement(loads, self.n, self.c, self.g)
+        if local is not None:
+            cands.append(local)
+        # 2. Score every candidate with the cost model under the FSEP rule; keep the cheapest.
+        scored = [(self.score(loads, s), s) for s in cands]
+        (obj, tokens), slots = min(scored, key=lambda t: t[0][0])
+        # 3. Local search on the winner: swaps and replica moves between the busiest and the idlest device.
+        for _ in range(self.search_rounds):
+            step = self._best_step(loads, slots, obj, tokens)
+            if step is None:
+                break
+            slots, (obj, tokens) = step
+        best = self.fsep_plan(loads, slots, (obj, tokens))
+        # 4. Min-max flow routing on the top candidates (the runtime then follows plan.routing as quotas).
+        if self.n * self.c * self.n <= self.flow_max_vars:
+            ranked = sorted(scored, key=lambda t: t[0][0])[:2]
+            for s_ in {id(x[1]): x[1] for x in [(None, slots)] + ranked}.values():
+                routing = minmax_routing(loads, Placement(s_, loads.shape[1]).holders(), self.g, self.cost)
+                if routing is None:
+                    continue
+                p = self.routed_plan(loads, s_, routing)
+                if p.est_time_s < best.est_time_s:
+                    best = p
+        return best
+
+    def _best_step(self, loads, slots, obj, tokens):
+        """The best objective-lowering change touching the busiest and the idlest device, or None."""
+        e = loads.shape[1]
+        hi, lo = int(np.argmax(tokens)), int(np.argmin(tokens))
+        if hi == lo:
+            return None
+        counts = np.bincount(slots.ravel(), minlength=e)
+        best = None
+        tried = set()
+        for a in range(self.c):
+            for b in range(self.c):
+                x, y = int(slots[hi, a]), int(slots[lo, b])
+                # Swap x and y between the two devices; or move: y's slot takes a copy of x (needs y elsewhere).
+                moves = [("swap", x, y)] if x != y else []
+                if counts[y] > 1 and x != y:
+                    moves.append(("copy", x, y))
+                for kind, x_, y_ in moves:
+                    if (kind, a if kind == "swap" else -1, b, x_, y_) in tried:
+                        continue
+                    tried.add((kind, a if kind == "swap" else -1, b, x_, y_))
+                    trial = slots.copy()
+                    trial[lo, b] = x_
+                    if kind == "swap":
+                        trial[hi, a] = y_
+                    s = self.score(loads, trial)
+                    if s[0] < obj * (1 - 1e-12) and (best is None or s[0] < best[1][0]):
+                        best = (trial, s)
+        return best
