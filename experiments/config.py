@@ -7,7 +7,7 @@ Each experiment owns one section below (the `task` key picks which function runs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -43,6 +43,47 @@ class QuickstartConfig:
 
 
 @dataclass
+class PlannerQualityConfig:
+    # Expert-load trace (SmartMoE npz), relative to paths.data_dir.
+    expert_trace: str = "smartmoe_expert_trace/smartmoe_counts.npz"
+    # Planners to compare (names in training.planner.PLANNERS; static_ep runs only where C = E / N).
+    algorithms: List[str] = field(default_factory=lambda: ["static_ep", "fsdp_ep", "laer", "laer_plus", "flexmoe", "eplb"])
+    # Expert slots per device to sweep.
+    slots: List[int] = field(default_factory=lambda: [2, 4, 8])
+    # Devices per node (the trace's 16 source ranks become 16 / devices_per_node nodes).
+    devices_per_node: int = 8
+    # Plan from the sum of this many previous micro-batches (the paper's window), evaluate on the next one.
+    window: int = 5
+    # Replay every k-th sampled iteration / layer; 1 and 1 is the full trace (501 x 24 x 4 micro-batches).
+    iteration_stride: int = 25
+    layer_stride: int = 3
+    # Expert shape for the cost model (token bytes 2*H, SwiGLU compute per token).
+    hidden: int = 4096
+    ffn: int = 14336
+    recompute: bool = False
+    # The exact MILP runs on this many (iteration, layer) instances per C (oracle mode only), each under the limit.
+    milp_instances: int = 2
+    milp_time_limit_s: float = 10.0
+
+
+@dataclass
+class PlannerSpeedConfig:
+    # The paper's Fig. 11 planner times (CSV n_device,C_e,time), relative to paths.data_dir.
+    paper_results: str = "laer_moe_paper_results/planner_results_backup.csv"
+    algorithms: List[str] = field(default_factory=lambda: ["laer", "laer_plus"])
+    num_experts: int = 32
+    devices_per_node: int = 8
+    # Devices and slots per device to time (the paper's grid by default).
+    devices: List[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024])
+    slots: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    # Random load matrices per (N, C); the reported time is the median over them (after one warm-up plan).
+    repeats: int = 5
+    # Tokens per source device (random loads: multinomial over experts with Dirichlet(1) weights).
+    tokens_per_device: int = 4096
+    seed: int = 0
+
+
+@dataclass
 class Config:
     # Which experiment function runs: a key of experiments.run.TASKS.
     task: str = "quickstart"
@@ -50,6 +91,8 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     quickstart: QuickstartConfig = field(default_factory=QuickstartConfig)
+    planner_quality: PlannerQualityConfig = field(default_factory=PlannerQualityConfig)
+    planner_speed: PlannerSpeedConfig = field(default_factory=PlannerSpeedConfig)
 
 
 def register() -> None:

@@ -18,6 +18,8 @@ from experiments.config import register
 # Imported lazily so that a training experiment never imports the serving stack and vice versa.
 TASKS = {
     "quickstart": "experiments.quickstart:run",
+    "planner_quality": "experiments.planner_quality:run",
+    "planner_speed": "experiments.planner_speed:run",
 }
 
 

@@ -26,6 +26,9 @@ class Plan:
     algorithm: str  # registry name of the planner that made it
     num_experts: int  # E
     gap: float | None = None  # relative MIP gap for `milp` (0: proven optimal); None for heuristics
+    # True: routing is the FSEP even-split rule, so the runtime can apply it to any loads; False: routing is explicit
+    # per-(source, expert, device) quotas (min-max flow, MILP) that the runtime follows as fractions.
+    fsep_routed: bool = True
     # Builds the [N, E, N] routing on first access (it can be large); excluded from equality and repr.
     routing_fn: Callable[[], np.ndarray] = field(default=None, repr=False, compare=False)
 
@@ -105,4 +108,4 @@ class Planner:
         routing = np.asarray(routing, dtype=np.int64)
         summary = self.cost.routing_summary(routing, self.g)
         return Plan(np.asarray(slots, dtype=np.int64), summary[0], self.cost.objective(*summary), self.name,
-                    loads.shape[1], gap, routing_fn=lambda: routing)
+                    loads.shape[1], gap, fsep_routed=False, routing_fn=lambda: routing)

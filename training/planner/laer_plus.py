@@ -34,13 +34,15 @@ def node_local_placement(loads: np.ndarray, n: int, c: int, g: int) -> np.ndarra
 class LaerPlus(Planner):
     name = "laer_plus"
 
-    def __init__(self, *args, search_rounds: int = 2, flow_max_vars: int = 20000, **kw):
+    def __init__(self, *args, search_rounds: int = 2, search_max_slots: int = 256, flow_max_vars: int = 4096, **kw):
         super().__init__(*args, **kw)
         if search_rounds < 0:
             raise ValueError(f"laer_plus: search_rounds must be >= 0, got {search_rounds}")
         if flow_max_vars < 0:
             raise ValueError(f"laer_plus: flow_max_vars must be >= 0, got {flow_max_vars}")
         self.search_rounds = search_rounds  # local-search improvement rounds after choosing a candidate
+        # Each round scores 2*C^2 trial layouts at O(N*E + N*C) each: only worth it on small clusters.
+        self.search_max_slots = search_max_slots  # local search runs only when N*C <= this
         # Min-max flow routing is an LP with one variable per (source, expert, holder); above this many variables
         # (large clusters) the plan keeps the FSEP even split.
         self.flow_max_vars = flow_max_vars
@@ -57,14 +59,14 @@ class LaerPlus(Planner):
         scored = [(self.score(loads, s), s) for s in cands]
         (obj, tokens), slots = min(scored, key=lambda t: t[0][0])
         # 3. Local search on the winner: swaps and replica moves between the busiest and the idlest device.
-        for _ in range(self.search_rounds):
+        for _ in range(self.search_rounds if self.n * self.c <= self.search_max_slots else 0):
             step = self._best_step(loads, slots, obj, tokens)
             if step is None:
                 break
             slots, (obj, tokens) = step
         best = self.fsep_plan(loads, slots, (obj, tokens))
         # 4. Min-max flow routing on the top candidates (the runtime then follows plan.routing as quotas).
-        if self.n * self.c * self.n <= self.flow_max_vars:
+        if self.n * self.c * self.n <= self.flow_max_vars:  # upper bound on (source, holder) pairs per expert
             ranked = sorted(scored, key=lambda t: t[0][0])[:2]
             for s_ in {id(x[1]): x[1] for x in [(None, slots)] + ranked}.values():
                 routing = minmax_routing(loads, Placement(s_, loads.shape[1]).holders(), self.g, self.cost)

@@ -23,6 +23,6 @@ class MILP(Planner):
         if res.slots is None:
             # No integer point within the limit: fall back to the best heuristic and say so with an infinite gap.
             p = LaerPlus(self.n, self.c, self.g, cost=self.cost).plan(loads)
-            return Plan(p.placement, p.device_tokens, p.est_time_s, self.name, p.num_experts, float("inf"),
+            return Plan(p.placement, p.device_tokens, p.est_time_s, self.name, p.num_experts, float("inf"), p.fsep_routed,
                         routing_fn=p.routing_fn)
         return self.routed_plan(loads, res.slots, res.routing, gap=res.gap)
