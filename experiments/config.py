@@ -7,7 +7,7 @@ Each experiment owns one section below (the `task` key picks which function runs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -47,9 +47,9 @@ class PlannerQualityConfig:
     # Expert-load trace (SmartMoE npz), relative to paths.data_dir.
     expert_trace: str = "smartmoe_expert_trace/smartmoe_counts.npz"
     # Planners to compare (names in training.planner.PLANNERS; static_ep runs only where C = E / N).
-    algorithms: List[str] = field(default_factory=lambda: ["static_ep", "fsdp_ep", "laer", "laer_plus", "flexmoe", "eplb"])
+    algorithms: list[str] = field(default_factory=lambda: ["static_ep", "fsdp_ep", "laer", "laer_plus", "flexmoe", "eplb"])
     # Expert slots per device to sweep.
-    slots: List[int] = field(default_factory=lambda: [2, 4, 8])
+    slots: list[int] = field(default_factory=lambda: [2, 4, 8])
     # Devices per node (the trace's 16 source ranks become 16 / devices_per_node nodes).
     devices_per_node: int = 8
     # Plan from the sum of this many previous micro-batches (the paper's window), evaluate on the next one.
@@ -70,12 +70,12 @@ class PlannerQualityConfig:
 class PlannerSpeedConfig:
     # The paper's Fig. 11 planner times (CSV n_device,C_e,time), relative to paths.data_dir.
     paper_results: str = "laer_moe_paper_results/planner_results_backup.csv"
-    algorithms: List[str] = field(default_factory=lambda: ["laer", "laer_plus"])
+    algorithms: list[str] = field(default_factory=lambda: ["laer", "laer_plus"])
     num_experts: int = 32
     devices_per_node: int = 8
     # Devices and slots per device to time (the paper's grid by default).
-    devices: List[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024])
-    slots: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    devices: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024])
+    slots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     # Random load matrices per (N, C); the reported time is the median over them (after one warm-up plan).
     repeats: int = 5
     # Tokens per source device (random loads: multinomial over experts with Dirichlet(1) weights).

@@ -40,7 +40,7 @@ def test_planner_quality_runs_tiny(tmp_path):
 
     rng = np.random.default_rng(0)
     counts = rng.multinomial(64, np.ones(8) / 8, size=(6, 4, 2, 4)).astype(np.uint16)  # [I, R, L, M, E]
-    np.savez(tmp_path / "trace.npz", counts=counts)
+    np.savez(tmp_path / "trace.npz", counts=counts, iterations=np.arange(6, dtype=np.int32) * 10)
     cfg = _compose([
         "experiment=laer/planner_quality", f"paths.data_dir={tmp_path}", "planner_quality.expert_trace=trace.npz",
         "planner_quality.devices_per_node=2", "planner_quality.slots=[2,4]", "planner_quality.iteration_stride=2",
