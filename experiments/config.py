@@ -61,8 +61,13 @@ class PlannerQualityConfig:
     hidden: int = 4096
     ffn: int = 14336
     recompute: bool = False
-    # The exact MILP runs on this many (iteration, layer) instances per C (oracle mode only), each under the limit.
-    milp_instances: int = 2
+    # The exact MILP is the oracle on small instances cut from the trace: sources merged to milp_devices devices
+    # (milp_devices_per_node per node), experts merged in consecutive groups to milp_experts, one micro-batch each.
+    milp_instances: int = 20
+    milp_devices: int = 4
+    milp_devices_per_node: int = 2
+    milp_experts: int = 8
+    milp_slots: list[int] = field(default_factory=lambda: [2, 4])
     milp_time_limit_s: float = 10.0
 
 

@@ -76,7 +76,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     ts = [i * mbs + m for i in range(0, iters, int(pc.iteration_stride)) for m in range(mbs) if i * mbs + m >= window]
     lays = list(range(0, layers, int(pc.layer_stride)))
     instances = [(t, layer) for layer in lays for t in ts]
-    milp_pick = set(np.linspace(0, len(instances) - 1, int(pc.milp_instances)).astype(int).tolist()) if pc.milp_instances else set()
 
     rows = []
     bar = tqdm(total=len(pc.slots) * len(instances), desc="planner_quality", unit="inst")
@@ -86,16 +85,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             if name == "static_ep" and ranks * c != e:
                 continue  # plain EP has exactly E/N slots per device
             planners[name] = make_planner(name, ranks, int(c), g, cost=cost)
-        milp = make_planner("milp", ranks, int(c), g, cost=cost, time_limit_s=pc.milp_time_limit_s)
-        for idx, (t, layer) in enumerate(instances):
+        for t, layer in instances:
             seq = counts[:, :, layer].transpose(0, 2, 1, 3).reshape(seq_len, ranks, e)  # [I*M, R, E], view
             now = seq[t]
             past = seq[t - window:t].sum(0)
             bound = replica_lower_bound(now, ranks, int(c))
             mean = now.sum() / ranks
             todo = [(n, p, mode) for n, p in planners.items() for mode in ("oracle", "lagged")]
-            if idx in milp_pick:
-                todo.append(("milp", milp, "oracle"))
             for name, planner, mode in todo:
                 src = now if mode == "oracle" else past
                 t0 = time.perf_counter()
@@ -116,10 +112,79 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     summary = summarise(rows)
     _write_csv(out_dir / "rows.csv", rows)
     _write_csv(out_dir / "summary.csv", summary)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     _plot(rows, list(pc.slots), out_dir / "quality.png")
     _print(summary)
-    return {"summary": summary, "instances": len(instances)}
+    milp_rows, milp_summary = milp_study(counts, pc, cost, cfg.cluster.preset)
+    if milp_rows:
+        _write_csv(out_dir / "milp_rows.csv", milp_rows)
+        _write_csv(out_dir / "milp_summary.csv", milp_summary)
+        _print_milp(milp_summary)
+    (out_dir / "summary.json").write_text(json.dumps({"quality": summary, "milp": milp_summary}, indent=1))
+    return {"summary": summary, "milp": milp_summary, "instances": len(instances)}
+
+
+def milp_study(counts: np.ndarray, pc, cost: PlanCost, preset: str) -> tuple[list[dict], list[dict]]:
+    """Every heuristic against the exact MILP on small instances cut from the trace (oracle mode)."""
+    iters, ranks, layers, mbs, e = counts.shape
+    n, g, e_small = int(pc.milp_devices), int(pc.milp_devices_per_node), int(pc.milp_experts)
+    if pc.milp_instances < 1:
+        return [], []
+    if ranks % n or e % e_small or n % g:
+        raise ValueError(f"config keys 'planner_quality.milp_*': {ranks} ranks / {e} experts do not merge into "
+                         f"{n} devices (nodes of {g}) / {e_small} experts")
+    cost = PlanCost.for_model(get_cluster(preset).with_shape(n // g, g), hidden=pc.hidden, ffn=pc.ffn,
+                              recompute=pc.recompute)
+    rng = np.random.default_rng(0)
+    picks = [(int(rng.integers(iters)), int(rng.integers(layers)), int(rng.integers(mbs))) for _ in range(pc.milp_instances)]
+    rows = []
+    algs = [a for a in pc.algorithms if a != "static_ep"]
+    bar = tqdm(total=len(picks) * len(pc.milp_slots), desc="milp oracle", unit="inst")
+    for c in pc.milp_slots:
+        if n * int(c) < e_small:
+            raise ValueError(f"config key 'planner_quality.milp_slots': C={c} gives fewer slots than {e_small} experts")
+        milp = make_planner("milp", n, int(c), g, cost=cost, time_limit_s=pc.milp_time_limit_s)
+        heur = {a: make_planner(a, n, int(c), g, cost=cost) for a in algs}
+        for it, layer, mb in picks:
+            x = counts[it, :, layer, mb].reshape(n, ranks // n, e_small, e // e_small).sum((1, 3))  # [n, E_small]
+            t0 = time.perf_counter()
+            opt = milp.plan(x)
+            solve = time.perf_counter() - t0
+            bound = replica_lower_bound(x, n, int(c))
+            rows.append({"algorithm": "milp", "C": int(c), "iteration": it, "layer": layer, "microbatch": mb,
+                         "est_time_s": opt.est_time_s, "over_milp": 1.0, "max_over_bound": opt.device_tokens.max() / bound,
+                         "gap": opt.gap, "solve_s": solve})
+            for a, p in heur.items():
+                t0 = time.perf_counter()
+                plan = p.plan(x)
+                solve = time.perf_counter() - t0
+                rows.append({"algorithm": a, "C": int(c), "iteration": it, "layer": layer, "microbatch": mb,
+                             "est_time_s": plan.est_time_s, "over_milp": plan.est_time_s / opt.est_time_s,
+                             "max_over_bound": plan.device_tokens.max() / bound, "gap": "", "solve_s": solve})
+            bar.update()
+    bar.close()
+    summary = []
+    for a in ["milp"] + algs:
+        for c in pc.milp_slots:
+            sel = [r for r in rows if r["algorithm"] == a and r["C"] == int(c)]
+            ratio = np.array([r["over_milp"] for r in sel])
+            gaps = [r["gap"] for r in rows if r["algorithm"] == "milp" and r["C"] == int(c)]
+            summary.append({
+                "algorithm": a, "C": int(c), "instances": len(sel), "mean_over_milp": float(ratio.mean()),
+                "max_over_milp": float(ratio.max()), "within_5pct": float(np.mean(ratio <= 1.05)),
+                "mean_max_over_bound": float(np.mean([r["max_over_bound"] for r in sel])),
+                "mean_solve_ms": float(np.mean([r["solve_s"] for r in sel]) * 1e3),
+                "milp_mean_gap": float(np.mean(gaps)), "milp_proven_optimal": float(np.mean(np.array(gaps) <= 1e-4)),
+            })
+    return rows, summary
+
+
+def _print_milp(summary: list[dict]) -> None:
+    print(f"\nMILP oracle on small trace instances\n{'algorithm':10s} {'C':>2s} {'n':>4s} {'obj/milp':>9s} {'max':>7s} "
+          f"{'<=5%':>6s} {'/bound':>7s} {'solve ms':>9s} {'milp gap':>9s} {'optimal':>8s}")
+    for s in summary:
+        print(f"{s['algorithm']:10s} {s['C']:2d} {s['instances']:4d} {s['mean_over_milp']:9.4f} {s['max_over_milp']:7.4f} "
+              f"{s['within_5pct']:6.2f} {s['mean_max_over_bound']:7.3f} {s['mean_solve_ms']:9.2f} "
+              f"{s['milp_mean_gap']:9.2e} {s['milp_proven_optimal']:8.2f}")
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

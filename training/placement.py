@@ -173,16 +173,17 @@ def fsep_summary(loads: np.ndarray, placement: Placement, devices_per_node: int)
     extra = np.cumsum(diff)  # per position (slack cells are 0)
 
     # Step 3: positions -> devices. Local group (m, j) lists node m's devices; global group j lists all devices.
-    hl = np.zeros((k * e + e, n), dtype=np.int64)  # [groups, N] replicas of the group's expert on device d
-    d_idx = np.arange(n)
-    hl[(node[None, :] * e + np.arange(e)[:, None]).ravel(), np.tile(d_idx, e)] = h.ravel()
-    hl[k * e:] = h
-    pos_dev = np.repeat(np.tile(d_idx, hl.shape[0]), hl.ravel())  # device of each position, group-major
+    jn, dn = np.nonzero(h)  # replica-holding (expert, device) pairs, expert-major
+    cnt = h[jn, dn]
+    loc = np.lexsort((dn, jn, node[dn]))  # local groups are ordered (node, expert, device)
+    g_loc, d_loc, c_loc = node[dn[loc]] * e + jn[loc], dn[loc], cnt[loc]
+    pos_dev = np.concatenate([np.repeat(d_loc, c_loc), np.repeat(dn, cnt)])  # device of each position, group-major
     keep = np.ones(offs[-1], bool)
     keep[offs[1:] - 1] = False  # drop slack cells
-    device_tokens = np.bincount(pos_dev, weights=extra[keep], minlength=n)
-    base_sum = np.bincount(group.ravel(), weights=base.ravel(), minlength=hl.shape[0])  # [groups]
-    device_tokens = device_tokens + base_sum @ hl
+    base_sum = np.bincount(group.ravel(), weights=base.ravel(), minlength=k * e + e)  # [groups]
+    device_tokens = (np.bincount(pos_dev, weights=extra[keep], minlength=n)
+                     + np.bincount(d_loc, weights=base_sum[g_loc] * c_loc, minlength=n)
+                     + np.bincount(dn, weights=base_sum[k * e + jn] * cnt, minlength=n))
 
     # Tokens a source keeps: base times its own replicas plus extras on its run [s, s + own) of the local list.
     own = h.T  # [N, E] replicas of j on device i

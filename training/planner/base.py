@@ -51,13 +51,13 @@ def check_loads(loads, num_devices: int, slots_per_device: int) -> np.ndarray:
         raise ValueError("loads must have at least one expert column")
     if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
         raise ValueError(f"loads must be real numbers, got dtype {a.dtype}")
-    if not np.all(np.isfinite(a)):
+    if not np.issubdtype(a.dtype, np.integer) and not np.all(np.isfinite(a)):
         i, j = np.argwhere(~np.isfinite(a))[0]
         raise ValueError(f"loads must be finite; loads[{i}, {j}] = {a[i, j]}")
     if np.any(a < 0):
         i, j = np.argwhere(a < 0)[0]
         raise ValueError(f"loads must be non-negative; loads[{i}, {j}] = {a[i, j]}")
-    if not np.all(np.equal(np.mod(a, 1), 0)):
+    if not np.issubdtype(a.dtype, np.integer) and not np.all(np.equal(np.mod(a, 1), 0)):
         raise ValueError("loads must be integer token counts (sum a window of micro-batches rather than average it)")
     e = a.shape[1]
     if num_devices * slots_per_device < e:

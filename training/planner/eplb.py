@@ -55,22 +55,26 @@ class EPLB(Planner):
         self.num_groups = num_groups  # expert groups packed to nodes; None: one group per node
 
     def _plan(self, loads: np.ndarray) -> Plan:
-        w = loads.sum(0).astype(float)
-        e = w.size
-        groups = self.num_groups or self.k
-        per_node_experts = e // self.k
-        hierarchical = e % groups == 0 and groups % self.k == 0 and self.g * self.c >= per_node_experts
-        if hierarchical:
-            # 1. Pack expert groups to nodes (equal group count per node) by group load.
-            size = e // groups
-            node_of_group = balanced_packing(w.reshape(groups, size).sum(1), self.k)
-            slots = np.empty((self.n, self.c), dtype=np.int64)
-            for m in range(self.k):
-                experts = np.concatenate([np.arange(q * size, (q + 1) * size) for q in np.flatnonzero(node_of_group == m)])
-                # 2. Replicate heavy experts within the node; 3. pack replicas to the node's devices.
-                r = replicate(w[experts], self.g * self.c)
-                slots[m * self.g:(m + 1) * self.g] = _pack_replicas(w[experts], experts, r, self.g, self.c)
-        else:
-            r = replicate(w, self.n * self.c)
-            slots = _pack_replicas(w, np.arange(e), r, self.n, self.c)
-        return self.fsep_plan(loads, slots)
+        return self.fsep_plan(loads, eplb_placement(loads, self.n, self.c, self.g, self.num_groups))
+
+
+def eplb_placement(loads: np.ndarray, n: int, c: int, g: int, num_groups: int | None = None) -> np.ndarray:
+    """[N, C] EPLB layout for loads [N, E] (only the expert totals matter)."""
+    w = loads.sum(0).astype(float)
+    e = w.size
+    k = n // g
+    groups = num_groups or k
+    hierarchical = e % groups == 0 and groups % k == 0 and g * c >= e // k
+    if not hierarchical:
+        r = replicate(w, n * c)
+        return _pack_replicas(w, np.arange(e), r, n, c)
+    # 1. Pack expert groups to nodes (equal group count per node) by group load.
+    size = e // groups
+    node_of_group = balanced_packing(w.reshape(groups, size).sum(1), k)
+    slots = np.empty((n, c), dtype=np.int64)
+    for m in range(k):
+        experts = np.concatenate([np.arange(q * size, (q + 1) * size) for q in np.flatnonzero(node_of_group == m)])
+        # 2. Replicate heavy experts within the node; 3. pack replicas to the node's devices.
+        r = replicate(w[experts], g * c)
+        slots[m * g:(m + 1) * g] = _pack_replicas(w[experts], experts, r, g, c)
+    return slots

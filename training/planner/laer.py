@@ -8,17 +8,27 @@ from training.planner.base import Plan, Planner
 from training.planner.lpt import even_replicas, lpt_place, priority_replicas
 
 
-def laer_candidates(loads: np.ndarray, n: int, c: int, g: int) -> list[np.ndarray]:
-    """Placements [N, C] of the paper's two candidates (even counts when E divides N*C; the priority queue)."""
+def laer_counts(loads: np.ndarray, n: int, c: int, g: int) -> list[np.ndarray]:
+    """Replica-count vectors [E] of the paper's two candidates (even when E divides N*C; the priority queue)."""
     w = loads.sum(0)
-    counts = [even_replicas(w.size, n * c), priority_replicas(w, n * c, n // g)]
+    return [r for r in (even_replicas(w.size, n * c), priority_replicas(w, n * c, n // g)) if r is not None]
+
+
+def place_counts(loads: np.ndarray, counts: list[np.ndarray], n: int, c: int, g: int) -> list[np.ndarray]:
+    """LPT placements [N, C] of the distinct count vectors."""
+    w = loads.sum(0)
     out, seen = [], []
     for r in counts:
-        if r is None or any(np.array_equal(r, s) for s in seen):
+        if any(np.array_equal(r, s) for s in seen):
             continue
         seen.append(r)
         out.append(lpt_place(w, r, n, c, g))
     return out
+
+
+def laer_candidates(loads: np.ndarray, n: int, c: int, g: int) -> list[np.ndarray]:
+    """Placements [N, C] of the paper's candidates."""
+    return place_counts(loads, laer_counts(loads, n, c, g), n, c, g)
 
 
 class Laer(Planner):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.placement import Placement
+from training.placement import Placement, fsdp_ep_placement
 from training.planner.base import Plan, Planner
 from training.planner.bound import waterfill_replicas
-from training.planner.laer import laer_candidates
+from training.planner.eplb import eplb_placement
+from training.planner.laer import laer_counts, place_counts
 from training.planner.lp import minmax_routing
 from training.planner.lpt import lpt_place
 
@@ -34,24 +35,32 @@ def node_local_placement(loads: np.ndarray, n: int, c: int, g: int) -> np.ndarra
 class LaerPlus(Planner):
     name = "laer_plus"
 
-    def __init__(self, *args, search_rounds: int = 2, search_max_slots: int = 256, flow_max_vars: int = 4096, **kw):
+    def __init__(self, *args, search_rounds: int = 2, search_max_slots: int = 128, flow_max_vars: int = 2048, **kw):
         super().__init__(*args, **kw)
         if search_rounds < 0:
             raise ValueError(f"laer_plus: search_rounds must be >= 0, got {search_rounds}")
         if flow_max_vars < 0:
             raise ValueError(f"laer_plus: flow_max_vars must be >= 0, got {flow_max_vars}")
         self.search_rounds = search_rounds  # local-search improvement rounds after choosing a candidate
-        # Each round scores 2*C^2 trial layouts at O(N*E + N*C) each: only worth it on small clusters.
-        self.search_max_slots = search_max_slots  # local search runs only when N*C <= this
+        # Each round scores 2*C^2 trial layouts at O(N*E + N*C) each: only worth it on small clusters. The baselines'
+        # layouts join the candidates under the same limit.
+        self.search_max_slots = search_max_slots  # local search (and baseline candidates) only when N*C <= this
         # Min-max flow routing is an LP with one variable per (source, expert, holder); above this many variables
         # (large clusters) the plan keeps the FSEP even split.
         self.flow_max_vars = flow_max_vars
 
     def _plan(self, loads: np.ndarray) -> Plan:
         w = loads.sum(0)
-        # 1. Candidates: the paper's two, water-filled counts (steps of 1) with LPT, and the node-local layout.
-        cands = laer_candidates(loads, self.n, self.c, self.g)
-        cands.append(lpt_place(w, waterfill_replicas(w, self.n * self.c), self.n, self.c, self.g))
+        # 1. Candidates: the paper's two, water-filled counts (steps of 1) with LPT, the node-local layout and, on
+        #    small clusters, the EPLB and FSDP+EP layouts.
+        counts = laer_counts(loads, self.n, self.c, self.g) + [waterfill_replicas(w, self.n * self.c)]
+        cands = place_counts(loads, counts, self.n, self.c, self.g)
+        small = self.n * self.c <= self.search_max_slots
+        if small:
+            # On small clusters the baselines' layouts are cheap to add, so LAER+ is never worse than them here.
+            cands.append(eplb_placement(loads, self.n, self.c, self.g))
+            if loads.shape[1] % self.c == 0:
+                cands.append(fsdp_ep_placement(self.n, loads.shape[1], self.c).slots)
         local = node_local_placement(loads, self.n, self.c, self.g)
         if local is not None:
             cands.append(local)
@@ -59,7 +68,7 @@ class LaerPlus(Planner):
         scored = [(self.score(loads, s), s) for s in cands]
         (obj, tokens), slots = min(scored, key=lambda t: t[0][0])
         # 3. Local search on the winner: swaps and replica moves between the busiest and the idlest device.
-        for _ in range(self.search_rounds if self.n * self.c <= self.search_max_slots else 0):
+        for _ in range(self.search_rounds if small else 0):
             step = self._best_step(loads, slots, obj, tokens)
             if step is None:
                 break

@@ -56,7 +56,7 @@ def lpt_place(expert_loads: np.ndarray, replicas: np.ndarray, num_devices: int, 
     per_rep = w / np.maximum(r, 1)
     order = np.argsort(-per_rep, kind="stable")
     k = num_devices // devices_per_node
-    if k <= 16:
+    if k <= 64:
         return _lpt_heaps(per_rep, r, order, num_devices, slots_per_device, devices_per_node)
     return _lpt_rounds(per_rep, r, order, num_devices, slots_per_device, devices_per_node)
 
@@ -64,26 +64,36 @@ def lpt_place(expert_loads: np.ndarray, replicas: np.ndarray, num_devices: int, 
 def _lpt_heaps(per_rep, r, order, n, c, g) -> np.ndarray:
     k = n // g
     heaps = [[(0.0, d) for d in range(m * g, (m + 1) * g)] for m in range(k)]  # (load, device), free devices only
+    node_free = [g * c] * k
     free = [c] * n
     slots = [[] for _ in range(n)]
     per_rep = per_rep.tolist()
+
+    def take(m, j, wj):
+        load, d = heapq.heappop(heaps[m])
+        slots[d].append(j)
+        free[d] -= 1
+        node_free[m] -= 1
+        if free[d]:
+            heapq.heappush(heaps[m], (load + wj, d))
+
+    # Rounds: the nodes with the fewest copies of j each take one replica (their picks only touch their own
+    # devices, so the order inside a round does not matter); when fewer replicas are left than candidate nodes, the
+    # nodes whose least-loaded free device is lightest take them.
     for j in order.tolist():
-        copies = [0] * k
         wj = per_rep[j]
-        for _ in range(int(r[j])):
-            best, best_key = -1, None
-            for m in range(k):
-                hp = heaps[m]
-                if hp:
-                    key = (copies[m], hp[0][0], hp[0][1])
-                    if best_key is None or key < best_key:
-                        best, best_key = m, key
-            load, d = heapq.heappop(heaps[best])
-            slots[d].append(j)
-            copies[best] += 1
-            free[d] -= 1
-            if free[d]:
-                heapq.heappush(heaps[best], (load + wj, d))
+        copies = [0] * k
+        left = int(r[j])
+        while left:
+            avail = [m for m in range(k) if node_free[m]]
+            cmin = min(copies[m] for m in avail)
+            cand = [m for m in avail if copies[m] == cmin]
+            if len(cand) > left:
+                cand = [m for _, _, m in sorted((heaps[m][0][0], heaps[m][0][1], m) for m in cand)[:left]]
+            for m in cand:
+                take(m, j, wj)
+                copies[m] += 1
+            left -= len(cand)
     return np.array(slots, dtype=np.int64)
 
 
