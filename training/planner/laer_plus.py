@@ -35,7 +35,8 @@ def node_local_placement(loads: np.ndarray, n: int, c: int, g: int) -> np.ndarra
 class LaerPlus(Planner):
     name = "laer_plus"
 
-    def __init__(self, *args, search_rounds: int = 2, search_max_slots: int = 128, flow_max_vars: int = 2048, **kw):
+    def __init__(self, *args, search_rounds: int = 2, search_max_slots: int = 128, flow_max_vars: int = 2048,
+                 flow_search_max_vars: int = 256, flow_search_max_solves: int = 300, **kw):
         super().__init__(*args, **kw)
         if search_rounds < 0:
             raise ValueError(f"laer_plus: search_rounds must be >= 0, got {search_rounds}")
@@ -48,6 +49,9 @@ class LaerPlus(Planner):
         # Min-max flow routing is an LP with one variable per (source, expert, holder); above this many variables
         # (large clusters) the plan keeps the FSEP even split.
         self.flow_max_vars = flow_max_vars
+        # Local search scored by the flow LP (one LP per trial): only on tiny clusters (N*N*C <= this).
+        self.flow_search_max_vars = flow_search_max_vars
+        self.flow_search_max_solves = flow_search_max_solves  # LP solves allowed in that search
 
     def _plan(self, loads: np.ndarray) -> Plan:
         w = loads.sum(0)
@@ -84,6 +88,43 @@ class LaerPlus(Planner):
                 p = self.routed_plan(loads, s_, routing)
                 if p.est_time_s < best.est_time_s:
                     best = p
+        # 5. Tiny clusters: local search scored with the flow routing itself (first improvement, bounded LP solves).
+        if self.n * self.c * self.n <= self.flow_search_max_vars:
+            best = self._flow_search(loads, best)
+        return best
+
+    def _flow_search(self, loads: np.ndarray, best: Plan) -> Plan:
+        e = loads.shape[1]
+        slots = best.placement.copy()
+        solves = 0
+        improved = True
+        while improved and solves < self.flow_search_max_solves:
+            improved = False
+            counts = np.bincount(slots.ravel(), minlength=e)
+            for hi, lo, a, b in _pairs(best.device_tokens, self.c):
+                x, y = int(slots[hi, a]), int(slots[lo, b])
+                if x == y:
+                    continue
+                for swap in (True, False):
+                    if not swap and counts[y] < 2:
+                        continue  # y would lose its last replica
+                    trial = slots.copy()
+                    trial[lo, b] = x
+                    if swap:
+                        trial[hi, a] = y
+                    if any(np.array_equal(np.sort(trial[d]), np.sort(slots[d])) for d in (hi, lo)) and swap:
+                        continue
+                    routing = minmax_routing(loads, Placement(trial, e).holders(), self.g, self.cost)
+                    solves += 1
+                    if routing is not None:
+                        p = self.routed_plan(loads, trial, routing)
+                        if p.est_time_s < best.est_time_s * (1 - 1e-9):
+                            best, slots, improved = p, trial, True
+                            break
+                    if solves >= self.flow_search_max_solves:
+                        return best
+                if improved:
+                    break
         return best
 
     def _best_step(self, loads, slots, obj, tokens):
@@ -114,3 +155,15 @@ class LaerPlus(Planner):
                     if s[0] < obj * (1 - 1e-12) and (best is None or s[0] < best[1][0]):
                         best = (trial, s)
         return best
+
+
+def _pairs(tokens: np.ndarray, c: int):
+    """(busier device, idler device, slot a, slot b) for every ordered device pair, busiest-vs-idlest first."""
+    order = np.argsort(-tokens, kind="stable")
+    for hi in order:
+        for lo in order[::-1]:
+            if lo == hi:
+                continue
+            for a in range(c):
+                for b in range(c):
+                    yield int(hi), int(lo), a, b
