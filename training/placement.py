@@ -143,7 +143,8 @@ def fsep_summary(loads: np.ndarray, placement: Placement, devices_per_node: int)
     loads = loads.astype(np.int64)
     g = devices_per_node
     k = n // g
-    h = placement.holders()  # [E, N]
+    # Replicas of j on device d, [E, N] (bincount: np.add.at is slow on small arrays and this runs per plan).
+    h = np.bincount((placement.slots * n + np.arange(n)[:, None]).ravel(), minlength=e * n).reshape(e, n)
     node = np.arange(n) // g  # [N]
     h_node = h.reshape(e, k, g).sum(2)  # [E, K] replicas of j on node m
     r_all = h.sum(1)  # [E]

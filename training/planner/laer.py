@@ -17,11 +17,12 @@ def laer_counts(loads: np.ndarray, n: int, c: int, g: int) -> list[np.ndarray]:
 def place_counts(loads: np.ndarray, counts: list[np.ndarray], n: int, c: int, g: int) -> list[np.ndarray]:
     """LPT placements [N, C] of the distinct count vectors."""
     w = loads.sum(0)
-    out, seen = [], []
+    out, seen = [], set()
     for r in counts:
-        if any(np.array_equal(r, s) for s in seen):
+        key = np.asarray(r, dtype=np.int64).tobytes()
+        if key in seen:
             continue
-        seen.append(r)
+        seen.add(key)
         out.append(lpt_place(w, r, n, c, g))
     return out
 
