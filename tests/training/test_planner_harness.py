@@ -43,8 +43,8 @@ def test_planner_quality_runs_tiny(tmp_path):
     np.savez(tmp_path / "trace.npz", counts=counts, iterations=np.arange(6, dtype=np.int32) * 10)
     cfg = _compose([
         "experiment=laer/planner_quality", f"paths.data_dir={tmp_path}", "planner_quality.expert_trace=trace.npz",
-        "planner_quality.devices_per_node=2", "planner_quality.slots=[2,4]", "planner_quality.iteration_stride=2",
-        "planner_quality.layer_stride=1", "planner_quality.milp_instances=2", "planner_quality.milp_time_limit_s=5",
+        "planner_quality.devices_per_node=2", "planner_quality.slots=[2,4]", "planner_quality.iteration_stride=3",
+        "planner_quality.layer_stride=2", "planner_quality.milp_instances=1", "planner_quality.milp_time_limit_s=5",
         "planner_quality.milp_devices=2", "planner_quality.milp_devices_per_node=1", "planner_quality.milp_experts=4",
     ])
     out = run(cfg, tmp_path / "out")
