@@ -21,19 +21,13 @@ from tqdm import tqdm
 
 from common.datapaths import data_file, resolve_data_dir
 from common.topology import get_cluster
+from common.traces import load_expert_trace
 from training.planner import PlanCost, make_planner, replica_lower_bound
 from training.planner.evaluate import evaluate
 
 
 def load_counts(path: Path) -> np.ndarray:
-    """counts [I, R, L, M, E] int64 from the SmartMoE npz (common.traces when it is there)."""
-    try:
-        from common.traces import load_expert_trace
-    except ImportError:  # the common helper's loader has not landed on this branch yet
-        with np.load(path) as z:
-            if "counts" not in z:
-                raise ValueError(f"{path}: no 'counts' array (expected SmartMoE npz)") from None
-            return z["counts"].astype(np.int64)
+    """counts [I, R, L, M, E] int64 from the SmartMoE npz."""
     return load_expert_trace(path).counts.astype(np.int64)
 
 
