@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from training.planner.base import Plan, Planner
+from training.planner.base import Plan, Planner, check_loads
 
 
 class AsyncPlanner:
@@ -27,8 +27,6 @@ class AsyncPlanner:
 
     def submit(self, step: int, loads) -> None:
         """Queue loads [N, E] observed up to `step`; returns at once. Bad loads raise here, not in the worker."""
-        from training.planner.base import check_loads
-
         loads = check_loads(loads, self.planner.n, self.planner.c).copy()
         with self._cv:
             if self._closed:
