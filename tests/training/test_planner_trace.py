@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-from common.datapaths import resolve_data_dir
 from experiments.planner_quality import load_counts
 from training.placement import Placement, fsep_summary
 from training.planner import make_planner
-
-TRACE = resolve_data_dir(None, os.environ) / "smartmoe_expert_trace" / "smartmoe_counts.npz"
 
 # (C, oracle, lagged) mean max/mean device tokens of the paper's C++ planner with the FSEP rule, 2 nodes x 8 devices.
 PAPER = [(2, 5.80, 5.80), (4, 2.91, 2.91), (8, 1.038, 1.057)]
@@ -20,10 +15,9 @@ PAPER = [(2, 5.80, 5.80), (4, 2.91, 2.91), (8, 1.038, 1.057)]
 
 @pytest.mark.slow
 @pytest.mark.data
-@pytest.mark.skipif(not TRACE.exists(), reason=f"real trace not found at {TRACE} (set LOADWISE_DATA_DIR)")
 @pytest.mark.parametrize("c, oracle_ref, lagged_ref", PAPER)
-def test_laer_reproduces_paper(c, oracle_ref, lagged_ref):
-    counts = load_counts(TRACE)
+def test_laer_reproduces_paper(data_path, c, oracle_ref, lagged_ref):
+    counts = load_counts(data_path("smartmoe_expert_trace/smartmoe_counts.npz"))
     iters, ranks, layers, mbs, e = counts.shape
     planner = make_planner("laer", ranks, c, 8)
     oracle, lagged = [], []
