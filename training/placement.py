@@ -195,3 +195,27 @@ def fsep_summary(loads: np.ndarray, placement: Placement, devices_per_node: int)
     sent_intra = np.where(local, loads - keep_self, 0).sum(1)
     sent_inter = np.where(local, 0, loads).sum(1)
     return np.rint(device_tokens).astype(np.int64), sent_intra, sent_inter
+
+
+def fsep_expected(loads: np.ndarray, slots: np.ndarray, num_experts: int, devices_per_node: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`fsep_summary` with the even split taken fractionally (no integer remainders): float [N] device tokens,
+    sent_intra, sent_inter. Each differs from the exact value by less than one token per (source, expert) pair;
+    planners use it to compare candidate layouts cheaply (a handful of array operations, no validation)."""
+    loads = np.asarray(loads, dtype=float)
+    n, e, g = loads.shape[0], num_experts, devices_per_node
+    k = n // g
+    h = np.bincount((slots * n + np.arange(n)[:, None]).ravel(), minlength=e * n).reshape(e, n)  # [E, N]
+    h_node = h.reshape(e, k, g).sum(2).T  # [K, E]
+    node_src = loads.reshape(k, g, e).sum(1)  # [K, E]
+    local = h_node > 0
+    nonlocal_tokens = np.where(local, 0.0, node_src).sum(0)  # [E] tokens from nodes without a replica
+    per_local = np.where(local, node_src / np.maximum(h_node, 1), 0.0)  # [K, E] per local replica
+    per_global = nonlocal_tokens / np.maximum(h.sum(1), 1)  # [E] per replica anywhere
+    node = np.arange(n) // g
+    tokens = (h * (per_local[node].T + per_global[:, None])).sum(0)
+    loc = local[node]  # [N, E]
+    kept = loads * h.T / np.maximum(h_node[node], 1)
+    intra = np.where(loc, loads - kept, 0.0).sum(1)
+    inter = np.where(loc, 0.0, loads).sum(1)
+    return tokens, intra, inter

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.placement import Placement, fsep_routing, fsep_summary
+from training.placement import Placement, fsep_expected, fsep_routing, fsep_summary
 from training.planner import PLANNERS, make_planner, replica_lower_bound, waterfill_replicas
 
 HEURISTICS = ["fsdp_ep", "laer", "laer_plus", "flexmoe", "eplb"]
@@ -143,3 +143,20 @@ def test_registry_names():
     assert set(PLANNERS) == {"static_ep", "fsdp_ep", "laer", "laer_plus", "flexmoe", "eplb", "milp"}
     with pytest.raises(ValueError, match="unknown planner"):
         make_planner("nope", 2, 1, 1)
+
+
+def test_fsep_expected_close_to_exact():
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        g, k, c = int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        n = g * k
+        e = int(rng.integers(1, n * c + 1))
+        slots = rng.integers(0, e, (n, c))
+        slots.ravel()[:e] = rng.permutation(e)
+        loads = rng.integers(0, 30, (n, e))
+        exact = fsep_summary(loads, Placement(slots, e), g)
+        approx = fsep_expected(loads, slots, e, g)
+        assert approx[0].sum() == pytest.approx(loads.sum())
+        for a, b in zip(exact, approx):
+            # Integer remainders move less than one token per (source, expert) pair.
+            assert np.all(np.abs(a - b) <= (loads > 0).sum() + 1e-9)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from training.placement import fsep_expected
 from training.planner.base import Plan, Planner
 from training.planner.lpt import even_replicas, lpt_place, priority_replicas
 
@@ -36,10 +37,11 @@ class Laer(Planner):
     name = "laer"
 
     def _plan(self, loads: np.ndarray) -> Plan:
-        # 1. Candidates; 2. score each with the cost model under the FSEP rule; 3. keep the cheaper.
-        best = None
-        for slots in laer_candidates(loads, self.n, self.c, self.g):
-            s = self.score(loads, slots)
-            if best is None or s[0] < best[1][0]:
-                best = (slots, s)
-        return self.fsep_plan(loads, best[0], best[1])
+        # 1. Candidates; 2. score each with the cost model under the FSEP rule (expected even split); 3. keep the
+        #    cheaper, and compute its exact integer routing summary.
+        cands = laer_candidates(loads, self.n, self.c, self.g)
+        if len(cands) == 1:
+            return self.fsep_plan(loads, cands[0])
+        e = loads.shape[1]
+        best = min(cands, key=lambda s: self.cost.objective(*fsep_expected(loads, s, e, self.g)))
+        return self.fsep_plan(loads, best)
