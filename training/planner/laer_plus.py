@@ -65,8 +65,9 @@ class LaerPlus(Planner):
         w = loads.sum(0)
         # 1. Candidates: the paper's two, water-filled counts (steps of 1) with LPT, the node-local layout and, on
         #    small clusters, the EPLB and FSDP+EP layouts.
-        counts = laer_counts(loads, self.n, self.c, self.g) + [waterfill_replicas(w, self.n * self.c)]
-        cands = place_counts(loads, counts, self.n, self.c, self.g)
+        paper = laer_counts(loads, self.n, self.c, self.g)
+        n_paper = len({r.tobytes() for r in paper})  # the first n_paper candidates are the paper's
+        cands = place_counts(loads, paper + [waterfill_replicas(w, self.n * self.c)], self.n, self.c, self.g)
         small = self.n * self.c <= self.search_max_slots
         if small:
             # On small clusters the baselines' layouts are cheap to add, so LAER+ is never worse than them here.
@@ -76,20 +77,31 @@ class LaerPlus(Planner):
         local = node_local_placement(loads, self.n, self.c, self.g)
         if local is not None:
             cands.append(local)
-        # 2. Score every candidate with the cost model under the FSEP rule; keep the cheapest.
-        scored = [(self.score(loads, s), s) for s in cands]
-        (obj, tokens), slots = min(scored, key=lambda t: t[0][0])
-        # 3. Local search on the winner: swaps and replica moves between the busiest and the idlest device.
+        # 2. Rank the candidates by the cost model under the FSEP rule (expected split). The exact integer score goes
+        #    to all of them on small clusters, else to the top two and the paper's pick (so never worse than `laer`).
+        expected = [self.expected_score(loads, s)[0] for s in cands]
+        order = np.argsort(expected, kind="stable")
+        keep = range(len(cands)) if small else sorted({*order[:2].tolist(), int(np.argmin(expected[:n_paper]))})
+        ranked = [cands[i] for i in keep]
+        exact = [(self.score(loads, s), s) for s in ranked]
+        (obj, tokens), slots = min(exact, key=lambda t: t[0][0])
+        # 3. Local search on the winner (expected split): swaps and replica moves between the busiest and the idlest
+        #    device; kept if its exact score is lower too.
+        searched, (e_obj, e_tokens) = slots, self.expected_score(loads, slots)
         for _ in range(self.search_rounds if small else 0):
-            step = self._best_step(loads, slots, obj, tokens)
+            step = self._best_step(loads, searched, e_obj, e_tokens)
             if step is None:
                 break
-            slots, (obj, tokens) = step
+            searched, (e_obj, e_tokens) = step
+        if searched is not slots:
+            s_exact = self.score(loads, searched)
+            if s_exact[0] < obj:
+                (obj, tokens), slots = s_exact, searched
+                ranked.append(searched)
         best = self.fsep_plan(loads, slots, (obj, tokens))
         # 4. Min-max flow routing on the top candidates (the runtime then follows plan.routing as quotas).
         if self.n * self.c * self.n <= self.flow_max_vars:  # upper bound on (source, holder) pairs per expert
-            ranked = sorted(scored, key=lambda t: t[0][0])[:2]
-            for s_ in {id(x[1]): x[1] for x in [(None, slots)] + ranked}.values():
+            for s_ in {id(x): x for x in [slots] + ranked}.values():
                 routing = minmax_routing(loads, Placement(s_, loads.shape[1]).holders(), self.g, self.cost)
                 if routing is None:
                     continue
@@ -159,7 +171,7 @@ class LaerPlus(Planner):
                     trial[lo, b] = x_
                     if kind == "swap":
                         trial[hi, a] = y_
-                    s = self.score(loads, trial)
+                    s = self.expected_score(loads, trial)
                     if s[0] < obj * (1 - 1e-12) and (best is None or s[0] < best[1][0]):
                         best = (trial, s)
         return best
