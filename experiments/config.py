@@ -94,6 +94,52 @@ class OServeConfig:
 
 
 @dataclass
+class PlannerQualityConfig:
+    # Expert-load trace (SmartMoE npz), relative to paths.data_dir.
+    expert_trace: str = "smartmoe_expert_trace/smartmoe_counts.npz"
+    # Planners to compare (names in training.planner.PLANNERS; static_ep runs only where C = E / N).
+    algorithms: list[str] = field(default_factory=lambda: ["static_ep", "fsdp_ep", "laer", "laer_plus", "flexmoe", "eplb"])
+    # Expert slots per device to sweep.
+    slots: list[int] = field(default_factory=lambda: [2, 4, 8])
+    # Devices per node (the trace's 16 source ranks become 16 / devices_per_node nodes).
+    devices_per_node: int = 8
+    # Plan from the sum of this many previous micro-batches (the paper's window), evaluate on the next one.
+    window: int = 5
+    # Replay every k-th sampled iteration / layer; 1 and 1 is the full trace (501 x 24 x 4 micro-batches).
+    iteration_stride: int = 25
+    layer_stride: int = 3
+    # Expert shape for the cost model (token bytes 2*H, SwiGLU compute per token).
+    hidden: int = 4096
+    ffn: int = 14336
+    recompute: bool = False
+    # The exact MILP is the oracle on small instances cut from the trace: sources merged to milp_devices devices
+    # (milp_devices_per_node per node), experts merged in consecutive groups to milp_experts, one micro-batch each.
+    milp_instances: int = 20
+    milp_devices: int = 4
+    milp_devices_per_node: int = 2
+    milp_experts: int = 8
+    milp_slots: list[int] = field(default_factory=lambda: [2, 4])
+    milp_time_limit_s: float = 10.0
+
+
+@dataclass
+class PlannerSpeedConfig:
+    # The paper's Fig. 11 planner times (CSV n_device,C_e,time), relative to paths.data_dir.
+    paper_results: str = "laer_moe_paper_results/planner_results_backup.csv"
+    algorithms: list[str] = field(default_factory=lambda: ["laer", "laer_plus"])
+    num_experts: int = 32
+    devices_per_node: int = 8
+    # Devices and slots per device to time (the paper's grid by default).
+    devices: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024])
+    slots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    # Random load matrices per (N, C); the reported time is the median over them (after one warm-up plan).
+    repeats: int = 5
+    # Tokens per source device (random loads: multinomial over experts with Dirichlet(1) weights).
+    tokens_per_device: int = 4096
+    seed: int = 0
+
+
+@dataclass
 class Config:
     # Which experiment function runs: a key of experiments.run.TASKS.
     task: str = "quickstart"
@@ -106,6 +152,8 @@ class Config:
     model: str = "llama2-70b"
     num_gpus: int = 32
     oserve: OServeConfig = field(default_factory=OServeConfig)
+    planner_quality: PlannerQualityConfig = field(default_factory=PlannerQualityConfig)
+    planner_speed: PlannerSpeedConfig = field(default_factory=PlannerSpeedConfig)
 
 
 def register() -> None:

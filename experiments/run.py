@@ -21,6 +21,8 @@ from experiments.config import register
 TASKS = {
     "quickstart": "experiments.quickstart:run",
     "oserve_spatial": "experiments.oserve_spatial:run",
+    "planner_quality": "experiments.planner_quality:run",
+    "planner_speed": "experiments.planner_speed:run",
 }
 
 

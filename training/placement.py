@@ -116,3 +116,106 @@ def fsep_routing(loads: np.ndarray, placement: Placement, devices_per_node: int)
             share[(np.arange(rem) + i) % r] += 1
             np.add.at(routing[i, j], devs, share)
     return routing
+
+
+def fsep_summary(loads: np.ndarray, placement: Placement, devices_per_node: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What `fsep_routing` implies, without building the [N, E, N] tensor: O(N*E + N*C) vectorised.
+
+    Returns (device_tokens [N], sent_intra [N], sent_inter [N]) int64: tokens each device computes, and tokens each
+    source device sends to other devices of its node / to other nodes. Equal to the sums of `fsep_routing` exactly
+    (same integer split, same rotating remainder), which the tests check.
+
+    Steps:
+    1. Every (source i, expert j) belongs to one group: (node of i, j) when j has a replica on i's node, else the
+       global group of j. A group's replica list is device-major, so device d owns a contiguous run of positions.
+    2. Each source gives floor(load / r) to every position of its group and one extra token to a cyclic run of
+       `rem` positions starting at i mod r; the extras of all sources of a group are a difference array.
+    3. Positions map back to devices; a source's own positions give the tokens it keeps (no communication).
+    """
+    loads = np.asarray(loads)
+    n, e = placement.num_devices, placement.num_experts
+    if loads.shape != (n, e):
+        raise ValueError(f"loads shape {loads.shape} does not match placement ({n} devices, {e} experts)")
+    if n % devices_per_node:
+        raise ValueError(f"{n} devices do not split into nodes of {devices_per_node}")
+    if np.any(loads < 0):
+        raise ValueError("loads must be non-negative")
+    loads = loads.astype(np.int64)
+    g = devices_per_node
+    k = n // g
+    # Replicas of j on device d, [E, N] (bincount: np.add.at is slow on small arrays and this runs per plan).
+    h = np.bincount((placement.slots * n + np.arange(n)[:, None]).ravel(), minlength=e * n).reshape(e, n)
+    node = np.arange(n) // g  # [N]
+    h_node = h.reshape(e, k, g).sum(2)  # [E, K] replicas of j on node m
+    r_all = h.sum(1)  # [E]
+
+    # Step 1: group id and replica-list length per (source, expert).
+    local = h_node[:, node].T > 0  # [N, E] j has a replica on i's node
+    jj = np.broadcast_to(np.arange(e), (n, e))
+    group = np.where(local, node[:, None] * e + jj, k * e + jj)  # [N, E]
+    length = np.concatenate([h_node.T.ravel(), r_all])  # [K*E + E] group list lengths
+    r = length[group]  # [N, E]
+    if np.any((r == 0) & (loads > 0)):
+        i, j = np.argwhere((r == 0) & (loads > 0))[0]
+        raise ValueError(f"expert {j} receives tokens from device {i} but has no replica")
+    rs = np.maximum(r, 1)
+    base, rem = np.divmod(loads, rs)
+    start = np.arange(n)[:, None] % rs  # [N, E] first position that gets an extra token
+
+    # Step 2: extras per position via a difference array; each group gets length + 1 cells (the last is slack).
+    offs = np.concatenate([[0], np.cumsum(length + 1)])  # [groups + 1]
+    o = offs[group]
+    end = start + rem
+    wrap = end > rs
+    idx = np.concatenate([(o + start).ravel(), (o + np.minimum(end, rs)).ravel(), o[wrap], o[wrap] + end[wrap] - rs[wrap]])
+    val = np.concatenate([np.ones(start.size), -np.ones(start.size), np.ones(wrap.sum()), -np.ones(wrap.sum())])
+    has = np.concatenate([rem.ravel() > 0, rem.ravel() > 0, np.ones(2 * wrap.sum(), bool)])
+    diff = np.bincount(idx[has], weights=val[has], minlength=offs[-1])
+    extra = np.cumsum(diff)  # per position (slack cells are 0)
+
+    # Step 3: positions -> devices. Local group (m, j) lists node m's devices; global group j lists all devices.
+    jn, dn = np.nonzero(h)  # replica-holding (expert, device) pairs, expert-major
+    cnt = h[jn, dn]
+    loc = np.lexsort((dn, jn, node[dn]))  # local groups are ordered (node, expert, device)
+    g_loc, d_loc, c_loc = node[dn[loc]] * e + jn[loc], dn[loc], cnt[loc]
+    pos_dev = np.concatenate([np.repeat(d_loc, c_loc), np.repeat(dn, cnt)])  # device of each position, group-major
+    keep = np.ones(offs[-1], bool)
+    keep[offs[1:] - 1] = False  # drop slack cells
+    base_sum = np.bincount(group.ravel(), weights=base.ravel(), minlength=k * e + e)  # [groups]
+    device_tokens = (np.bincount(pos_dev, weights=extra[keep], minlength=n)
+                     + np.bincount(d_loc, weights=base_sum[g_loc] * c_loc, minlength=n)
+                     + np.bincount(dn, weights=base_sum[k * e + jn] * cnt, minlength=n))
+
+    # Tokens a source keeps: base times its own replicas plus extras on its run [s, s + own) of the local list.
+    own = h.T  # [N, E] replicas of j on device i
+    before = np.cumsum(h.reshape(e, k, g), axis=2).reshape(e, n).T - own  # [N, E] positions before i in its node
+    def covered(x):  # extras among positions [0, x) for the cyclic run [start, end) mod r
+        return np.maximum(0, np.minimum(x, end) - start) + np.maximum(0, np.minimum(x, end - rs))
+    keep_self = np.where(local, base * own + covered(before + own) - covered(before), 0)
+    sent_intra = np.where(local, loads - keep_self, 0).sum(1)
+    sent_inter = np.where(local, 0, loads).sum(1)
+    return np.rint(device_tokens).astype(np.int64), sent_intra, sent_inter
+
+
+def fsep_expected(loads: np.ndarray, slots: np.ndarray, num_experts: int, devices_per_node: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`fsep_summary` with the even split taken fractionally (no integer remainders): float [N] device tokens,
+    sent_intra, sent_inter. Each differs from the exact value by less than one token per (source, expert) pair;
+    planners use it to compare candidate layouts cheaply (a handful of array operations, no validation)."""
+    loads = np.asarray(loads, dtype=float)
+    n, e, g = loads.shape[0], num_experts, devices_per_node
+    k = n // g
+    h = np.bincount((slots * n + np.arange(n)[:, None]).ravel(), minlength=e * n).reshape(e, n)  # [E, N]
+    h_node = h.reshape(e, k, g).sum(2).T  # [K, E]
+    node_src = loads.reshape(k, g, e).sum(1)  # [K, E]
+    local = h_node > 0
+    nonlocal_tokens = np.where(local, 0.0, node_src).sum(0)  # [E] tokens from nodes without a replica
+    per_local = np.where(local, node_src / np.maximum(h_node, 1), 0.0)  # [K, E] per local replica
+    per_global = nonlocal_tokens / np.maximum(h.sum(1), 1)  # [E] per replica anywhere
+    node = np.arange(n) // g
+    tokens = (h * (per_local[node].T + per_global[:, None])).sum(0)
+    loc = local[node]  # [N, E]
+    kept = loads * h.T / np.maximum(h_node[node], 1)
+    intra = np.where(loc, loads - kept, 0.0).sum(1)
+    inter = np.where(loc, 0.0, loads).sum(1)
+    return tokens, intra, inter

@@ -1,0 +1,15 @@
+"""Load-balancing planners for FSEP: pure numpy/scipy policies from per-device expert loads to a frozen `Plan`.
+
+    from training.planner import make_planner
+    planner = make_planner("laer", num_devices=N, slots_per_device=C, devices_per_node=G)
+    plan = planner.plan(loads)   # loads [N, E]: tokens from source device i for expert j
+"""
+
+from training.planner.async_planner import AsyncPlanner
+from training.planner.base import Plan, Planner, check_loads
+from training.planner.bound import replica_lower_bound, waterfill_replicas
+from training.planner.cost import PlanCost
+from training.planner.registry import PLANNERS, make_planner
+
+__all__ = ["AsyncPlanner", "Plan", "Planner", "PlanCost", "PLANNERS", "check_loads", "make_planner",
+           "replica_lower_bound", "waterfill_replicas"]

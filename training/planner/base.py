@@ -1,0 +1,116 @@
+"""What every planner returns (`Plan`) and shares (`Planner`: input checks, FSEP evaluation of a placement).
+
+Notation: N devices, E experts, C slots per device, G devices per node, K = N / G nodes.
+loads[i, j]: tokens from source device i routed to expert j (integer counts; sum a window rather than average it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from training.placement import Placement, fsep_expected, fsep_routing, fsep_summary
+from training.planner.cost import PlanCost
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One layer's expert layout and token routing for the next step(s)."""
+
+    placement: np.ndarray  # [N, C] int64, expert id restored in each slot
+    device_tokens: np.ndarray  # [N] int64, tokens each device computes (= routing.sum((0, 1)))
+    est_time_s: float  # planner cost model: one forward + backward of the layer under this plan
+    algorithm: str  # registry name of the planner that made it
+    num_experts: int  # E
+    gap: float | None = None  # relative MIP gap for `milp` (0: proven optimal); None for heuristics
+    # True: routing is the FSEP even-split rule, so the runtime can apply it to any loads; False: routing is explicit
+    # per-(source, expert, device) quotas (min-max flow, MILP) that the runtime follows as fractions.
+    fsep_routed: bool = True
+    # Builds the [N, E, N] routing on first access (it can be large); excluded from equality and repr.
+    routing_fn: Callable[[], np.ndarray] = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def routing(self) -> np.ndarray:
+        """[N, E, N] int64: tokens from source i for expert j computed on device d."""
+        return self.routing_fn()
+
+    @property
+    def layout(self) -> Placement:
+        return Placement(self.placement, self.num_experts)
+
+
+def check_loads(loads, num_devices: int, slots_per_device: int) -> np.ndarray:
+    """loads as int64 [N, E], or a ValueError saying what is wrong with them."""
+    a = np.asarray(loads)
+    if a.ndim != 2 or a.shape[0] != num_devices:
+        raise ValueError(f"loads must be [N={num_devices}, E], got shape {a.shape}")
+    if a.shape[1] < 1:
+        raise ValueError("loads must have at least one expert column")
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise ValueError(f"loads must be real numbers, got dtype {a.dtype}")
+    if not np.issubdtype(a.dtype, np.integer) and not np.all(np.isfinite(a)):
+        i, j = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(f"loads must be finite; loads[{i}, {j}] = {a[i, j]}")
+    if np.any(a < 0):
+        i, j = np.argwhere(a < 0)[0]
+        raise ValueError(f"loads must be non-negative; loads[{i}, {j}] = {a[i, j]}")
+    if not np.issubdtype(a.dtype, np.integer) and not np.all(np.equal(np.mod(a, 1), 0)):
+        raise ValueError("loads must be integer token counts (sum a window of micro-batches rather than average it)")
+    e = a.shape[1]
+    if num_devices * slots_per_device < e:
+        raise ValueError(
+            f"N*C = {num_devices}*{slots_per_device} = {num_devices * slots_per_device} slots cannot hold E={e} experts"
+        )
+    return a.astype(np.int64)
+
+
+class Planner:
+    """Base of every planner: `plan(loads)` checks the input and calls `_plan`; subclasses set `name`."""
+
+    name = "base"
+
+    def __init__(self, num_devices: int, slots_per_device: int, devices_per_node: int, cost: PlanCost | None = None):
+        for key, v in (("num_devices", num_devices), ("slots_per_device", slots_per_device),
+                       ("devices_per_node", devices_per_node)):
+            if int(v) != v or v < 1:
+                raise ValueError(f"{self.name}: {key} must be a positive integer, got {v!r}")
+        if num_devices % devices_per_node:
+            raise ValueError(f"{self.name}: num_devices={num_devices} is not a multiple of devices_per_node={devices_per_node}")
+        self.n, self.c, self.g = int(num_devices), int(slots_per_device), int(devices_per_node)
+        self.k = self.n // self.g
+        self.cost = cost or PlanCost.for_model()
+
+    def plan(self, loads) -> Plan:
+        return self._plan(check_loads(loads, self.n, self.c))
+
+    def _plan(self, loads: np.ndarray) -> Plan:
+        raise NotImplementedError
+
+    # Shared helpers ---------------------------------------------------------------------------------------------
+    def score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:
+        """(objective, device_tokens) of a placement under the FSEP routing rule."""
+        tokens, intra, inter = fsep_summary(loads, Placement(slots, loads.shape[1]), self.g)
+        return self.cost.objective(tokens, intra, inter), tokens
+
+    def expected_score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:
+        """`score` with the even split taken fractionally: cheaper, for comparing many candidate layouts."""
+        tokens, intra, inter = fsep_expected(loads, slots, loads.shape[1], self.g)
+        return self.cost.objective(tokens, intra, inter), tokens
+
+    def fsep_plan(self, loads: np.ndarray, slots: np.ndarray, score: tuple | None = None) -> Plan:
+        """A Plan that routes with the FSEP rule on the given placement."""
+        placement = Placement(slots, loads.shape[1])
+        obj, tokens = score if score is not None else self.score(loads, placement.slots)
+        g = self.g
+        return Plan(placement.slots, tokens, obj, self.name, loads.shape[1],
+                    routing_fn=lambda: fsep_routing(loads, placement, g))
+
+    def routed_plan(self, loads: np.ndarray, slots: np.ndarray, routing: np.ndarray, gap: float | None = None) -> Plan:
+        """A Plan with an explicit routing [N, E, N]."""
+        routing = np.asarray(routing, dtype=np.int64)
+        summary = self.cost.routing_summary(routing, self.g)
+        return Plan(np.asarray(slots, dtype=np.int64), summary[0], self.cost.objective(*summary), self.name,
+                    loads.shape[1], gap, fsep_routed=False, routing_fn=lambda: routing)

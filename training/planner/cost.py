@@ -1,0 +1,68 @@
+"""The LAER-MoE planner's cost model: 4 * sum_i T_comm[i] + (3 [+1 with recompute]) * max_i T_comp[i].
+
+Notation: N devices, E experts, G devices per node.
+T_comm[i] = bytes device i sends to other devices / bandwidth of each link (intra- or inter-node), the dispatch of one
+all-to-all; the factor 4 counts dispatch and combine in forward and backward. T_comp[i] = per-token expert time x tokens
+computed on i; forward plus a backward twice as long gives 3 (4 when activations are recomputed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.costmodel import ComputeModel, swiglu_expert_flops
+from common.topology import ClusterSpec, a100_80g_4x8
+
+
+@dataclass(frozen=True)
+class PlanCost:
+    """Numbers the planner objective needs; build one with `PlanCost.for_model`."""
+
+    token_bytes: float  # bytes of one token's hidden state on the wire (2 * H for bf16)
+    per_token_s: float  # forward time of one token through one expert
+    intra_bw: float  # bytes/s between two devices of a node
+    inter_bw: float  # bytes/s between devices of different nodes
+    recompute: bool = False  # activations recomputed in backward: one more forward of compute
+
+    def __post_init__(self):
+        for key in ("token_bytes", "per_token_s", "intra_bw", "inter_bw"):
+            v = getattr(self, key)
+            if not (np.isfinite(v) and v > 0):
+                raise ValueError(f"PlanCost.{key} must be finite and > 0, got {v}")
+
+    @classmethod
+    def for_model(
+        cls, cluster: ClusterSpec | None = None, hidden: int = 4096, ffn: int = 14336, recompute: bool = False,
+        compute: ComputeModel | None = None, tokens_per_kernel: int = 4096,
+    ) -> PlanCost:
+        """Token bytes 2*H (bf16); per-token time of a SwiGLU expert at the size of a typical expert kernel."""
+        cluster = cluster or a100_80g_4x8()
+        compute = compute or ComputeModel(cluster.device.peak_flops)
+        per_token = compute.time(swiglu_expert_flops(tokens_per_kernel, hidden, ffn, backward=False)) / tokens_per_kernel
+        return cls(2.0 * hidden, per_token, cluster.intra_bw, cluster.inter_bw, recompute)
+
+    @property
+    def compute_factor(self) -> float:
+        return 4.0 if self.recompute else 3.0
+
+    def comm_times(self, sent_intra: np.ndarray, sent_inter: np.ndarray) -> np.ndarray:
+        """[N] T_comm from tokens each device sends inside its node / across nodes."""
+        return self.token_bytes * (np.asarray(sent_intra) / self.intra_bw + np.asarray(sent_inter) / self.inter_bw)
+
+    def objective(self, device_tokens: np.ndarray, sent_intra: np.ndarray, sent_inter: np.ndarray) -> float:
+        comm = self.comm_times(sent_intra, sent_inter)
+        return float(4.0 * comm.sum() + self.compute_factor * self.per_token_s * np.max(device_tokens))
+
+    def routing_summary(self, routing: np.ndarray, devices_per_node: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(device_tokens, sent_intra, sent_inter) [N] from an explicit routing [N, E, N]."""
+        traffic = np.asarray(routing).sum(1)  # [N, N] tokens from i computed on d
+        n = traffic.shape[0]
+        node = np.arange(n) // devices_per_node
+        same = node[:, None] == node[None, :]
+        off = ~np.eye(n, dtype=bool)
+        return traffic.sum(0), (traffic * (same & off)).sum(1), (traffic * ~same).sum(1)
+
+    def routing_objective(self, routing: np.ndarray, devices_per_node: int) -> float:
+        return self.objective(*self.routing_summary(routing, devices_per_node))

@@ -1,0 +1,189 @@
+"""LAER+ (ours, beyond the paper): the paper's cost model and FSEP routing rule, better replica counts and placement.
+
+Notation: N devices, E experts, C slots per device, G devices per node, K nodes, w [E] tokens per expert,
+w_m [E] tokens from node m's sources.
+
+What it adds to `laer`, each kept only when the cost model says it pays:
+- replica counts by water-filling in steps of 1 (the paper's queue grows hot experts in steps of #nodes, and at
+  C = 4 on 2 nodes leaves no slot for them), and a node-local layout water-filled per node on that node's sources;
+- on small clusters the EPLB and FSDP+EP layouts as extra candidates and a swap/move local search;
+- a min-max flow routing (an LP) for the chosen placement when it is small enough; the plan then carries explicit
+  per-(source, expert, device) quotas (`fsep_routed=False`);
+- on tiny clusters a local search scored by that flow LP, which brings it within ~2% of the exact MILP.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.placement import Placement, fsdp_ep_placement
+from training.planner.base import Plan, Planner
+from training.planner.bound import waterfill_replicas
+from training.planner.eplb import eplb_placement
+from training.planner.laer import laer_counts, place_counts
+from training.planner.lp import minmax_routing
+from training.planner.lpt import lpt_place
+
+
+def node_local_placement(loads: np.ndarray, n: int, c: int, g: int) -> np.ndarray | None:
+    """Every node holds every expert, with counts water-filled on its own sources' loads, so all dispatch stays inside
+    the node. None when a node's G*C slots cannot hold E experts."""
+    e = loads.shape[1]
+    if g * c < e:
+        return None
+    k = n // g
+    node_src = loads.reshape(k, g, e).sum(1)  # [K, E]
+    slots = np.empty((n, c), dtype=np.int64)
+    for m in range(k):
+        r = waterfill_replicas(node_src[m], g * c)
+        slots[m * g:(m + 1) * g] = lpt_place(node_src[m], r, g, c, g)
+    return slots
+
+
+class LaerPlus(Planner):
+    name = "laer_plus"
+
+    def __init__(self, *args, search_rounds: int = 2, search_max_slots: int = 128, flow_max_vars: int = 2048,
+                 flow_search_max_vars: int = 256, flow_search_max_solves: int = 300, **kw):
+        super().__init__(*args, **kw)
+        if search_rounds < 0:
+            raise ValueError(f"laer_plus: search_rounds must be >= 0, got {search_rounds}")
+        if flow_max_vars < 0:
+            raise ValueError(f"laer_plus: flow_max_vars must be >= 0, got {flow_max_vars}")
+        self.search_rounds = search_rounds  # local-search improvement rounds after choosing a candidate
+        # Each round scores 2*C^2 trial layouts at O(N*E + N*C) each: only worth it on small clusters. The baselines'
+        # layouts join the candidates under the same limit.
+        self.search_max_slots = search_max_slots  # local search (and baseline candidates) only when N*C <= this
+        # Min-max flow routing is an LP with one variable per (source, expert, holder); above this many variables
+        # (large clusters) the plan keeps the FSEP even split.
+        self.flow_max_vars = flow_max_vars
+        # Local search scored by the flow LP (one LP per trial): only on tiny clusters (N*N*C <= this).
+        self.flow_search_max_vars = flow_search_max_vars
+        self.flow_search_max_solves = flow_search_max_solves  # LP solves allowed in that search
+
+    def _plan(self, loads: np.ndarray) -> Plan:
+        w = loads.sum(0)
+        # 1. Candidates: the paper's two, water-filled counts (steps of 1) with LPT, the node-local layout and, on
+        #    small clusters, the EPLB and FSDP+EP layouts.
+        paper = laer_counts(loads, self.n, self.c, self.g)
+        n_paper = len({r.tobytes() for r in paper})  # the first n_paper candidates are the paper's
+        cands = place_counts(loads, paper + [waterfill_replicas(w, self.n * self.c)], self.n, self.c, self.g)
+        small = self.n * self.c <= self.search_max_slots
+        if small:
+            # On small clusters the baselines' layouts are cheap to add, so LAER+ is never worse than them here.
+            cands.append(eplb_placement(loads, self.n, self.c, self.g))
+            if loads.shape[1] % self.c == 0:
+                cands.append(fsdp_ep_placement(self.n, loads.shape[1], self.c).slots)
+        local = node_local_placement(loads, self.n, self.c, self.g)
+        if local is not None:
+            cands.append(local)
+        # 2. Rank the candidates by the cost model under the FSEP rule (expected split). The exact integer score goes
+        #    to all of them on small clusters, else to the top two and the paper's pick (so never worse than `laer`).
+        expected = [self.expected_score(loads, s)[0] for s in cands]
+        order = np.argsort(expected, kind="stable")
+        keep = range(len(cands)) if small else sorted({*order[:2].tolist(), int(np.argmin(expected[:n_paper]))})
+        ranked = [cands[i] for i in keep]
+        exact = [(self.score(loads, s), s) for s in ranked]
+        (obj, tokens), slots = min(exact, key=lambda t: t[0][0])
+        # 3. Local search on the winner (expected split): swaps and replica moves between the busiest and the idlest
+        #    device; kept if its exact score is lower too.
+        searched, (e_obj, e_tokens) = slots, self.expected_score(loads, slots)
+        for _ in range(self.search_rounds if small else 0):
+            step = self._best_step(loads, searched, e_obj, e_tokens)
+            if step is None:
+                break
+            searched, (e_obj, e_tokens) = step
+        if searched is not slots:
+            s_exact = self.score(loads, searched)
+            if s_exact[0] < obj:
+                (obj, tokens), slots = s_exact, searched
+                ranked.append(searched)
+        best = self.fsep_plan(loads, slots, (obj, tokens))
+        # 4. Min-max flow routing on the top candidates (the runtime then follows plan.routing as quotas).
+        if self.n * self.c * self.n <= self.flow_max_vars:  # upper bound on (source, holder) pairs per expert
+            for s_ in {id(x): x for x in [slots] + ranked}.values():
+                routing = minmax_routing(loads, Placement(s_, loads.shape[1]).holders(), self.g, self.cost)
+                if routing is None:
+                    continue
+                p = self.routed_plan(loads, s_, routing)
+                if p.est_time_s < best.est_time_s:
+                    best = p
+        # 5. Tiny clusters: local search scored with the flow routing itself (first improvement, bounded LP solves).
+        if self.n * self.c * self.n <= self.flow_search_max_vars:
+            best = self._flow_search(loads, best)
+        return best
+
+    def _flow_search(self, loads: np.ndarray, best: Plan) -> Plan:
+        e = loads.shape[1]
+        slots = best.placement.copy()
+        solves = 0
+        improved = True
+        while improved and solves < self.flow_search_max_solves:
+            improved = False
+            counts = np.bincount(slots.ravel(), minlength=e)
+            for hi, lo, a, b in _pairs(best.device_tokens, self.c):
+                x, y = int(slots[hi, a]), int(slots[lo, b])
+                if x == y:
+                    continue
+                for swap in (True, False):
+                    if not swap and counts[y] < 2:
+                        continue  # y would lose its last replica
+                    trial = slots.copy()
+                    trial[lo, b] = x
+                    if swap:
+                        trial[hi, a] = y
+                    if any(np.array_equal(np.sort(trial[d]), np.sort(slots[d])) for d in (hi, lo)) and swap:
+                        continue
+                    routing = minmax_routing(loads, Placement(trial, e).holders(), self.g, self.cost)
+                    solves += 1
+                    if routing is not None:
+                        p = self.routed_plan(loads, trial, routing)
+                        if p.est_time_s < best.est_time_s * (1 - 1e-9):
+                            best, slots, improved = p, trial, True
+                            break
+                    if solves >= self.flow_search_max_solves:
+                        return best
+                if improved:
+                    break
+        return best
+
+    def _best_step(self, loads, slots, obj, tokens):
+        """The best objective-lowering change touching the busiest and the idlest device, or None."""
+        e = loads.shape[1]
+        hi, lo = int(np.argmax(tokens)), int(np.argmin(tokens))
+        if hi == lo:
+            return None
+        counts = np.bincount(slots.ravel(), minlength=e)
+        best = None
+        tried = set()
+        for a in range(self.c):
+            for b in range(self.c):
+                x, y = int(slots[hi, a]), int(slots[lo, b])
+                # Swap x and y between the two devices; or move: y's slot takes a copy of x (needs y elsewhere).
+                moves = [("swap", x, y)] if x != y else []
+                if counts[y] > 1 and x != y:
+                    moves.append(("copy", x, y))
+                for kind, x_, y_ in moves:
+                    if (kind, a if kind == "swap" else -1, b, x_, y_) in tried:
+                        continue
+                    tried.add((kind, a if kind == "swap" else -1, b, x_, y_))
+                    trial = slots.copy()
+                    trial[lo, b] = x_
+                    if kind == "swap":
+                        trial[hi, a] = y_
+                    s = self.expected_score(loads, trial)
+                    if s[0] < obj * (1 - 1e-12) and (best is None or s[0] < best[1][0]):
+                        best = (trial, s)
+        return best
+
+
+def _pairs(tokens: np.ndarray, c: int):
+    """(busier device, idler device, slot a, slot b) for every ordered device pair, busiest-vs-idlest first."""
+    order = np.argsort(-tokens, kind="stable")
+    for hi in order:
+        for lo in order[::-1]:
+            if lo == hi:
+                continue
+            for a in range(c):
+                for b in range(c):
+                    yield int(hi), int(lo), a, b
