@@ -34,6 +34,7 @@ run: install-run
 	$(VPY) -m experiments.run $(ARGS)
 
 test: install-dev
+	$(VPY) -m ruff check .
 	$(VPY) -m pytest -q
 
 test-slow: install-dev

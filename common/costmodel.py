@@ -9,9 +9,9 @@ Ring collectives move (n - 1) shards over the slowest link of the ring.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

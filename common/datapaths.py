@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 ENV_VAR = "LOADWISE_DATA_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent
