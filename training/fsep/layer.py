@@ -108,7 +108,7 @@ class FSEPMoE(nn.Module):
             if route_weights.shape != (n, e, n) or np.any(route_weights < 0) or not np.all(np.isfinite(route_weights)):
                 raise ValueError(f"route_weights must be finite, non-negative [N, E, N] = [{n}, {e}, {n}], "
                                  f"got shape {route_weights.shape}")
-            stray = (route_weights > 0) & (placement.holders().T[None] == 0)
+            stray = (route_weights > 0) & (placement.holders()[None] == 0)
             if stray.any():
                 i, j, d = np.argwhere(stray)[0]
                 raise ValueError(f"route_weights send tokens of expert {j} from device {i} to device {d}, "
