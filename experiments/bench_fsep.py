@@ -187,7 +187,7 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
 
     s0 = targets[0, rank]
     tc0 = torch.from_numpy(s0)
-    for name, layer in layers.items():  # warm-up: allocator, DeepSpeed's groups, first-touch costs
+    for layer in layers.values():  # warm-up: allocator, DeepSpeed's groups, first-touch costs
         for _ in range(cfg.warmup):
             step(layer, tc0)()
     rows = []
@@ -199,9 +199,14 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
         tc = torch.from_numpy(targets[s, rank])
         layers["fsep"].set_placement(greedy_placement(targets[s], n, cfg.slots))
         row = {"iteration_index": picks[s][0], "layer": picks[s][1], "ep_imbalance": ep_imbalance(targets[s], n)}
-        for name, layer in layers.items():
-            reps = cfg.ds_dropless_reps if name == "ds_ep" else cfg.reps
-            row[f"{name}_s"] = _timed(step(layer, uniform if name == "balanced" else tc), reps, world)
+        # Methods interleaved within each repetition, so a burst of load from other users of the machine hits
+        # every method alike rather than one.
+        times = {name: [] for name in layers}
+        for rep in range(cfg.reps):
+            for name, layer in layers.items():
+                if name != "ds_ep" or rep < cfg.ds_dropless_reps:
+                    times[name].append(_timed(step(layer, uniform if name == "balanced" else tc), 1, world))
+        row.update({f"{name}_s": statistics.median(v) for name, v in times.items()})
         cap = capacity(t, e, k, 1.0)
         row["ds_cap1_dropped"] = sum(dropped_routes(targets[s, r], cap) for r in range(n)) / (n * t * k)
         row["fsep_dropped"] = 0.0  # dropless by construction: every route is sent to a slot of its expert

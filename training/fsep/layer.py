@@ -166,10 +166,13 @@ class FSEPMoE(nn.Module):
     def compute(self, tokens: torch.Tensor, experts: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
         """Run slot c's expert on its rows (no communication). tokens [R, H] slot-major, experts [C, P]."""
         h, f = self.hidden, self.ffn
-        w1, w3, w2 = experts[:, : f * h], experts[:, f * h: 2 * f * h], experts[:, 2 * f * h:]
-        outs = [swiglu(chunk, w1[c].view(f, h), w3[c].view(f, h), w2[c].view(h, f))
-                for c, chunk in enumerate(tokens.split(plan.slot_sizes))]
-        return torch.cat(outs) if outs else tokens
+        # unbind/split rather than slicing: their backward is one stack/cat, where every slice's backward would
+        # allocate and zero-fill a whole [C, P] gradient (measured at ~10% of the step).
+        outs = []
+        for row, chunk in zip(experts.unbind(0), tokens.split(plan.slot_sizes)):
+            w1, w3, w2 = row.split([f * h, f * h, h * f])
+            outs.append(swiglu(chunk, w1.view(f, h), w3.view(f, h), w2.view(h, f)))
+        return torch.cat(outs)
 
     def combine(self, out: torch.Tensor, plan: DispatchPlan, weights: torch.Tensor) -> torch.Tensor:
         """Send results back and weight each token's k results (communicates: one uneven all_to_all_single)."""
