@@ -307,3 +307,10 @@ def all_cases(rank, n):
             out[name] = traceback.format_exc()
         dist.barrier()  # a failed case must not leave collectives mismatched for the next
     return out
+
+
+def all_cases_larger(rank, n):
+    """The same cases at larger sizes (slow suite)."""
+    global H, F, T
+    H, F, T = 32, 48, 128
+    return all_cases(rank, n)
