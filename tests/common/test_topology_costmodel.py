@@ -47,10 +47,7 @@ def test_bad_cluster_specs():
 
 def test_alltoall_hand_computed():
     c = toy()
-    b = np.array([[5, 100, 20, 0],
-                  [0, 0, 0, 0],
-                  [0, 0, 0, 200],
-                  [10, 0, 0, 0]], dtype=float)
+    b = np.array([[5, 100, 20, 0], [0, 0, 0, 0], [0, 0, 0, 200], [10, 0, 0, 0]], dtype=float)
     t = cm.alltoall_device_times(b, c)
     # device 0 sends: to 1 (intra) 1 + 100/100 = 2; to 2 (inter) 2 + 20/10 = 4 -> 6; receives from 3: 2 + 10/10 = 3
     # device 1 receives from 0: 2;  device 2 receives 4, sends 1 + 200/100 = 3;  device 3 sends 3, receives 3

@@ -1,0 +1,184 @@
+"""Quickstart (the default of `make run`): load statistics of the real expert-load trace and a real request trace.
+
+    python -m experiments.run experiment=quickstart [quickstart.num_request_types=5] [paths.data_dir=DIR]
+
+Expert load (SmartMoE training run): per (iteration, layer) the max/mean load over experts, with tokens summed over
+source ranks and micro-batches; and per-device token imbalance under static expert parallelism on N devices.
+Requests (Azure 2023 CSV, or Mooncake JSONL by the .jsonl suffix): k-means request types over (log input, log output)
+and each type's arrival rate per interval.
+
+Writes expert_load_imbalance.csv, device_load_imbalance.csv, request_types.csv, request_type_rates.csv and
+quickstart.png into out_dir. Notation: I iterations, R source ranks, L layers, M micro-batches, E experts, N devices,
+K request types, B time bins.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from common.datapaths import data_file, resolve_data_dir
+from common.stats import fit_request_types, imbalance, type_rates
+from common.traces import ExpertLoadTrace, RequestTrace, load_azure_trace, load_expert_trace, load_mooncake_trace
+
+
+def expert_imbalance(trace: ExpertLoadTrace) -> np.ndarray:
+    """[I, L] max/mean over experts of the tokens each expert received (all ranks, all micro-batches)."""
+    return imbalance(trace.counts.sum(axis=(1, 3)))  # [I, L, E] -> [I, L]
+
+
+def device_imbalance(trace: ExpertLoadTrace, num_devices: int) -> np.ndarray:
+    """[I, L] max/mean over devices of received tokens under static EP: device d holds experts
+    d*E/N .. (d+1)*E/N - 1 (the layout of training.placement.static_ep_placement)."""
+    per_expert = trace.counts.sum(axis=(1, 3))  # [I, L, E]
+    i, n_l, e = per_expert.shape
+    return imbalance(per_expert.reshape(i, n_l, num_devices, e // num_devices).sum(axis=-1))
+
+
+def device_counts(trace: ExpertLoadTrace) -> list[int]:
+    """Device counts to report: half and all of the trace's source ranks (16 -> 8 and 16), those that divide E."""
+    return [n for n in sorted({max(1, trace.num_ranks // 2), trace.num_ranks}) if trace.num_experts % n == 0]
+
+
+def load_requests(path: Path) -> RequestTrace:
+    return load_mooncake_trace(path) if path.suffix == ".jsonl" else load_azure_trace(path)
+
+
+def run(cfg, out_dir: str | Path) -> dict:
+    q = cfg.quickstart
+    out_dir = Path(out_dir)
+    data_dir = resolve_data_dir(cfg.paths.data_dir, os.environ)
+    steps = tqdm(total=5, desc="quickstart", unit="step")
+
+    # 1. Expert load.
+    steps.set_postfix_str("loading expert trace")
+    expert = load_expert_trace(data_file(data_dir, q.expert_trace))
+    steps.update()
+    steps.set_postfix_str("expert statistics")
+    imb = expert_imbalance(expert)  # [I, L]
+    dev = {n: device_imbalance(expert, n) for n in device_counts(expert)}  # N -> [I, L]
+    steps.update()
+
+    # 2. Requests.
+    steps.set_postfix_str("loading request trace")
+    req = load_requests(data_file(data_dir, q.request_trace))
+    steps.update()
+    steps.set_postfix_str("request types")
+    types = fit_request_types(req.input_tokens, req.output_tokens, k=q.num_request_types, seed=q.seed)
+    labels = types.assign(req.input_tokens, req.output_tokens)
+    counts = np.bincount(labels, minlength=types.num_types)
+    rates = type_rates(req.arrival_s, labels, types.num_types, q.interval_s)  # [B, K] requests/s
+    steps.update()
+
+    # 3. Files.
+    steps.set_postfix_str("writing CSV and PNG")
+    _write_csvs(out_dir, expert, imb, dev, types, counts, rates, q.interval_s)
+    _plot(out_dir / "quickstart.png", expert, imb, rates, q.interval_s)
+    steps.update()
+    steps.close()
+
+    _print_expert(expert, imb, dev)
+    _print_requests(req, types, counts, rates, q.interval_s)
+    print(f"\nwrote CSV and PNG to {out_dir}")
+    return {
+        "expert_trace": expert.source,
+        "num_iterations": expert.num_iterations,
+        "num_layers": expert.num_layers,
+        "imbalance_first_iteration_mean": float(imb[0].mean()),
+        "imbalance_last_iteration_mean": float(imb[-1].mean()),
+        "imbalance_median": float(np.median(imb)),
+        "device_imbalance_mean": {n: float(v.mean()) for n, v in dev.items()},
+        "request_trace": req.source,
+        "num_requests": len(req),
+        "duration_s": req.duration_s,
+        "mean_rate_rps": len(req) / max(req.duration_s, 1e-9),
+        "type_centers_tokens": types.centers_tokens().round(1).tolist(),
+        "type_shares": (counts / counts.sum()).round(4).tolist(),
+        "out_dir": str(out_dir),
+    }
+
+
+def _write_csvs(out_dir, expert, imb, dev, types, counts, rates, interval_s) -> None:
+    with open(out_dir / "expert_load_imbalance.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["iteration", "layer", "max_over_mean"])
+        for i, it in enumerate(expert.iterations):
+            w.writerows([int(it), layer, repr(float(imb[i, layer]))] for layer in range(expert.num_layers))
+    with open(out_dir / "device_load_imbalance.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["num_devices", "iteration", "layer", "max_over_mean"])
+        for n, v in dev.items():
+            for i, it in enumerate(expert.iterations):
+                w.writerows([n, int(it), layer, repr(float(v[i, layer]))] for layer in range(expert.num_layers))
+    with open(out_dir / "request_types.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["type", "center_input_tokens", "center_output_tokens", "num_requests", "share"])
+        for k, (ci, co) in enumerate(types.centers_tokens()):
+            w.writerow([k, repr(float(ci)), repr(float(co)), int(counts[k]), repr(float(counts[k] / counts.sum()))])
+    with open(out_dir / "request_type_rates.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        # minute: start of the bin. The last bin may extend past the last arrival, so its rate reads low.
+        w.writerow(["minute", "type", "rate_rps"])
+        for b in range(rates.shape[0]):
+            w.writerows([repr(b * interval_s / 60.0), k, repr(float(rates[b, k]))] for k in range(rates.shape[1]))
+
+
+def _print_expert(expert: ExpertLoadTrace, imb: np.ndarray, dev: dict) -> None:
+    i, r, n_l, m, e = expert.counts.shape
+    print(f"\nExpert load: {expert.source}")
+    print(
+        f"  {i} iterations ({expert.iterations[0]}..{expert.iterations[-1]}) x {r} ranks x {n_l} layers x {m} micro-batches x {e} experts"
+    )
+    print("  max/mean expert load per layer over training (tokens summed over ranks and micro-batches):")
+    print(f"  {'layer':>5} {'mean':>7} {'min':>7} {'max':>7} {'first':>7} {'last':>7}")
+    for layer in range(n_l):
+        x = imb[:, layer]
+        print(f"  {layer:>5} {x.mean():7.2f} {x.min():7.2f} {x.max():7.2f} {x[0]:7.2f} {x[-1]:7.2f}")
+    print(
+        f"  {'all':>5} {imb.mean():7.2f} {imb.min():7.2f} {imb.max():7.2f} {imb[0].mean():7.2f} {imb[-1].mean():7.2f}"
+    )
+    print("  per-device token imbalance (max/mean received tokens, static EP, over iterations and layers):")
+    for n, v in dev.items():
+        print(
+            f"    N={n:<3} ({e // n} experts/device): mean {v.mean():.2f}  median {np.median(v):.2f}  max {v.max():.2f}"
+            f"  first iteration {v[0].mean():.2f}  last iteration {v[-1].mean():.2f}"
+        )
+
+
+def _print_requests(req: RequestTrace, types, counts, rates, interval_s) -> None:
+    print(f"\nRequests: {req.source}")
+    print(f"  {len(req)} requests over {req.duration_s:.0f} s ({len(req) / max(req.duration_s, 1e-9):.2f} req/s)")
+    print(f"  request types (k-means over log input, log output); rates per {interval_s:g} s bin, req/s:")
+    print(f"  {'type':>4} {'input':>7} {'output':>7} {'share':>6} {'mean':>6} {'min':>6} {'max':>6}")
+    for k, (ci, co) in enumerate(types.centers_tokens()):
+        x = rates[:, k]
+        print(
+            f"  {k:>4} {ci:7.0f} {co:7.0f} {counts[k] / counts.sum():6.1%} {x.mean():6.2f} {x.min():6.2f} {x.max():6.2f}"
+        )
+
+
+def _plot(path: Path, expert: ExpertLoadTrace, imb: np.ndarray, rates: np.ndarray, interval_s: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    layers = sorted(set(np.linspace(0, expert.num_layers - 1, min(4, expert.num_layers)).round().astype(int).tolist()))
+    for layer in layers:
+        a.plot(expert.iterations, imb[:, layer], label=f"layer {layer}", lw=1)
+    a.set(xlabel="training iteration", ylabel="max / mean expert load", title="Expert-load imbalance over training")
+    a.axhline(1.0, color="gray", lw=0.5)
+    a.legend(fontsize=8)
+    edges = np.arange(rates.shape[0] + 1) * interval_s / 60.0  # bin edges in minutes
+    for k in range(rates.shape[1]):
+        b.stairs(rates[:, k], edges, label=f"type {k}", lw=1)
+    b.set(xlabel="minute", ylabel="requests / s", title=f"Request rate per type ({interval_s:g} s bins)")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
