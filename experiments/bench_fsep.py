@@ -83,19 +83,22 @@ class BenchConfig:
 
 def load_samples(cfg: BenchConfig) -> tuple[list[tuple[int, int]], np.ndarray]:
     """Pick samples and return their per-rank target counts [S, N, E] (each row sums to T*k, max T)."""
+    from common.traces import load_expert_trace
     from training.moe import scale_counts
 
-    counts = np.load(cfg.trace)["counts"]  # [I, R, L, M, E] uint16
-    i_n, r_n, l_n, m_n, e_n = counts.shape
-    if e_n != cfg.experts:
-        raise ValueError(f"--experts {cfg.experts} but the trace {cfg.trace} has {e_n} experts")
-    if r_n % cfg.ranks:
-        raise ValueError(f"the trace's {r_n} source ranks do not sum evenly into --ranks {cfg.ranks}")
-    its = np.linspace(0, i_n - 1, cfg.samples).round().astype(int)
-    picks = [(int(it), int((s * 7) % l_n)) for s, it in enumerate(its)]
-    out = np.zeros((len(picks), cfg.ranks, e_n), dtype=np.int64)
+    trace = load_expert_trace(cfg.trace)
+    if trace.num_experts != cfg.experts:
+        raise ValueError(f"--experts {cfg.experts} but the trace {cfg.trace} has {trace.num_experts} experts")
+    if trace.num_ranks % cfg.ranks:
+        raise ValueError(f"--ranks {cfg.ranks}: the trace's {trace.num_ranks} source ranks do not merge evenly")
+    if not 0 <= cfg.microbatch < trace.num_microbatches:
+        raise ValueError(f"--microbatch {cfg.microbatch}: the trace has {trace.num_microbatches} micro-batches")
+    counts = trace.merge_ranks(cfg.ranks).counts  # [I, N, L, M, E]
+    its = np.linspace(0, trace.num_iterations - 1, cfg.samples).round().astype(int)
+    picks = [(int(it), int((s * 7) % trace.num_layers)) for s, it in enumerate(its)]
+    out = np.zeros((len(picks), cfg.ranks, cfg.experts), dtype=np.int64)
     for s, (it, layer) in enumerate(picks):
-        rows = counts[it, :, layer, cfg.microbatch].astype(np.int64).reshape(cfg.ranks, -1, e_n).sum(1)
+        rows = counts[it, :, layer, cfg.microbatch].astype(np.int64)  # [N, E]
         for r in range(cfg.ranks):
             out[s, r] = scale_counts(rows[r], cfg.tokens * cfg.top_k, cfg.tokens)
     return picks, out

@@ -5,8 +5,9 @@ All cases of one world size run inside one spawned process group (start-up domin
 from __future__ import annotations
 
 import pytest
-from distributed import run_distributed
-from fsep_cases import CASES, all_cases, all_cases_larger
+
+from tests.training.distributed import run_distributed
+from tests.training.fsep_cases import CASES, all_cases, all_cases_larger
 
 _RESULTS: dict[tuple, list] = {}
 
