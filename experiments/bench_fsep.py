@@ -79,6 +79,7 @@ class BenchConfig:
     microbatch: int  # which of the trace's micro-batches
     overlap_restore: bool  # FSEP launches the restore all-to-all before routing and dispatch
     seed: int
+    planner: str | None = None  # a training.planner registry name for (e); None: greedy_placement above
 
 
 def load_samples(cfg: BenchConfig) -> tuple[list[tuple[int, int]], np.ndarray]:
@@ -102,6 +103,15 @@ def load_samples(cfg: BenchConfig) -> tuple[list[tuple[int, int]], np.ndarray]:
         for r in range(cfg.ranks):
             out[s, r] = scale_counts(rows[r], cfg.tokens * cfg.top_k, cfg.tokens)
     return picks, out
+
+
+def plan_layout(cfg: BenchConfig, planner, loads: np.ndarray) -> tuple[Placement, np.ndarray | None]:
+    """(placement, route weights or None for the FSEP rule) for (e): the bench's greedy planner, or a registry one."""
+    if planner is None:
+        return greedy_placement(loads, cfg.ranks, cfg.slots), None
+    plan = planner.plan(loads)
+    placement = Placement(plan.placement, cfg.experts)
+    return placement, (None if getattr(plan, "fsep_routed", True) else plan.routing)
 
 
 def ep_imbalance(targets: np.ndarray, ranks: int) -> float:
@@ -193,6 +203,11 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
             fn()
         return {name: _timed(fn, cfg.reps, world) for name, fn in fns}
 
+    planner = None
+    if cfg.planner:
+        from training.planner import make_planner
+
+        planner = make_planner(cfg.planner, n, cfg.slots, groups.devices_per_node)
     s0 = targets[0, rank]
     tc0 = torch.from_numpy(s0)
     for layer in layers.values():  # warm-up: allocator, DeepSpeed's groups, first-touch costs
@@ -205,9 +220,9 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
         bar = tqdm(bar, desc="samples", file=sys.stderr)
     for s in bar:
         tc = torch.from_numpy(targets[s, rank])
-        placement = greedy_placement(targets[s], n, cfg.slots)
-        layers["fsep"].set_placement(placement)
-        layers["fsep_sync"].set_placement(placement)
+        placement, route_weights = plan_layout(cfg, planner, targets[s])
+        layers["fsep"].set_placement(placement, route_weights)
+        layers["fsep_sync"].set_placement(placement, route_weights)
         row = {"iteration_index": picks[s][0], "layer": picks[s][1], "ep_imbalance": ep_imbalance(targets[s], n)}
         # Methods interleaved within each repetition, so a burst of load from other users of the machine hits
         # every method alike rather than one.
@@ -311,6 +326,8 @@ def parse_args(argv=None) -> tuple[BenchConfig, Path]:
     p.add_argument("--microbatch", type=int, default=0)
     p.add_argument("--no-overlap", action="store_true", help="restore all-to-all not overlapped with routing/dispatch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--planner", default=None,
+                   help="training.planner registry name for (e) (e.g. laer_plus); default: the bench's greedy planner")
     p.add_argument("--data-dir", default=None, help="data directory (default: $LOADWISE_DATA_DIR, ../shared/data)")
     p.add_argument("--trace", default="smartmoe_expert_trace/smartmoe_counts.npz", help="relative to --data-dir")
     p.add_argument("--out-dir", default="outputs/bench_fsep")
@@ -318,10 +335,19 @@ def parse_args(argv=None) -> tuple[BenchConfig, Path]:
     trace = resolve_data_dir(a.data_dir, os.environ) / a.trace
     if not trace.exists():
         p.error(f"--trace: {trace} not found (set --data-dir or $LOADWISE_DATA_DIR)")
+    if a.planner:
+        try:
+            from training.planner import make_planner
+        except ImportError as err:
+            p.error(f"--planner {a.planner}: training.planner is not available ({err})")
+        try:
+            make_planner(a.planner, a.ranks, a.slots, a.ranks)
+        except ValueError as err:
+            p.error(f"--planner: {err}")
     if a.ranks * a.slots < a.experts:
         p.error(f"--ranks * --slots = {a.ranks * a.slots} < --experts {a.experts}")
     cfg = BenchConfig(a.tokens, a.hidden, a.ffn, a.experts, a.top_k, a.ranks, a.slots, a.samples, a.reps,
-                      a.ds_dropless_reps, a.warmup, str(trace), a.microbatch, not a.no_overlap, a.seed)
+                      a.ds_dropless_reps, a.warmup, str(trace), a.microbatch, not a.no_overlap, a.seed, a.planner)
     return cfg, Path(a.out_dir)
 
 
