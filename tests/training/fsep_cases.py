@@ -163,6 +163,26 @@ def case_node_local_rule_and_planner_weights(rank, n):
     compare(layer, ref, x, g, rank)
 
 
+def case_padded_shards(rank, n):
+    """P = 3*H*F not divisible by N: the last piece is padded, and the padding gets no gradient."""
+    global H, F
+    saved = H, F
+    H, F = 7, 5  # P = 105
+    try:
+        rng = np.random.default_rng(23)
+        for k in (1, 2):
+            e, c = n + 2, 2
+            ref, x, g = setup(n, e, k, seed=650 + k)
+            layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, random_placement(rng, n, e, c))
+            assert layer.shard_width * n > layer.num_elements
+            compare(layer, ref, x, g, rank)
+            first_pad = layer.num_elements - rank * layer.shard_width
+            if first_pad < layer.shard_width:
+                assert torch.all(layer.expert_shard.grad[:, max(first_pad, 0):] == 0)
+    finally:
+        H, F = saved
+
+
 def case_no_overlap_same_result(rank, n):
     e, c, k = 2 * n, 2, 2
     ref, x, g = setup(n, e, k, seed=600)

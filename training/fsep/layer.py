@@ -36,8 +36,8 @@ class DispatchPlan:
     send_order: torch.Tensor  # [T*k] route ids in send order (by destination device, then slot)
     send_splits: list[int]  # [N] routes sent to each device
     recv_splits: list[int]  # [N] routes received from each device
-    slot_perm: torch.Tensor  # [R] received rows regrouped slot-major (source-major on the wire)
-    slot_sizes: list[int]  # [C] routes each of my slots computes
+    slot_perm: torch.Tensor  # [R] received rows regrouped by computing slot (source-major on the wire)
+    slot_sizes: list[int]  # [C] routes each of my slots computes (0 for a duplicate merged into its first copy)
 
 
 def default_placement(num_devices: int, num_experts: int, slots_per_device: int) -> Placement:
@@ -118,6 +118,11 @@ class FSEPMoE(nn.Module):
         self._slots = torch.tensor(placement.slots, device=dev)  # [N, C]
         # Flat slot ids (device-major) sorted by expert: routes sorted by expert map onto this sequence.
         self._slots_by_expert = np.argsort(placement.slots.ravel(), kind="stable")
+        # Slots of my device holding the same expert compute as one: rows of a duplicate slot run in one matmul with
+        # the first copy's weights (same result, larger matmul; the duplicate's restored copy gets zero gradient,
+        # and the shard gradient sums over replicas either way).
+        mine = placement.slots[self.groups.rank]
+        self._compute_slot = torch.tensor([int(np.flatnonzero(mine == j)[0]) for j in mine])  # [C]
 
     def slot_counts(self, expert_counts: np.ndarray) -> np.ndarray:
         """[N, C] routes this device sends to each slot, from its own [E] expert counts (its row of the rule)."""
@@ -141,7 +146,7 @@ class FSEPMoE(nn.Module):
         1. Count routes per expert and split them over slots by the routing rule (own row only).
         2. Routes sorted by expert take the slot sequence of that expert's replicas in order; sort by slot to send.
         3. Exchange per-slot counts, then the tokens (uneven all_to_all_single).
-        4. Regroup received rows slot-major so each expert runs one matmul."""
+        4. Regroup received rows by slot (duplicates of an expert on this device merged) so each runs one matmul."""
         n, c = self.groups.size, self.slots_per_device
         experts = idx.reshape(-1)  # [T*k]
         counts = np.bincount(experts.cpu().numpy(), minlength=self.num_experts)  # Step 1
@@ -158,9 +163,10 @@ class FSEPMoE(nn.Module):
         recv_splits = recv_counts.sum(1).tolist()
         tokens = x.index_select(0, send_order // self.top_k)
         recv = all_to_all_tokens(tokens, recv_splits, send_splits, self.groups.ep)
-        row_slot = torch.repeat_interleave(torch.arange(c).repeat(n), recv_counts.reshape(-1))  # Step 4
+        row_slot = torch.repeat_interleave(self._compute_slot.repeat(n), recv_counts.reshape(-1))  # Step 4
         slot_perm = torch.argsort(row_slot, stable=True).to(x.device)
-        plan = DispatchPlan(send_order, send_splits, recv_splits, slot_perm, recv_counts.sum(0).tolist())
+        sizes = torch.zeros(c, dtype=torch.int64).index_add_(0, self._compute_slot, recv_counts.sum(0))
+        plan = DispatchPlan(send_order, send_splits, recv_splits, slot_perm, sizes.tolist())
         return recv.index_select(0, slot_perm), plan
 
     def compute(self, tokens: torch.Tensor, experts: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:

@@ -55,8 +55,11 @@ class RestoreExperts(torch.autograd.Function):
         (slots,) = ctx.saved_tensors
         n, c = slots.shape
         width = -(-ctx.num_elements // n)
-        padded = grad.new_zeros(c, n * width)
-        padded[:, : ctx.num_elements] = grad
+        if ctx.num_elements == n * width:  # P divisible by N: no padding to add
+            padded = grad
+        else:
+            padded = grad.new_zeros(c, n * width)
+            padded[:, : ctx.num_elements] = grad
         send = padded.view(c, n, width).permute(1, 0, 2).contiguous()  # [N, C, S]: piece d goes to device d
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv, send, group=ctx.group)
