@@ -13,7 +13,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from training.fsep import FSEPGroups, FSEPMoE, apply_ep, apply_fsdp_ep, apply_fsep, gather_expert_weights
+from training.fsep import (
+    FSEPGroups,
+    FSEPMoE,
+    apply_ep,
+    apply_fsdp_ep,
+    apply_fsep,
+    export_reference,
+    gather_expert_weights,
+)
 from training.moe import ReferenceMoE
 from training.placement import Placement
 
@@ -246,6 +254,16 @@ def case_persistent_parameter_count(rank, n):
         expert_params = sum(q.numel() for name, q in layer.named_parameters() if not name.startswith("router"))
         assert expert_params == e * math.ceil(p / n), (expert_params, e * math.ceil(p / n))
         assert tuple(layer.expert_shard.shape) == (e, math.ceil(p / n))
+
+
+def case_weights_round_trip(rank, n):
+    """Both layers load the same weights: reference -> FSEP / EP -> reference is exact."""
+    ref, _, _ = setup(n, 2 * n, 2, seed=1200)
+    groups = FSEPGroups(dist.group.WORLD)
+    for layer in (apply_fsep(ref, groups, 3), apply_ep(ref, groups)):
+        back = export_reference(layer)
+        for a, b in zip(back.parameters(), ref.parameters()):
+            assert torch.equal(a, b)
 
 
 def case_clear_errors(rank, n):

@@ -40,3 +40,22 @@ def gather_expert_weights(layer: FSEPMoE, grad: bool = False) -> tuple[torch.Ten
     e, f, h = layer.num_experts, layer.ffn, layer.hidden
     return (flat[:, : f * h].reshape(e, f, h), flat[:, f * h: 2 * f * h].reshape(e, f, h),
             flat[:, 2 * f * h:].reshape(e, h, f))
+
+
+@torch.no_grad()
+def export_reference(layer: FSEPMoE) -> ReferenceMoE:
+    """The single-process layer holding `layer`'s current weights (all-gathers the shards; every rank gets it)."""
+    ref = ReferenceMoE(layer.hidden, layer.ffn, layer.num_experts, layer.top_k).to(layer.router.weight.device)
+    ref.router.weight.copy_(layer.router.weight)
+    if hasattr(layer, "local_experts"):  # EPMoE: whole experts per rank
+        parts = [torch.empty_like(layer.local_experts) for _ in range(layer.groups.size)]
+        dist.all_gather(parts, layer.local_experts.detach().contiguous(), group=layer.groups.ep)
+        flat = torch.cat(parts)
+        e, f, h = layer.num_experts, layer.ffn, layer.hidden
+        weights = (flat[:, : f * h].reshape(e, f, h), flat[:, f * h: 2 * f * h].reshape(e, f, h),
+                   flat[:, 2 * f * h:].reshape(e, h, f))
+    else:
+        weights = gather_expert_weights(layer)
+    for dst, src in zip((ref.w1, ref.w3, ref.w2), weights):
+        dst.copy_(src)
+    return ref
