@@ -43,6 +43,57 @@ class QuickstartConfig:
 
 
 @dataclass
+class WorkloadConfig:
+    # Request trace: a path relative to paths.data_dir (or absolute).
+    trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
+    # Its format: azure, mooncake or csv.
+    format: str = "azure"
+    # Multiply the trace's arrival rate by this (>1: more requests per second).
+    rate_scale: float = 1.0
+    # Keep only the first this many requests (null: all); tiny runs in tests.
+    max_requests: Optional[int] = None
+    # Request types found by k-means over (log input, log output).
+    num_types: int = 4
+
+
+@dataclass
+class OServeConfig:
+    # Cost model: measured (Splitwise table, interpolated) or roofline (analytic, any model).
+    costmodel: str = "measured"
+    # The measured table, relative to paths.data_dir.
+    perf_table: str = "splitwise_sim_perf_model/perf_model.csv"
+    # Longest request (prompt + output) a replica must hold; longer prompts are cut.
+    max_model_len: int = 8192
+    # Extra traces compared beside workload.trace_path ("mix" = it merged with the first extra trace).
+    extra_traces: list = field(default_factory=lambda: ["azure_llm_inference_2023/AzureLLMInferenceTrace_code.csv", "mix"])
+    # GPU counts of the comparison grid (num_gpus is the headline one).
+    gpu_counts: list = field(default_factory=lambda: [8, 16, 32])
+    # Request-rate points (x workload.rate_scale x num_gpus / 8, so the load per GPU is alike at every size).
+    rate_points: list = field(default_factory=lambda: [0.5, 0.75, 1.0])
+    # Spatial-sensitivity sweep: share of long requests mixed into short ones (0 = short only).
+    sensitivity_mix: list = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
+    # Requests per sensitivity point.
+    sensitivity_requests: int = 4000
+    # SLO: time to first token and time per output token.
+    slo_ttft_s: float = 5.0
+    slo_tpot_s: float = 0.2
+    # Upper-level search patience (steps without improvement).
+    patience: int = 20
+    # Final dispatch among equal-rate solutions: latency (toward faster replicas, up to headroom load) or balance.
+    tie_break: str = "latency"
+    headroom: float = 0.0
+    # Time per output token the scheduler's capacity estimate keeps to (prefill stalls included). ~ slo_tpot_s / 3: the
+    # simulated P99 TPOT runs about twice the median, so planning at a third keeps the tail inside the SLO.
+    tpot_target_s: float = 0.07
+    # TP of the fixed vLLM-style baseline deployment (N / fixed_tp replicas of TP fixed_tp).
+    fixed_tp: int = 4
+    # Capacities n_kj: analytic (cost-model formula) or simulated (profiled per type in the simulator, slower).
+    capacity: str = "analytic"
+    # Plan for this quantile of the per-minute type rates (null: the trace's mean rates); 0.9 plans for bursts.
+    plan_rate_quantile: Optional[float] = None
+
+
+@dataclass
 class Config:
     # Which experiment function runs: a key of experiments.run.TASKS.
     task: str = "quickstart"
@@ -50,6 +101,11 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     quickstart: QuickstartConfig = field(default_factory=QuickstartConfig)
+    # Serving experiments: the request workload, the served model, the GPUs used.
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    model: str = "llama2-70b"
+    num_gpus: int = 32
+    oserve: OServeConfig = field(default_factory=OServeConfig)
 
 
 def register() -> None:

@@ -20,6 +20,7 @@ from experiments.config import register
 # Imported lazily so that a training experiment never imports the serving stack and vice versa.
 TASKS = {
     "quickstart": "experiments.quickstart:run",
+    "oserve_spatial": "experiments.oserve_spatial:run",
 }
 
 

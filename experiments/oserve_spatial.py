@@ -1,0 +1,238 @@
+"""OServe spatial experiment: the heterogeneous plan vs. the best static homogeneous deployment.
+
+    python -m experiments.run experiment=oserve/spatial
+
+For every (trace, GPU count, request rate): OServe's two-level plan with its x_kj dispatch ("oserve"), the same
+deployment with round-robin ("oserve_rr"), and the best homogeneous deployment (every replica alike, picked by P99 in
+the same simulator at the middle rate) with round-robin ("static_vllm"), and a fixed vLLM-style deployment of
+TP=oserve.fixed_tp replicas with round-robin ("static_tp<N>", when that config fits). Then a spatial-sensitivity sweep mixing short
+and long requests at rising length CV. Writes results.json, results.csv, sensitivity.csv, p99_vs_rate.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from common.datapaths import resolve_data_dir  # noqa: E402
+from common.topology import get_cluster  # noqa: E402
+from common.traces import RequestTrace, load_request_trace  # noqa: E402
+from serving.costmodel import CostModel, ReplicaConfig, get_model, load_perf_table  # noqa: E402
+from serving.scheduler import Problem, SchedulerConfig, homogeneous_candidates, oserve_search  # noqa: E402
+from serving.sim import SLO, simulate  # noqa: E402
+from serving.workload import build_workload, length_cv, mix_types  # noqa: E402
+
+PAPER = {"p99_speedup_max": 2.0, "p99_speedup_mean": 1.5, "sensitivity": {"0.112": 1.14, "0.688": 2.66},
+         "scheduler_s_16_gpus": 12.0}
+
+
+def _data_path(data_dir: Path, rel: str) -> Path:
+    p = Path(rel).expanduser()
+    return p if p.is_absolute() else data_dir / p
+
+
+def load_traces(cfg: DictConfig, data_dir: Path) -> dict[str, RequestTrace]:
+    fmt = cfg.workload.format
+    if fmt not in ("azure", "mooncake", "csv"):
+        raise ValueError(f"config key 'workload.format': unknown format {fmt!r}; use azure, mooncake or csv")
+    if not cfg.workload.rate_scale > 0:
+        raise ValueError(f"config key 'workload.rate_scale' must be > 0, got {cfg.workload.rate_scale}")
+    names = [cfg.workload.trace_path] + list(cfg.oserve.extra_traces)
+    out: dict[str, RequestTrace] = {}
+    for rel in names:
+        if rel == "mix":
+            continue
+        tr = load_request_trace(_data_path(data_dir, rel), fmt)
+        if cfg.workload.max_requests:
+            n = int(cfg.workload.max_requests)
+            tr = RequestTrace(tr.arrival_s[:n], tr.input_tokens[:n], tr.output_tokens[:n], tr.source)
+        out[Path(rel).stem.replace("AzureLLMInferenceTrace_", "")] = tr
+    if "mix" in names and len(out) >= 2:
+        a, b = list(out.values())[:2]
+        t = np.concatenate([a.arrival_s, b.arrival_s])
+        o = np.argsort(t, kind="stable")
+        out["mix"] = RequestTrace(t[o], np.concatenate([a.input_tokens, b.input_tokens])[o],
+                                  np.concatenate([a.output_tokens, b.output_tokens])[o], "mix")
+    return out
+
+
+def build_cost(cfg: DictConfig, data_dir: Path, num_gpus: int) -> CostModel:
+    if num_gpus < 1:
+        raise ValueError(f"config key 'num_gpus' must be >= 1, got {num_gpus}")
+    cluster = get_cluster(cfg.cluster.preset, cfg.cluster.num_nodes, cfg.cluster.devices_per_node)
+    if num_gpus > cluster.num_devices:
+        raise ValueError(f"config key 'num_gpus': {num_gpus} > {cluster.num_devices} devices in cluster {cluster.name}")
+    cluster = cluster.with_shape(-(-num_gpus // cluster.devices_per_node))
+    table = load_perf_table(_data_path(data_dir, cfg.oserve.perf_table)) if cfg.oserve.costmodel == "measured" else None
+    cm = CostModel(get_model(cfg.model), cluster, kind=cfg.oserve.costmodel, table=table,
+                   max_model_len=int(cfg.oserve.max_model_len))
+    need = cm.min_gpus()  # a clear error now if the model cannot fit
+    if need > num_gpus:
+        raise ValueError(f"config key 'num_gpus': model {cfg.model} does not fit on {num_gpus} GPUs "
+                         f"(a replica needs {need})")
+    return cm
+
+
+def run_policy(trace, labels, cm, replicas, dispatch, weights, cfg) -> dict:
+    res = simulate(trace.arrival_s, trace.input_tokens, trace.output_tokens, labels, [cm.cost(c) for c in replicas],
+                   dispatch, weights=weights, max_model_len=int(cfg.oserve.max_model_len),
+                   slo=SLO(cfg.oserve.slo_ttft_s, cfg.oserve.slo_tpot_s))
+    return {**res.summary, "preemptions": int(res.preemptions.sum())}
+
+
+def scheduler_config(cfg: DictConfig) -> SchedulerConfig:
+    return SchedulerConfig(
+        patience=int(cfg.oserve.patience), tie_break=cfg.oserve.tie_break, headroom=float(cfg.oserve.headroom),
+        tpot_target_s=float(cfg.oserve.tpot_target_s), capacity=cfg.oserve.capacity,
+        ttft_target_s=float(cfg.oserve.slo_ttft_s) / 2)
+
+
+def compare(trace, cm, gpus, cfg, static_dep=None) -> tuple[dict, tuple, object]:
+    """The policies on one trace; returns (metrics per policy, the static deployment used, the OServe plan)."""
+    q = cfg.oserve.plan_rate_quantile
+    wl = build_workload(trace, int(cfg.workload.num_types), seed=int(cfg.seed),
+                        rate_quantile=None if q is None else float(q))
+    prob = Problem.from_workload(cm, wl, scheduler_config(cfg))
+    plan = oserve_search(prob, gpus)
+    if static_dep is None:  # best homogeneous by P99 in the same simulator
+        cands = homogeneous_candidates(prob, gpus)
+        p99 = [run_policy(trace, wl.labels, cm, d, "round_robin", None, cfg)["p99_latency_s"] for d in cands]
+        static_dep = cands[int(np.argmin(p99))]
+    res = {
+        "oserve": run_policy(trace, wl.labels, cm, plan.replicas, "plan", np.array(plan.dispatch), cfg),
+        "oserve_rr": run_policy(trace, wl.labels, cm, plan.replicas, "round_robin", None, cfg),
+        "static_vllm": run_policy(trace, wl.labels, cm, static_dep, "round_robin", None, cfg),
+    }
+    tp = int(cfg.oserve.fixed_tp)
+    if tp <= gpus and ReplicaConfig(tp) in cm.configs(tp):
+        res[f"static_tp{tp}"] = run_policy(trace, wl.labels, cm, (ReplicaConfig(tp),) * (gpus // tp), "round_robin",
+                                           None, cfg)
+        res[f"static_tp{tp}"]["plan"] = f"{gpus // tp}x{ReplicaConfig(tp)}"
+    res["oserve"]["plan"] = plan.describe()
+    res["oserve"]["scheduler_s"] = plan.solve_time_s
+    res["static_vllm"]["plan"] = " + ".join(sorted({f"{len(static_dep)}x{c}" for c in static_dep}))
+    return res, static_dep, plan
+
+
+def sensitivity(trace, cm, gpus, cfg) -> list[dict]:
+    """Mix the shortest and the longest request type at rising shares; rate at 70% of the static plan's capacity."""
+    wl = build_workload(trace, int(cfg.workload.num_types), seed=int(cfg.seed))
+    order = np.argsort(wl.mean_input + wl.mean_output)
+    pools = [RequestTrace(trace.arrival_s[wl.labels == j], trace.input_tokens[wl.labels == j],
+                          trace.output_tokens[wl.labels == j], "pool") for j in (order[0], order[-1])]
+    rows = []
+    for p in tqdm(list(cfg.oserve.sensitivity_mix), desc="sensitivity", leave=False):
+        probe = mix_types(pools, [1 - p, p], int(cfg.oserve.sensitivity_requests), 1.0, seed=int(cfg.seed))
+        wl_p = build_workload(probe, int(cfg.workload.num_types), seed=int(cfg.seed))
+        prob = Problem.from_workload(cm, wl_p, scheduler_config(cfg))
+        # Rate: 70% of what the best homogeneous deployment serves of this mix (its LP capacity at rate 1).
+        best = max(homogeneous_candidates(prob, gpus), key=prob.score)
+        rate = 0.7 / max(-prob.score(best)[1], 1e-9)
+        mixed = mix_types(pools, [1 - p, p], int(cfg.oserve.sensitivity_requests), rate, seed=int(cfg.seed))
+        res, _, _ = compare(mixed, cm, gpus, cfg)
+        rows.append({"long_share": p, "cv": length_cv(mixed), "rate_rps": rate,
+                     "p99_static_s": res["static_vllm"]["p99_latency_s"], "p99_oserve_s": res["oserve"]["p99_latency_s"],
+                     "speedup": res["static_vllm"]["p99_latency_s"] / res["oserve"]["p99_latency_s"]})
+    return sorted(rows, key=lambda r: r["cv"])  # rising CV
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict:
+    t0 = time.perf_counter()
+    data_dir = resolve_data_dir(cfg.paths.data_dir, os.environ)
+    traces = load_traces(cfg, data_dir)
+    primary = next(iter(traces))
+    gpu_counts = sorted(set(int(g) for g in cfg.oserve.gpu_counts) | {int(cfg.num_gpus)})
+    grid, headline = [], None
+    cells = [(name, g) for name in traces for g in gpu_counts]
+    for name, g in tqdm(cells, desc="oserve grid"):
+        cm = build_cost(cfg, data_dir, g)
+        static_dep = None
+        mid = float(np.median(cfg.oserve.rate_points))
+        points = sorted(cfg.oserve.rate_points, key=lambda x: abs(x - mid))  # pick the static plan at the middle
+        for pt in points:
+            scale = float(cfg.workload.rate_scale) * float(pt) * g / 8
+            tr = traces[name].scale_rate(scale)
+            res, static_dep, plan = compare(tr, cm, g, cfg, static_dep)
+            for pol, m in res.items():
+                grid.append({"trace": name, "gpus": g, "rate_point": pt, "rate_rps": len(tr) / max(tr.duration_s, 1e-9),
+                             "policy": pol, **{k: v for k, v in m.items() if k != "plan"}, "plan": m.get("plan", "")})
+            if name == primary and g == int(cfg.num_gpus) and pt == points[0]:
+                headline = res
+    ratios, ratios_fixed = {}, {}
+    fixed = f"static_tp{int(cfg.oserve.fixed_tp)}"
+    for (name, g, pt) in {(r["trace"], r["gpus"], r["rate_point"]) for r in grid}:
+        by = {r["policy"]: r for r in grid if (r["trace"], r["gpus"], r["rate_point"]) == (name, g, pt)}
+        ratios[f"{name}/{g}/{pt}"] = by["static_vllm"]["p99_latency_s"] / by["oserve"]["p99_latency_s"]
+        if fixed in by:
+            ratios_fixed[f"{name}/{g}/{pt}"] = by[fixed]["p99_latency_s"] / by["oserve"]["p99_latency_s"]
+    sens = sensitivity(traces[primary], build_cost(cfg, data_dir, int(cfg.num_gpus)), int(cfg.num_gpus), cfg)
+
+    out = {
+        "policies": {k: {kk: v for kk, v in m.items()} for k, m in headline.items()},
+        "p99_speedup_vs_static": {"max": max(ratios.values()), "mean": float(np.mean(list(ratios.values()))),
+                                  "per_cell": ratios},
+        f"p99_speedup_vs_{fixed}": ({"max": max(ratios_fixed.values()), "mean": float(np.mean(list(ratios_fixed.values()))),
+                                     "per_cell": ratios_fixed} if ratios_fixed else None),
+        "sensitivity": sens,
+        "paper": PAPER,
+        "config": {"model": cfg.model, "cluster": cfg.cluster.preset, "num_gpus": int(cfg.num_gpus),
+                   "costmodel": cfg.oserve.costmodel, "traces": list(traces)},
+        "wall_s": time.perf_counter() - t0,
+    }
+    (out_dir / "results.json").write_text(json.dumps(out, indent=2))
+    _write_csv(out_dir / "results.csv", grid)
+    _write_csv(out_dir / "sensitivity.csv", sens)
+    _plot(out_dir / "p99_vs_rate.png", grid, traces, gpu_counts, fixed)
+    print(f"OServe spatial ({cfg.model}, {cfg.cluster.preset}, {cfg.oserve.costmodel} cost model)")
+    for k, m in headline.items():
+        print(f"  {k:13s} P50 {m['p50_latency_s']:8.2f} s  P99 {m['p99_latency_s']:8.2f} s  "
+              f"{m['throughput_rps']:6.2f} req/s  SLO {m['slo_attainment']:.3f}  {m.get('plan', '')}")
+    s = out["p99_speedup_vs_static"]
+    print(f"  P99 best-static/oserve: max {s['max']:.2f}x, mean {s['mean']:.2f}x   (paper: up to 2x, average 1.5x vs vLLM)")
+    if ratios_fixed:
+        f = out[f"p99_speedup_vs_{fixed}"]
+        print(f"  P99 {fixed}/oserve: max {f['max']:.2f}x, mean {f['mean']:.2f}x")
+    for r in sens:
+        print(f"  sensitivity CV {r['cv']:.3f}: {r['speedup']:.2f}x   (paper: 1.14x at CV 0.112 .. 2.66x at CV 0.688)")
+    print(f"  results in {out_dir}")
+    return out
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _plot(path: Path, grid: list[dict], traces, gpu_counts, fixed: str) -> None:
+    fig, axes = plt.subplots(len(traces), len(gpu_counts), figsize=(4 * len(gpu_counts), 3 * len(traces)),
+                             squeeze=False)
+    for i, name in enumerate(traces):
+        for j, g in enumerate(gpu_counts):
+            ax = axes[i, j]
+            for pol in ("oserve", "oserve_rr", "static_vllm", fixed):
+                rows = sorted((r for r in grid if r["trace"] == name and r["gpus"] == g and r["policy"] == pol),
+                              key=lambda r: r["rate_rps"])
+                ax.plot([r["rate_rps"] for r in rows], [r["p99_latency_s"] for r in rows], marker="o", label=pol)
+            ax.set_title(f"{name}, {g} GPUs")
+            ax.set_xlabel("request rate (req/s)")
+            ax.set_ylabel("P99 latency (s)")
+            ax.set_yscale("log")
+    axes[0, 0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,132 @@
+"""Cost model (a): measured iteration latencies (Splitwise perf_model.csv), interpolated.
+
+The table holds, per (model, hardware, TP): prompt_time by prompt_size at batch 1 and by batch_size at prompt 512, and
+token_time (one decode step) by batch_size; times in ms. Knots used here (averaged over repeated rows):
+  prefill f(T): T = prompt_size at batch 1, then T = 512 * batch_size where that exceeds the largest batch-1 prompt;
+  decode a[B]: token_time by batch_size over all rows of that batch size (the table shows no context dependence).
+PP > 1 runs the same layers in pp stages one after another, so it costs the TP time plus the stage-to-stage sends.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.costmodel import p2p_time
+from common.topology import ClusterSpec
+from serving.costmodel.iteration import IterationCost, ReplicaConfig, decode_base_table
+from serving.costmodel.models import ModelSpec
+from serving.costmodel.roofline import DEFAULT_PARAMS, RooflineParams, kv_capacity_tokens, replica_devices
+
+HARDWARE = {"A100-SXM4-80GB": "a100-80gb", "H100-SXM5-80GB": "h100-80gb"}
+COLUMNS = ("model", "hardware", "prompt_size", "batch_size", "token_size", "prompt_time", "token_time", "tensor_parallel")
+
+
+@dataclass(frozen=True)
+class MeasuredCurves:
+    prefill_tokens: tuple[float, ...]  # ascending knots T
+    prefill_s: tuple[float, ...]  # seconds at each knot
+    decode_batch: tuple[float, ...]  # ascending knots B
+    decode_s: tuple[float, ...]  # seconds per decode step at each knot
+
+
+@dataclass(frozen=True)
+class MeasuredTable:
+    path: str  # the CSV it came from
+    curves: dict  # (model, hardware, tp) -> MeasuredCurves
+    rows: tuple  # raw rows (model, hardware, tp, prompt_size, batch_size, prompt_s, token_s), for error reports
+
+    def keys(self) -> list[tuple[str, str, int]]:
+        return sorted(self.curves)
+
+
+def load_perf_table(path: str | Path) -> MeasuredTable:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"measured cost table {path} not found (set paths.data_dir)")
+    rows = []
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}")
+        for line, r in enumerate(reader, start=2):
+            try:
+                rows.append((r["model"], r["hardware"], int(r["tensor_parallel"]), int(r["prompt_size"]),
+                             int(r["batch_size"]), float(r["prompt_time"]) / 1e3, float(r["token_time"]) / 1e3))
+            except ValueError as e:
+                raise ValueError(f"{path}:{line}: {e}") from None
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r[:3]].append(r)
+    curves = {}
+    for key, rs in groups.items():
+        pre, dec = defaultdict(list), defaultdict(list)
+        for _, _, _, p, b, pt, tt in rs:
+            if b == 1:
+                pre[p].append(pt)
+            dec[b].append(tt)
+        max_single = max(pre)
+        for _, _, _, p, b, pt, _ in rs:
+            if b > 1 and p * b > max_single:
+                pre[p * b].append(pt)
+        # A prefill time under half the previous knot's is a failed measurement (TP2 at 64 x 512 tokens reads 0.8 s
+        # after 6.6 s at half the tokens): such knots are dropped. Small wobbles at short prompts are kept.
+        tk = []
+        for t in sorted(pre):
+            if not tk or np.mean(pre[t]) > 0.5 * np.mean(pre[tk[-1]]):
+                tk.append(t)
+        bk = sorted(dec)
+        curves[key] = MeasuredCurves(
+            tuple(float(t) for t in tk), tuple(float(np.mean(pre[t])) for t in tk),
+            tuple(float(b) for b in bk), tuple(float(np.mean(dec[b])) for b in bk),
+        )
+    return MeasuredTable(str(path), curves, tuple(rows))
+
+
+def hardware_key(cluster: ClusterSpec) -> str:
+    name = cluster.device.name
+    if name not in HARDWARE:
+        raise ValueError(f"measured cost model: no table for device {name!r}; known: {sorted(HARDWARE)}")
+    return HARDWARE[name]
+
+
+def measured_cost(
+    table: MeasuredTable, model: ModelSpec, cluster: ClusterSpec, config: ReplicaConfig,
+    params: RooflineParams = DEFAULT_PARAMS,
+) -> IterationCost:
+    key = (model.name, hardware_key(cluster), config.tp)
+    if key not in table.curves:
+        known = [k for k in table.keys() if k[:2] == key[:2]]
+        raise ValueError(f"measured cost model: {table.path} has no rows for {key}; with this model and "
+                         f"hardware it has TP {[k[2] for k in known]}")
+    c = table.curves[key]
+    devs = replica_devices(cluster, config)
+
+    def pp_sends(tokens: float) -> float:
+        act = tokens * model.hidden * model.bytes_per_param
+        return sum(p2p_time(act, cluster, devs[s * config.tp - 1], devs[s * config.tp]) for s in range(1, config.pp))
+
+    pre = tuple(s + pp_sends(t) for t, s in zip(c.prefill_tokens, c.prefill_s))
+    b = np.arange(params.max_num_seqs + 1)
+    dec = np.asarray(decode_base_table(np.asarray(c.decode_batch), np.asarray(c.decode_s), params.max_num_seqs))
+    dec = dec + np.array([pp_sends(x) for x in b])
+    return IterationCost(
+        config=config,
+        prefill_knots_tokens=c.prefill_tokens,
+        prefill_knots_s=pre,
+        prefill_s_per_sq_token=0.0,
+        decode_base_s=tuple(float(x) for x in dec),
+        decode_s_per_ctx_token=0.0,
+        kv_capacity_tokens=kv_capacity_tokens(model, cluster, config, params),
+        source="measured",
+    )
+
+
+def supported_tps(table: MeasuredTable, model: ModelSpec, cluster: ClusterSpec) -> list[int]:
+    hw = HARDWARE.get(cluster.device.name)
+    return sorted(k[2] for k in table.keys() if k[0] == model.name and k[1] == hw)
