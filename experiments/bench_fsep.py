@@ -12,7 +12,11 @@ scaled to T*k routes with the trace-replay gate, and the median forward+backward
   balanced   (f) FSEP with perfectly uniform routing (the balanced limit)
   fsep_sync  (e) without overlapping the restore all-to-all with routing and dispatch
 plus where FSEP's time goes (restore all-to-all, token all-to-all, expert compute; each fwd+bwd, measured apart).
-Writes bench_fsep.json, bench_fsep.csv and bench_fsep.png to --out-dir. Timings are wall-clock on this machine.
+Every time is reported twice: wall clock (max over ranks), and max-over-ranks CPU time of the step (each rank's
+process time: compute plus gloo's copies; blocked waits cost none). On a machine shared with other jobs, wall time
+follows the total work of all ranks, so an idle rank's core is taken by others and EP imbalance barely shows; the CPU
+figure is what a dedicated core per rank would see. Targets are evaluated on both.
+Writes bench_fsep.json, bench_fsep.csv and bench_fsep.png to --out-dir.
 """
 
 from __future__ import annotations
