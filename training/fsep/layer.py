@@ -1,0 +1,240 @@
+"""FSEPMoE: the MoE layer with Fully Sharded Expert Parallel storage and a re-layoutable expert placement.
+
+Notation: N devices, E experts, C slots per device, H hidden, F expert FFN size, P = 3*F*H elements of one expert,
+S = ceil(P/N) shard width, T tokens on this device, k routes per token (token-major: route r is token r // k),
+R routes this device receives.
+
+Phases of one forward, as in Megatron's dispatcher; only restore, dispatch and combine communicate:
+  restore   all_to_all_single of expert pieces: [E, S] shard -> [C, P] experts of my slots (backward: gradient
+            all-to-all + sum over replicas into the shard gradient, one autograd op in restore.py)
+  route     router / trace-replay gate (no communication)
+  dispatch  per-slot counts from the routing rule, count exchange and token all_to_all_single with uneven splits
+  compute   each slot's SwiGLU expert on the tokens it received (no communication)
+  combine   token all_to_all_single back, weighted sum of each token's k results (communication only in the a2a)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from training.fsep.comm import all_to_all_tokens
+from training.fsep.groups import FSEPGroups
+from training.fsep.restore import PendingRestore, restore_experts, start_restore
+from training.moe.reference import ReferenceMoE, Router, swiglu
+from training.placement import Placement, split_row, split_row_by_weights
+
+
+@dataclass
+class DispatchPlan:
+    """What combine needs to undo dispatch (one forward's bookkeeping, not layer state)."""
+
+    send_order: torch.Tensor  # [T*k] route ids in send order (by destination device, then slot)
+    send_splits: list[int]  # [N] routes sent to each device
+    recv_splits: list[int]  # [N] routes received from each device
+    slot_perm: torch.Tensor  # [R] received rows regrouped by computing slot (source-major on the wire)
+    slot_sizes: list[int]  # [C] routes each of my slots computes (0 for a duplicate merged into its first copy)
+
+
+def default_placement(num_devices: int, num_experts: int, slots_per_device: int) -> Placement:
+    """Round-robin: slot i (device-major) holds expert i mod E, so every expert has a replica when N*C >= E."""
+    return Placement(np.arange(num_devices * slots_per_device).reshape(num_devices, -1) % num_experts, num_experts)
+
+
+class FSEPMoE(nn.Module):
+    """Same constructor shape as ReferenceMoE plus slots per device and the process groups.
+
+    Persistent expert state per device: `expert_shard` [E, S], whatever the placement. `set_placement` changes only
+    which experts the next restore builds and where tokens go."""
+
+    def __init__(self, hidden: int, ffn: int, num_experts: int, top_k: int, slots_per_device: int,
+                 groups: FSEPGroups, placement: Placement | None = None, overlap_restore: bool = True,
+                 device: torch.device | str | None = None):
+        super().__init__()
+        n = groups.size
+        if n * slots_per_device < num_experts:
+            raise ValueError(f"N*C = {n}*{slots_per_device} = {n * slots_per_device} slots cannot hold all "
+                             f"{num_experts} experts; raise slots_per_device to at least {-(-num_experts // n)}")
+        self.hidden, self.ffn, self.num_experts, self.top_k = hidden, ffn, num_experts, top_k
+        self.slots_per_device, self.groups, self.overlap_restore = slots_per_device, groups, overlap_restore
+        self.num_elements = 3 * ffn * hidden  # P
+        self.router = Router(hidden, num_experts, top_k).to(device)
+        self._init_expert_storage(device)
+        self.set_placement(placement or default_placement(n, num_experts, slots_per_device))
+
+    # ---- storage ---------------------------------------------------------------------------------------------
+    def _init_expert_storage(self, device):
+        n = self.groups.size
+        self.shard_width = -(-self.num_elements // n)  # S
+        self.expert_shard = nn.Parameter(torch.zeros(self.num_experts, self.shard_width, device=device))
+
+    def _flat_experts(self, ref: ReferenceMoE) -> torch.Tensor:
+        """[E, N*S] flat experts (w1 | w3 | w2), zero padded."""
+        flat = torch.cat([ref.w1.detach().flatten(1), ref.w3.detach().flatten(1), ref.w2.detach().flatten(1)], 1)
+        pad = self.groups.size * self.shard_width - self.num_elements
+        return nn.functional.pad(flat, (0, pad))
+
+    @torch.no_grad()
+    def load_reference(self, ref: ReferenceMoE) -> FSEPMoE:
+        """Copy the reference layer's weights in (every device takes its own piece)."""
+        if (ref.hidden, ref.ffn, ref.num_experts, ref.top_k) != (self.hidden, self.ffn, self.num_experts, self.top_k):
+            raise ValueError("reference layer shape differs from this layer's (hidden, ffn, num_experts, top_k)")
+        dev = self.expert_shard.device
+        self.router.weight.copy_(ref.router.weight.to(dev))
+        self._load_flat(self._flat_experts(ref).to(dev))
+        return self
+
+    def _load_flat(self, flat):
+        r, s = self.groups.rank, self.shard_width
+        self.expert_shard.copy_(flat[:, r * s:(r + 1) * s])
+
+    # ---- layout ----------------------------------------------------------------------------------------------
+    def set_placement(self, placement: Placement, route_weights: np.ndarray | None = None) -> None:
+        """Use `placement` ([N, C] expert per slot) from the next forward on. route_weights [N, E, N] (optional, a
+        planner's routing): proportions over devices of the tokens from source i for expert j; without it the FSEP
+        rule applies. Moves no parameter, gradient or optimizer value."""
+        n, c, e = self.groups.size, self.slots_per_device, self.num_experts
+        if not isinstance(placement, Placement):
+            raise TypeError(f"set_placement takes a Placement, got {type(placement).__name__}")
+        if placement.slots.shape != (n, c) or placement.num_experts != e:
+            raise ValueError(f"placement is {placement.slots.shape} over {placement.num_experts} experts; this layer "
+                             f"needs [N={n}, C={c}] over E={e}")
+        if route_weights is not None:
+            route_weights = np.asarray(route_weights, dtype=np.float64)
+            if route_weights.shape != (n, e, n) or np.any(route_weights < 0) or not np.all(np.isfinite(route_weights)):
+                raise ValueError(f"route_weights must be finite, non-negative [N, E, N] = [{n}, {e}, {n}], "
+                                 f"got shape {route_weights.shape}")
+            stray = (route_weights > 0) & (placement.holders()[None] == 0)
+            if stray.any():
+                i, j, d = np.argwhere(stray)[0]
+                raise ValueError(f"route_weights send tokens of expert {j} from device {i} to device {d}, "
+                                 f"which holds no replica of it")
+        self.placement, self.route_weights = placement, route_weights
+        dev = self.expert_shard.device
+        self._slots = torch.tensor(placement.slots, device=dev)  # [N, C]
+        # Flat slot ids (device-major) sorted by expert: routes sorted by expert map onto this sequence.
+        self._slots_by_expert = np.argsort(placement.slots.ravel(), kind="stable")
+        # Slots of my device holding the same expert compute as one: rows of a duplicate slot run in one matmul with
+        # the first copy's weights (same result, larger matmul; the duplicate's restored copy gets zero gradient,
+        # and the shard gradient sums over replicas either way).
+        mine = placement.slots[self.groups.rank]
+        self._compute_slot = torch.tensor([int(np.flatnonzero(mine == j)[0]) for j in mine])  # [C]
+
+    def slot_counts(self, expert_counts: np.ndarray) -> np.ndarray:
+        """[N, C] routes this device sends to each slot, from its own [E] expert counts (its row of the rule)."""
+        r = self.groups.rank
+        if self.route_weights is not None:
+            return split_row_by_weights(expert_counts, self.route_weights[r], self.placement, r)
+        return split_row(expert_counts, self.placement, r, self.groups.devices_per_node)
+
+    # ---- phases ----------------------------------------------------------------------------------------------
+    def start_restore(self) -> PendingRestore | None:
+        """Launch the restore all-to-all asynchronously (communicates)."""
+        return start_restore(self.expert_shard, self._slots, self.groups.ep) if self.overlap_restore else None
+
+    def restore(self, pending: PendingRestore | None = None) -> torch.Tensor:
+        """[C, P] full experts of my slots (communicates: one all_to_all_single, and one in backward)."""
+        return restore_experts(self.expert_shard, self._slots, self.num_elements, self.groups.ep, pending)
+
+    def dispatch(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, DispatchPlan]:
+        """x [T, H], idx [T, k] -> received tokens [R, H] grouped by slot (communicates: counts and tokens).
+
+        1. Count routes per expert and split them over slots by the routing rule (own row only).
+        2. Routes sorted by expert take the slot sequence of that expert's replicas in order; sort by slot to send.
+        3. Exchange per-slot counts, then the tokens (uneven all_to_all_single).
+        4. Regroup received rows by slot (duplicates of an expert on this device merged) so each runs one matmul."""
+        n, c = self.groups.size, self.slots_per_device
+        experts = idx.reshape(-1)  # [T*k]
+        counts = np.bincount(experts.cpu().numpy(), minlength=self.num_experts)  # Step 1
+        per_slot = self.slot_counts(counts)  # [N, C]
+        by_expert = torch.argsort(experts, stable=True)  # Step 2
+        slot_seq = np.repeat(self._slots_by_expert, per_slot.ravel()[self._slots_by_expert])
+        route_slot = torch.empty_like(experts)
+        route_slot[by_expert] = torch.from_numpy(slot_seq).to(experts.device)
+        send_order = torch.argsort(route_slot, stable=True)
+        recv_counts = torch.empty(n, c, dtype=torch.int64, device=x.device)  # Step 3
+        dist.all_to_all_single(recv_counts, torch.from_numpy(per_slot).to(x.device), group=self.groups.ep)
+        recv_counts = recv_counts.cpu()
+        send_splits = per_slot.sum(1).tolist()
+        recv_splits = recv_counts.sum(1).tolist()
+        tokens = x.index_select(0, send_order // self.top_k)
+        recv = all_to_all_tokens(tokens, recv_splits, send_splits, self.groups.ep)
+        row_slot = torch.repeat_interleave(self._compute_slot.repeat(n), recv_counts.reshape(-1))  # Step 4
+        slot_perm = torch.argsort(row_slot, stable=True).to(x.device)
+        sizes = torch.zeros(c, dtype=torch.int64).index_add_(0, self._compute_slot, recv_counts.sum(0))
+        plan = DispatchPlan(send_order, send_splits, recv_splits, slot_perm, sizes.tolist())
+        return recv.index_select(0, slot_perm), plan
+
+    def compute(self, tokens: torch.Tensor, experts: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
+        """Run slot c's expert on its rows (no communication). tokens [R, H] slot-major, experts [C, P]."""
+        h, f = self.hidden, self.ffn
+        # unbind/split rather than slicing: their backward is one stack/cat, where every slice's backward would
+        # allocate and zero-fill a whole [C, P] gradient (measured at ~10% of the step).
+        outs = []
+        for row, chunk in zip(experts.unbind(0), tokens.split(plan.slot_sizes)):
+            w1, w3, w2 = row.split([f * h, f * h, h * f])
+            outs.append(swiglu(chunk, w1.view(f, h), w3.view(f, h), w2.view(h, f)))
+        return torch.cat(outs)
+
+    def combine(self, out: torch.Tensor, plan: DispatchPlan, weights: torch.Tensor) -> torch.Tensor:
+        """Send results back and weight each token's k results (communicates: one uneven all_to_all_single)."""
+        back = torch.empty_like(plan.slot_perm)
+        back[plan.slot_perm] = torch.arange(plan.slot_perm.numel(), device=back.device)
+        out = all_to_all_tokens(out.index_select(0, back), plan.send_splits, plan.recv_splits, self.groups.ep)
+        inv = torch.empty_like(plan.send_order)
+        inv[plan.send_order] = torch.arange(plan.send_order.numel(), device=inv.device)
+        routed = out.index_select(0, inv).view(-1, self.top_k, self.hidden)  # [T, k, H] in route order
+        return (routed * weights.unsqueeze(-1)).sum(1)
+
+    def forward(self, x: torch.Tensor, target_counts: torch.Tensor | None = None):
+        """x [..., H] -> (y [..., H], aux_loss). target_counts [E]: replay these per-expert counts exactly."""
+        shape = x.shape
+        x = x.reshape(-1, self.hidden)
+        pending = self.start_restore()  # overlaps routing and dispatch
+        idx, w, aux = self.router(x, target_counts)
+        tokens, plan = self.dispatch(x, idx)
+        experts = self.restore(pending)
+        y = self.combine(self.compute(tokens, experts, plan), plan, w)
+        return y.reshape(shape), aux
+
+
+class EPMoE(FSEPMoE):
+    """Expert parallel without padding (Megatron-style dropless): device d permanently holds experts
+    d*E/N .. (d+1)*E/N - 1 whole, so restore needs no communication; dispatch/compute/combine are FSEPMoE's."""
+
+    def __init__(self, hidden, ffn, num_experts, top_k, groups: FSEPGroups, device=None):
+        n = groups.size
+        if num_experts % n:
+            raise ValueError(f"EP needs num_experts divisible by N, got E={num_experts}, N={n}")
+        slots = np.arange(num_experts).reshape(n, -1)
+        super().__init__(hidden, ffn, num_experts, top_k, num_experts // n, groups, Placement(slots, num_experts),
+                         overlap_restore=False, device=device)
+
+    def _init_expert_storage(self, device):
+        c = self.num_experts // self.groups.size
+        self.local_experts = nn.Parameter(torch.zeros(c, self.num_elements, device=device))  # [C, P]
+
+    def _load_flat(self, flat):
+        c = self.slots_per_device
+        r = self.groups.rank
+        self.local_experts.copy_(flat[r * c:(r + 1) * c, : self.num_elements])
+
+    def _flat_experts(self, ref):
+        return torch.cat([ref.w1.detach().flatten(1), ref.w3.detach().flatten(1), ref.w2.detach().flatten(1)], 1)
+
+    @property
+    def expert_shard(self):  # used for device lookups only
+        return self.local_experts
+
+    def set_placement(self, placement, route_weights=None):
+        if hasattr(self, "placement"):
+            raise RuntimeError("EPMoE has a fixed layout; use FSEPMoE to re-lay experts out")
+        super().set_placement(placement, route_weights)
+
+    def restore(self, pending=None):
+        """No communication: my experts are stored whole."""
+        return self.local_experts

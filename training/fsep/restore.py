@@ -1,0 +1,72 @@
+"""Restore: [E, S] expert shards -> [C, P] full experts of this device's slots, and its backward, as one autograd op.
+
+Notation: N devices, E experts, C slots per device, P elements of one expert, S = ceil(P/N) shard width.
+Device d permanently holds piece d (elements d*S .. (d+1)*S - 1 of the zero-padded flat expert) of every expert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class PendingRestore:
+    """A restore all-to-all already in flight (started by `start_restore`), so the forward can overlap it."""
+
+    work: object  # the async collective handle
+    recv: torch.Tensor  # [N, C, S] buffer it fills: pieces from every source device for each of my slots
+
+
+def start_restore(shard: torch.Tensor, slots: torch.Tensor, group) -> PendingRestore:
+    """Launch the restore all-to-all without waiting: device d sends to each device r, for each slot c of r,
+    its piece of expert slots[r, c]."""
+    n, c = slots.shape
+    send = shard.detach().index_select(0, slots.reshape(-1))  # [N*C, S] ordered by destination device
+    recv = torch.empty_like(send)
+    work = dist.all_to_all_single(recv, send, group=group, async_op=True)
+    return PendingRestore(work, recv.view(n, c, -1))
+
+
+class RestoreExperts(torch.autograd.Function):
+    """forward: shard [E, S] -> restored [C, P]. backward: [C, P] gradient -> [E, S] shard gradient.
+
+    1. Forward: one all_to_all_single (equal splits, C*S elements per peer); piece s of slot c arrives from device s,
+       so the full expert is the concatenation over sources, trimmed to P.
+    2. Backward: cut each slot's gradient into the N pieces, send piece s back to device s (one all_to_all_single);
+       device s receives, from every device r and slot c, the gradient of its piece of expert slots[r, c] and sums
+       the pieces of all replicas of an expert into its shard gradient (index_add over the slot -> expert map).
+    """
+
+    @staticmethod
+    def forward(ctx, shard, slots, num_elements: int, group, pending: PendingRestore | None):
+        n, c = slots.shape
+        if pending is None:
+            pending = start_restore(shard, slots, group)
+        pending.work.wait()
+        ctx.save_for_backward(slots)
+        ctx.num_experts, ctx.num_elements, ctx.group = shard.shape[0], num_elements, group
+        return pending.recv.permute(1, 0, 2).reshape(c, -1)[:, :num_elements]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (slots,) = ctx.saved_tensors
+        n, c = slots.shape
+        width = -(-ctx.num_elements // n)
+        if ctx.num_elements == n * width:  # P divisible by N: no padding to add
+            padded = grad
+        else:
+            padded = grad.new_zeros(c, n * width)
+            padded[:, : ctx.num_elements] = grad
+        send = padded.view(c, n, width).permute(1, 0, 2).contiguous()  # [N, C, S]: piece d goes to device d
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=ctx.group)
+        g = grad.new_zeros(ctx.num_experts, width)
+        g.index_add_(0, slots.reshape(-1), recv.view(n * c, width))
+        return g, None, None, None, None
+
+
+def restore_experts(shard, slots, num_elements, group, pending=None) -> torch.Tensor:
+    return RestoreExperts.apply(shard, slots, num_elements, group, pending)

@@ -1,0 +1,78 @@
+"""Routing decisions: top-k from router logits, and the trace-replay gate that reproduces given per-expert counts.
+
+Notation: T tokens, E experts, k routes per token. Routes are token-major: route r belongs to token r // k.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def route_weights(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """[T, k] combine weights of the chosen experts. k = 1: the router probability (Switch; a renormalised top-1
+    weight would be 1 and give the router no gradient); k > 1: renormalised over the k choices (Mixtral, GShard).
+    The same convention as DeepSpeed's top-1/top-2 gates, so the baseline can match the reference exactly."""
+    w = probs.gather(1, idx)
+    if idx.shape[1] > 1:
+        w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).eps)
+    return w
+
+
+def route_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits [T, E] -> (idx [T, k] int64, weights [T, k], probs [T, E])."""
+    probs = F.softmax(logits.float(), dim=-1)
+    idx = probs.topk(k, dim=-1).indices
+    return idx, route_weights(probs, idx), probs
+
+
+def replay_assignment(target_counts: torch.Tensor | np.ndarray, num_tokens: int, k: int) -> torch.Tensor:
+    """The trace-replay gate's assignment: [T, k] expert ids whose per-expert route counts equal target_counts exactly.
+
+    target_counts: [E] non-negative integers summing to T*k, each at most T (a token takes k distinct experts).
+    Fill the T x k table column by column (choice-major) with expert ids in order of decreasing count; an expert's
+    run of at most T consecutive cells never covers one token twice, so every token gets k distinct experts.
+    Deterministic: it depends only on the counts.
+    """
+    c = np.asarray(torch.as_tensor(target_counts).cpu(), dtype=np.int64)
+    if c.ndim != 1 or np.any(c < 0):
+        raise ValueError(f"target_counts must be a non-negative [E] vector, got shape {c.shape}")
+    if c.sum() != num_tokens * k:
+        raise ValueError(f"target_counts sum to {int(c.sum())}, expected T*k = {num_tokens}*{k} = {num_tokens * k}")
+    if c.max(initial=0) > num_tokens:
+        raise ValueError(f"target count {int(c.max())} exceeds T = {num_tokens}: a token cannot take one expert twice")
+    order = np.argsort(-c, kind="stable")
+    seq = np.repeat(order, c[order])  # [T*k] choice-major: cell p is token p % T, choice p // T
+    return torch.from_numpy(seq.reshape(k, num_tokens).T.copy())
+
+
+def scale_counts(row: np.ndarray, total: int, cap: int) -> np.ndarray:
+    """Scale a trace row [E] of counts to sum exactly `total` with no entry above `cap` (largest remainder rounding;
+    overflow above cap moves to the experts with the most room, largest first). Used to replay a trace at another
+    batch size."""
+    row = np.asarray(row, dtype=np.float64)
+    if row.sum() <= 0:
+        raise ValueError("trace row has no tokens")
+    if cap * row.size < total:
+        raise ValueError(f"cannot place {total} routes on {row.size} experts with at most {cap} each")
+    ideal = row * total / row.sum()
+    out = np.floor(ideal).astype(np.int64)
+    out[np.argsort(-(ideal - out), kind="stable")[: total - int(out.sum())]] += 1
+    excess = int(np.maximum(out - cap, 0).sum())
+    out = np.minimum(out, cap)
+    while excess:
+        room = cap - out
+        j = int(np.argmax(room))
+        add = min(excess, int(room[j]))
+        out[j] += add
+        excess -= add
+    return out
+
+
+def switch_aux_loss(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Switch-Transformer load-balancing loss E * sum_j f_j * P_j over this device's tokens:
+    f_j fraction of routes to expert j (no gradient), P_j mean router probability of j."""
+    e = probs.shape[1]
+    f = torch.bincount(idx.reshape(-1), minlength=e).to(probs.dtype) / idx.numel()
+    return e * (f * probs.mean(0)).sum()
