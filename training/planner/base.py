@@ -13,6 +13,7 @@ from functools import cached_property
 import numpy as np
 
 from training.placement import Placement, fsep_expected, fsep_routing, fsep_summary
+from training.planner import kernels
 from training.planner.cost import PlanCost
 
 
@@ -72,7 +73,8 @@ class Planner:
 
     name = "base"
 
-    def __init__(self, num_devices: int, slots_per_device: int, devices_per_node: int, cost: PlanCost | None = None):
+    def __init__(self, num_devices: int, slots_per_device: int, devices_per_node: int, cost: PlanCost | None = None,
+                 jit: bool | None = None):
         for key, v in (("num_devices", num_devices), ("slots_per_device", slots_per_device),
                        ("devices_per_node", devices_per_node)):
             if int(v) != v or v < 1:
@@ -82,6 +84,8 @@ class Planner:
         self.n, self.c, self.g = int(num_devices), int(slots_per_device), int(devices_per_node)
         self.k = self.n // self.g
         self.cost = cost or PlanCost.for_model()
+        # Compiled inner loops (numba) or the numpy path; both give the same plans. None: compiled when installed.
+        self.jit = kernels.resolve_jit(jit)
 
     def plan(self, loads) -> Plan:
         return self._plan(check_loads(loads, self.n, self.c))
@@ -92,7 +96,13 @@ class Planner:
     # Shared helpers ---------------------------------------------------------------------------------------------
     def score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:
         """(objective, device_tokens) of a placement under the FSEP routing rule."""
-        tokens, intra, inter = fsep_summary(loads, Placement(slots, loads.shape[1]), self.g)
+        if self.jit:
+            slots = Placement(slots, loads.shape[1]).slots  # checked ids: the kernel does not bounds-check
+            tokens, intra, inter, i, j = kernels.compiled(kernels.fsep_summary_counts)(loads, slots, self.g)
+            if i >= 0:
+                raise ValueError(f"expert {j} receives tokens from device {i} but has no replica")
+        else:
+            tokens, intra, inter = fsep_summary(loads, Placement(slots, loads.shape[1]), self.g)
         return self.cost.objective(tokens, intra, inter), tokens
 
     def expected_score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:

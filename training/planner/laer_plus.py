@@ -25,7 +25,7 @@ from training.planner.lp import minmax_routing
 from training.planner.lpt import lpt_place
 
 
-def node_local_placement(loads: np.ndarray, n: int, c: int, g: int) -> np.ndarray | None:
+def node_local_placement(loads: np.ndarray, n: int, c: int, g: int, jit: bool | None = None) -> np.ndarray | None:
     """Every node holds every expert, with counts water-filled on its own sources' loads, so all dispatch stays inside
     the node. None when a node's G*C slots cannot hold E experts."""
     e = loads.shape[1]
@@ -35,8 +35,8 @@ def node_local_placement(loads: np.ndarray, n: int, c: int, g: int) -> np.ndarra
     node_src = loads.reshape(k, g, e).sum(1)  # [K, E]
     slots = np.empty((n, c), dtype=np.int64)
     for m in range(k):
-        r = waterfill_replicas(node_src[m], g * c)
-        slots[m * g:(m + 1) * g] = lpt_place(node_src[m], r, g, c, g)
+        r = waterfill_replicas(node_src[m], g * c, jit)
+        slots[m * g:(m + 1) * g] = lpt_place(node_src[m], r, g, c, g, jit)
     return slots
 
 
@@ -65,16 +65,17 @@ class LaerPlus(Planner):
         w = loads.sum(0)
         # 1. Candidates: the paper's two, water-filled counts (steps of 1) with LPT, the node-local layout and, on
         #    small clusters, the EPLB and FSDP+EP layouts.
-        paper = laer_counts(loads, self.n, self.c, self.g)
+        paper = laer_counts(loads, self.n, self.c, self.g, self.jit)
         n_paper = len({r.tobytes() for r in paper})  # the first n_paper candidates are the paper's
-        cands = place_counts(loads, paper + [waterfill_replicas(w, self.n * self.c)], self.n, self.c, self.g)
+        cands = place_counts(loads, paper + [waterfill_replicas(w, self.n * self.c, self.jit)], self.n, self.c, self.g,
+                             self.jit)
         small = self.n * self.c <= self.search_max_slots
         if small:
             # On small clusters the baselines' layouts are cheap to add, so LAER+ is never worse than them here.
             cands.append(eplb_placement(loads, self.n, self.c, self.g))
             if loads.shape[1] % self.c == 0:
                 cands.append(fsdp_ep_placement(self.n, loads.shape[1], self.c).slots)
-        local = node_local_placement(loads, self.n, self.c, self.g)
+        local = node_local_placement(loads, self.n, self.c, self.g, self.jit)
         if local is not None:
             cands.append(local)
         # 2. Rank the candidates by the cost model under the FSEP rule (expected split). The exact integer score goes

@@ -1,0 +1,231 @@
+"""Compiled inner loops of the greedy planners (numba), with the numpy implementations as reference and fallback.
+
+Notation: N devices, E experts, C slots per device, G devices per node, K = N / G nodes, r [E] replica counts,
+h [E, N] replicas of expert j on device d.
+
+Each kernel below is plain Python over numpy arrays that reproduces one numpy/heap implementation step for step
+(same tie-breaking, same floating-point operations in the same order where results are floats), so a plan is the same
+with or without numba; tests check this on random and adversarial loads. The loops are what the paper's C++ planner
+runs; in Python they cost a few hundred microseconds per call, compiled a few microseconds. `compiled(fn)` builds a
+kernel on first use (`import training.planner` does not import numba) and caches the machine code on disk
+(`cache=True`), so only the first process on a machine pays the compile time; `warm_up()` does that up front.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from functools import cache
+
+import numpy as np
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+
+
+def resolve_jit(jit: bool | None) -> bool:
+    """None: compiled kernels when numba is installed; True requires numba; False forces the numpy path."""
+    if jit is None:
+        return HAVE_NUMBA
+    if jit and not HAVE_NUMBA:
+        raise ValueError("jit=True needs numba (pip install numba), or pass jit=False for the numpy path")
+    return bool(jit)
+
+
+@cache
+def compiled(fn):
+    """fn compiled by numba (nopython, GIL released so the async planner's worker thread runs beside training)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(fn)
+
+
+def priority_counts(w: np.ndarray, total: int, k: int) -> np.ndarray:
+    """`lpt.priority_replicas` (the paper's priority queue): a linear scan replaces the heap; the max of load per
+    replica with ties to the lower expert id is what the heap of (-w_j / r_j, j) pops."""
+    e = w.size
+    start = k if k * e <= total else 1
+    r = np.full(e, start, dtype=np.int64)
+    left = total - start * e
+    while left > 0:
+        j = 0
+        best = w[0] / r[0]
+        for q in range(1, e):
+            v = w[q] / r[q]
+            if v > best:
+                best = v
+                j = q
+        step = k if r[j] >= k else 1
+        if step > left:
+            step = left
+        r[j] += step
+        left -= step
+    return r
+
+
+def greedy_increments(w: np.ndarray, r: np.ndarray, extra: int) -> np.ndarray:
+    """`extra` times: one more replica to the expert with the highest w_j / r_j (ties: lower id, as np.argmax).
+    The greedy step of `bound.waterfill_replicas` and `eplb.replicate`; r is updated in place and returned."""
+    e = w.size
+    for _ in range(extra):
+        j = 0
+        best = w[0] / r[0]
+        for q in range(1, e):
+            v = w[q] / r[q]
+            if v > best:
+                best = v
+                j = q
+        r[j] += 1
+    return r
+
+
+def lpt_slots(per_rep: np.ndarray, r: np.ndarray, order: np.ndarray, n: int, c: int, g: int) -> np.ndarray:
+    """`lpt._lpt_heaps` / `_lpt_rounds`: replica instances of each expert (in `order`) go round by round to the
+    nodes with the fewest copies of it, each to its least-loaded free device (ties: lower device id); when fewer
+    replicas are left than candidate nodes, the nodes whose best free device is lightest (then lower id) take them."""
+    k = n // g
+    load = np.zeros(n)
+    free = np.full(n, c, dtype=np.int64)
+    node_free = np.full(k, g * c, dtype=np.int64)
+    slots = np.empty((n, c), dtype=np.int64)
+    copies = np.zeros(k, dtype=np.int64)
+    cand = np.empty(k, dtype=np.int64)
+    cand_dev = np.empty(k, dtype=np.int64)
+    cand_load = np.empty(k)
+    for j in order:
+        wj = per_rep[j]
+        copies[:] = 0
+        left = r[j]
+        while left > 0:
+            cmin = 1 << 62
+            for m in range(k):
+                if node_free[m] > 0 and copies[m] < cmin:
+                    cmin = copies[m]
+            nc = 0
+            for m in range(k):
+                if node_free[m] > 0 and copies[m] == cmin:
+                    best = -1
+                    for d in range(m * g, (m + 1) * g):  # least-loaded free device, lower id on ties
+                        if free[d] > 0 and (best < 0 or load[d] < load[best]):
+                            best = d
+                    cand[nc] = m
+                    cand_dev[nc] = best
+                    cand_load[nc] = load[best]
+                    nc += 1
+            take = nc
+            if nc > left:
+                take = left
+                # Stable on load: candidates are in node order, so ties go to the lower device id.
+                pick = np.argsort(cand_load[:nc], kind="mergesort")[:take]
+            else:
+                pick = np.arange(nc)
+            for t in pick:
+                m, d = cand[t], cand_dev[t]
+                slots[d, c - free[d]] = j
+                free[d] -= 1
+                node_free[m] -= 1
+                load[d] += wj
+                copies[m] += 1
+            left -= take
+    return slots
+
+
+def fsep_summary_counts(loads: np.ndarray, slots: np.ndarray, g: int):
+    """`placement.fsep_summary` (the exact integer FSEP split) in O(N*E + N*C) loops: (device_tokens, sent_intra,
+    sent_inter) [N] int64, and the first (source, expert) with tokens but no replica ((-1, -1) when none).
+
+    1. Each (source i, expert j) sends to the replica list of j on i's node if it has one, else of j everywhere;
+       lists are device-major. floor(load / r) goes to every replica (summed per list first), one extra token to
+       each of a cyclic run of `rem` positions from i mod r (a difference array per list).
+    2. Walk every list once to turn base sums and extras into device tokens.
+    3. A source keeps base times its own replicas plus the extras on its own positions of the local list.
+    """
+    n, e = loads.shape
+    k = n // g
+    h = np.zeros((e, n), dtype=np.int64)  # [E, N]
+    for d in range(n):
+        for s in range(slots.shape[1]):
+            h[slots[d, s], d] += 1
+    h_node = np.zeros((e, k), dtype=np.int64)
+    r_all = np.zeros(e, dtype=np.int64)
+    for j in range(e):
+        for d in range(n):
+            h_node[j, d // g] += h[j, d]
+            r_all[j] += h[j, d]
+    # List offsets: local list (m, j) at m * E + j, global list of j at K * E + j; each gets one slack cell.
+    groups = k * e + e
+    offs = np.zeros(groups + 1, dtype=np.int64)
+    for q in range(groups):
+        length = h_node[q % e, q // e] if q < k * e else r_all[q - k * e]
+        offs[q + 1] = offs[q] + length + 1
+    diff = np.zeros(offs[groups], dtype=np.int64)
+    base_sum = np.zeros(groups, dtype=np.int64)
+    tokens = np.zeros(n, dtype=np.int64)
+    intra = np.zeros(n, dtype=np.int64)
+    inter = np.zeros(n, dtype=np.int64)
+    bad_i, bad_j = -1, -1
+    for i in range(n):
+        m = i // g
+        for j in range(e):
+            x = loads[i, j]
+            local = h_node[j, m] > 0
+            q = m * e + j if local else k * e + j
+            rr = h_node[j, m] if local else r_all[j]
+            if rr == 0:
+                if x > 0 and bad_i < 0:
+                    bad_i, bad_j = i, j
+                continue
+            base, rem = x // rr, x % rr
+            base_sum[q] += base
+            start = i % rr
+            end = start + rem
+            if rem > 0:
+                o = offs[q]
+                diff[o + start] += 1
+                if end <= rr:
+                    diff[o + end] -= 1
+                else:
+                    diff[o + rr] -= 1
+                    diff[o] += 1
+                    diff[o + end - rr] -= 1
+            if not local:
+                inter[i] += x
+                continue
+            # Step 3: positions [before, before + own) of the local list are i's own replicas.
+            own = h[j, i]
+            before = 0
+            for d in range(m * g, i):
+                before += h[j, d]
+            # Extras among positions [0, x) for the cyclic run [start, end) mod rr, at x = before + own and before.
+            x1 = before + own
+            kept = (base * own + max(0, min(x1, end) - start) + max(0, min(x1, end - rr))
+                    - max(0, min(before, end) - start) - max(0, min(before, end - rr)))
+            intra[i] += x - kept
+    # Step 2: walk the lists (local lists cover node m's devices, global lists all devices), device-major.
+    for q in range(groups):
+        j = q % e if q < k * e else q - k * e
+        lo, hi = ((q // e) * g, (q // e + 1) * g) if q < k * e else (0, n)
+        pos = offs[q]
+        run = 0
+        for d in range(lo, hi):
+            cnt = h[j, d]
+            if cnt == 0:
+                continue
+            tokens[d] += base_sum[q] * cnt
+            for _ in range(cnt):
+                run += diff[pos]
+                tokens[d] += run
+                pos += 1
+    return tokens, intra, inter, bad_i, bad_j
+
+
+def warm_up() -> float:
+    """Compile (or load from the disk cache) every kernel on a tiny instance; returns the seconds it took."""
+    if not HAVE_NUMBA:
+        return 0.0
+    t0 = time.perf_counter()
+    w = np.arange(1.0, 5.0)
+    r = compiled(priority_counts)(w, 8, 2)
+    compiled(greedy_increments)(w, np.ones(4, dtype=np.int64), 4)
+    slots = compiled(lpt_slots)(w / r, r, np.argsort(-w / r, kind="stable"), 4, 2, 2)
+    compiled(fsep_summary_counts)(np.ones((4, 4), dtype=np.int64), slots, 2)
+    return time.perf_counter() - t0
