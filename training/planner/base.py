@@ -107,7 +107,10 @@ class Planner:
 
     def expected_score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:
         """`score` with the even split taken fractionally: cheaper, for comparing many candidate layouts."""
-        tokens, intra, inter = fsep_expected(loads, slots, loads.shape[1], self.g)
+        if self.jit:
+            tokens, intra, inter = kernels.expected_summary(loads, slots, loads.shape[1], self.g)
+        else:
+            tokens, intra, inter = fsep_expected(loads, slots, loads.shape[1], self.g)
         return self.cost.objective(tokens, intra, inter), tokens
 
     def fsep_plan(self, loads: np.ndarray, slots: np.ndarray, score: tuple | None = None) -> Plan:

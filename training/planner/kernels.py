@@ -218,6 +218,74 @@ def fsep_summary_counts(loads: np.ndarray, slots: np.ndarray, g: int):
     return tokens, intra, inter, bad_i, bad_j
 
 
+def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
+    """The per-element terms of `placement.fsep_expected` (the fractional even split): tok [E, N] tokens of j computed
+    on d, kept_out [N, E] tokens of j that source i sends inside its node, and inter [N] (integer-valued, exact).
+    The caller sums tok over experts and kept_out over experts with numpy, so the float sums are the very ones
+    `fsep_expected` computes (same arrays, same layout, same reduction)."""
+    n = loads.shape[0]
+    k = n // g
+    h = np.zeros((e, n), dtype=np.int64)  # [E, N]
+    for d in range(n):
+        for s in range(slots.shape[1]):
+            h[slots[d, s], d] += 1
+    h_node = np.zeros((k, e), dtype=np.int64)  # [K, E]
+    node_src = np.zeros((k, e))  # [K, E] integer-valued, so any summation order is exact
+    r_all = np.zeros(e, dtype=np.int64)
+    for d in range(n):
+        for j in range(e):
+            h_node[d // g, j] += h[j, d]
+            node_src[d // g, j] += loads[d, j]
+            r_all[j] += h[j, d]
+    per_global = np.zeros(e)
+    for j in range(e):
+        nonlocal_tokens = 0.0
+        for m in range(k):
+            if h_node[m, j] == 0:
+                nonlocal_tokens += node_src[m, j]
+        per_global[j] = nonlocal_tokens / max(r_all[j], 1)
+    tok = np.empty((e, n))
+    for j in range(e):
+        for d in range(n):
+            m = d // g
+            per_local = node_src[m, j] / h_node[m, j] if h_node[m, j] > 0 else 0.0
+            tok[j, d] = h[j, d] * (per_local + per_global[j])
+    kept_out = np.zeros((n, e))
+    inter = np.zeros(n)
+    for i in range(n):
+        m = i // g
+        for j in range(e):
+            x = float(loads[i, j])
+            if h_node[m, j] > 0:
+                kept_out[i, j] = x - x * h[j, i] / h_node[m, j]
+            else:
+                inter[i] += x
+    return tok, kept_out, inter
+
+
+def expected_summary(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
+    """`placement.fsep_expected` through the compiled kernel: (tokens, sent_intra, sent_inter) [N] float."""
+    tok, kept_out, inter = compiled(fsep_expected_terms)(loads, slots, e, g)
+    return tok.sum(0), kept_out.sum(1), inter
+
+
+def pack_balanced(weights: np.ndarray, order: np.ndarray, num_packs: int) -> np.ndarray:
+    """`eplb.balanced_packing`: items in `order` each to the lightest pack that is not full (ties: lower pack)."""
+    cap = weights.size // num_packs
+    pack = np.empty(weights.size, dtype=np.int64)
+    load = np.zeros(num_packs)
+    count = np.zeros(num_packs, dtype=np.int64)
+    for i in order:
+        p = -1
+        for q in range(num_packs):
+            if count[q] < cap and (p < 0 or load[q] < load[p]):
+                p = q
+        pack[i] = p
+        load[p] += weights[i]
+        count[p] += 1
+    return pack
+
+
 def warm_up() -> float:
     """Compile (or load from the disk cache) every kernel on a tiny instance; returns the seconds it took."""
     if not HAVE_NUMBA:
@@ -228,4 +296,6 @@ def warm_up() -> float:
     compiled(greedy_increments)(w, np.ones(4, dtype=np.int64), 4)
     slots = compiled(lpt_slots)(w / r, r, np.argsort(-w / r, kind="stable"), 4, 2, 2)
     compiled(fsep_summary_counts)(np.ones((4, 4), dtype=np.int64), slots, 2)
+    expected_summary(np.ones((4, 4), dtype=np.int64), slots, 4, 2)
+    compiled(pack_balanced)(w, np.arange(4), 2)
     return time.perf_counter() - t0

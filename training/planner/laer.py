@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.placement import fsep_expected
 from training.planner.base import Plan, Planner
 from training.planner.lpt import even_replicas, lpt_place, priority_replicas
 
@@ -43,6 +42,5 @@ class Laer(Planner):
         cands = laer_candidates(loads, self.n, self.c, self.g, self.jit)
         if len(cands) == 1:
             return self.fsep_plan(loads, cands[0])
-        e = loads.shape[1]
-        best = min(cands, key=lambda s: self.cost.objective(*fsep_expected(loads, s, e, self.g)))
+        best = min(cands, key=lambda s: self.expected_score(loads, s)[0])
         return self.fsep_plan(loads, best)

@@ -72,7 +72,7 @@ class LaerPlus(Planner):
         small = self.n * self.c <= self.search_max_slots
         if small:
             # On small clusters the baselines' layouts are cheap to add, so LAER+ is never worse than them here.
-            cands.append(eplb_placement(loads, self.n, self.c, self.g))
+            cands.append(eplb_placement(loads, self.n, self.c, self.g, jit=self.jit))
             if loads.shape[1] % self.c == 0:
                 cands.append(fsdp_ep_placement(self.n, loads.shape[1], self.c).slots)
         local = node_local_placement(loads, self.n, self.c, self.g, self.jit)
