@@ -96,22 +96,33 @@ class Planner:
     # Shared helpers ---------------------------------------------------------------------------------------------
     def score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:
         """(objective, device_tokens) of a placement under the FSEP routing rule."""
-        if self.jit:
-            slots = Placement(slots, loads.shape[1]).slots  # checked ids: the kernel does not bounds-check
-            tokens, intra, inter, i, j = kernels.compiled(kernels.fsep_summary_counts)(loads, slots, self.g)
-            if i >= 0:
-                raise ValueError(f"expert {j} receives tokens from device {i} but has no replica")
-        else:
-            tokens, intra, inter = fsep_summary(loads, Placement(slots, loads.shape[1]), self.g)
-        return self.cost.objective(tokens, intra, inter), tokens
+        return self.scores(loads, [slots])[0]
+
+    def scores(self, loads: np.ndarray, layouts: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
+        """`score` of several placements [N, C] (one compiled call for all of them when jit)."""
+        if not self.jit:
+            out = []
+            for slots in layouts:
+                tokens, intra, inter = fsep_summary(loads, Placement(slots, loads.shape[1]), self.g)
+                out.append((self.cost.objective(tokens, intra, inter), tokens))
+            return out
+        tokens, intra, inter = kernels.exact_summaries(loads, np.stack(layouts), self.g)
+        return list(zip(self.cost.objectives(tokens, intra, inter).tolist(), tokens))
 
     def expected_score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:
         """`score` with the even split taken fractionally: cheaper, for comparing many candidate layouts."""
-        if self.jit:
-            tokens, intra, inter = kernels.expected_summary(loads, slots, loads.shape[1], self.g)
-        else:
-            tokens, intra, inter = fsep_expected(loads, slots, loads.shape[1], self.g)
-        return self.cost.objective(tokens, intra, inter), tokens
+        return self.expected_scores(loads, [slots])[0]
+
+    def expected_scores(self, loads: np.ndarray, layouts: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
+        """`expected_score` of several placements [N, C] (one compiled call for all of them when jit)."""
+        if not self.jit:
+            out = []
+            for slots in layouts:
+                tokens, intra, inter = fsep_expected(loads, slots, loads.shape[1], self.g)
+                out.append((self.cost.objective(tokens, intra, inter), tokens))
+            return out
+        tokens, intra, inter = kernels.expected_summaries(loads, np.stack(layouts), loads.shape[1], self.g)
+        return list(zip(self.cost.objectives(tokens, intra, inter).tolist(), tokens))
 
     def fsep_plan(self, loads: np.ndarray, slots: np.ndarray, score: tuple | None = None) -> Plan:
         """A Plan that routes with the FSEP rule on the given placement."""

@@ -55,6 +55,11 @@ class PlanCost:
         comm = self.comm_times(sent_intra, sent_inter)
         return float(4.0 * comm.sum() + self.compute_factor * self.per_token_s * np.max(device_tokens))
 
+    def objectives(self, device_tokens: np.ndarray, sent_intra: np.ndarray, sent_inter: np.ndarray) -> np.ndarray:
+        """`objective` of T layouts at once from [T, N] arrays (row t gives exactly objective(row t))."""
+        comm = self.comm_times(sent_intra, sent_inter)
+        return 4.0 * comm.sum(1) + self.compute_factor * self.per_token_s * np.max(device_tokens, axis=1)
+
     def routing_summary(self, routing: np.ndarray, devices_per_node: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(device_tokens, sent_intra, sent_inter) [N] from an explicit routing [N, E, N]."""
         traffic = np.asarray(routing).sum(1)  # [N, N] tokens from i computed on d

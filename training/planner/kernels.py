@@ -130,8 +130,9 @@ def lpt_slots(per_rep: np.ndarray, r: np.ndarray, order: np.ndarray, n: int, c: 
 
 
 def fsep_summary_counts(loads: np.ndarray, slots: np.ndarray, g: int):
-    """`placement.fsep_summary` (the exact integer FSEP split) in O(N*E + N*C) loops: (device_tokens, sent_intra,
-    sent_inter) [N] int64, and the first (source, expert) with tokens but no replica ((-1, -1) when none).
+    """`placement.fsep_summary` (the exact integer FSEP split) of T placements slots [T, N, C] in O(N*E + N*C) loops
+    each: (device_tokens, sent_intra, sent_inter) [T, N] int64, and bad [T, 2]: the first (source, expert) with tokens
+    but no replica, (-1, -1) when none, (-2, slot) when a slot holds an id outside [0, E).
 
     1. Each (source i, expert j) sends to the replica list of j on i's node if it has one, else of j everywhere;
        lists are device-major. floor(load / r) goes to every replica (summed per list first), one extra token to
@@ -141,132 +142,170 @@ def fsep_summary_counts(loads: np.ndarray, slots: np.ndarray, g: int):
     """
     n, e = loads.shape
     k = n // g
-    h = np.zeros((e, n), dtype=np.int64)  # [E, N]
-    for d in range(n):
-        for s in range(slots.shape[1]):
-            h[slots[d, s], d] += 1
-    h_node = np.zeros((e, k), dtype=np.int64)
-    r_all = np.zeros(e, dtype=np.int64)
-    for j in range(e):
+    tokens_b = np.zeros((slots.shape[0], n), dtype=np.int64)
+    intra_b = np.zeros((slots.shape[0], n), dtype=np.int64)
+    inter_b = np.zeros((slots.shape[0], n), dtype=np.int64)
+    bad = np.full((slots.shape[0], 2), -1, dtype=np.int64)
+    for t in range(slots.shape[0]):
+        h = np.zeros((e, n), dtype=np.int64)  # [E, N]
         for d in range(n):
-            h_node[j, d // g] += h[j, d]
-            r_all[j] += h[j, d]
-    # List offsets: local list (m, j) at m * E + j, global list of j at K * E + j; each gets one slack cell.
-    groups = k * e + e
-    offs = np.zeros(groups + 1, dtype=np.int64)
-    for q in range(groups):
-        length = h_node[q % e, q // e] if q < k * e else r_all[q - k * e]
-        offs[q + 1] = offs[q] + length + 1
-    diff = np.zeros(offs[groups], dtype=np.int64)
-    base_sum = np.zeros(groups, dtype=np.int64)
-    tokens = np.zeros(n, dtype=np.int64)
-    intra = np.zeros(n, dtype=np.int64)
-    inter = np.zeros(n, dtype=np.int64)
-    bad_i, bad_j = -1, -1
-    for i in range(n):
-        m = i // g
-        for j in range(e):
-            x = loads[i, j]
-            local = h_node[j, m] > 0
-            q = m * e + j if local else k * e + j
-            rr = h_node[j, m] if local else r_all[j]
-            if rr == 0:
-                if x > 0 and bad_i < 0:
-                    bad_i, bad_j = i, j
-                continue
-            base, rem = x // rr, x % rr
-            base_sum[q] += base
-            start = i % rr
-            end = start + rem
-            if rem > 0:
-                o = offs[q]
-                diff[o + start] += 1
-                if end <= rr:
-                    diff[o + end] -= 1
+            for s in range(slots.shape[2]):
+                v = slots[t, d, s]
+                if v < 0 or v >= e:  # no bounds checks in compiled code: refuse the placement instead
+                    bad[t, 0], bad[t, 1] = -2, d * slots.shape[2] + s
                 else:
-                    diff[o + rr] -= 1
-                    diff[o] += 1
-                    diff[o + end - rr] -= 1
-            if not local:
-                inter[i] += x
-                continue
-            # Step 3: positions [before, before + own) of the local list are i's own replicas.
-            own = h[j, i]
-            before = 0
-            for d in range(m * g, i):
-                before += h[j, d]
-            # Extras among positions [0, x) for the cyclic run [start, end) mod rr, at x = before + own and before.
-            x1 = before + own
-            kept = (base * own + max(0, min(x1, end) - start) + max(0, min(x1, end - rr))
-                    - max(0, min(before, end) - start) - max(0, min(before, end - rr)))
-            intra[i] += x - kept
-    # Step 2: walk the lists (local lists cover node m's devices, global lists all devices), device-major.
-    for q in range(groups):
-        j = q % e if q < k * e else q - k * e
-        lo, hi = ((q // e) * g, (q // e + 1) * g) if q < k * e else (0, n)
-        pos = offs[q]
-        run = 0
-        for d in range(lo, hi):
-            cnt = h[j, d]
-            if cnt == 0:
-                continue
-            tokens[d] += base_sum[q] * cnt
-            for _ in range(cnt):
-                run += diff[pos]
-                tokens[d] += run
-                pos += 1
-    return tokens, intra, inter, bad_i, bad_j
+                    h[v, d] += 1
+        if bad[t, 0] == -2:
+            continue
+        h_node = np.zeros((e, k), dtype=np.int64)
+        r_all = np.zeros(e, dtype=np.int64)
+        for j in range(e):
+            for d in range(n):
+                h_node[j, d // g] += h[j, d]
+                r_all[j] += h[j, d]
+        # List offsets: local list (m, j) at m * E + j, global list of j at K * E + j; each gets one slack cell.
+        groups = k * e + e
+        offs = np.zeros(groups + 1, dtype=np.int64)
+        for q in range(groups):
+            length = h_node[q % e, q // e] if q < k * e else r_all[q - k * e]
+            offs[q + 1] = offs[q] + length + 1
+        diff = np.zeros(offs[groups], dtype=np.int64)
+        base_sum = np.zeros(groups, dtype=np.int64)
+        tokens, intra, inter = tokens_b[t], intra_b[t], inter_b[t]
+        for i in range(n):
+            m = i // g
+            for j in range(e):
+                x = loads[i, j]
+                local = h_node[j, m] > 0
+                q = m * e + j if local else k * e + j
+                rr = h_node[j, m] if local else r_all[j]
+                if rr == 0:
+                    if x > 0 and bad[t, 0] < 0:
+                        bad[t, 0], bad[t, 1] = i, j
+                    continue
+                base, rem = x // rr, x % rr
+                base_sum[q] += base
+                start = i % rr
+                end = start + rem
+                if rem > 0:
+                    o = offs[q]
+                    diff[o + start] += 1
+                    if end <= rr:
+                        diff[o + end] -= 1
+                    else:
+                        diff[o + rr] -= 1
+                        diff[o] += 1
+                        diff[o + end - rr] -= 1
+                if not local:
+                    inter[i] += x
+                    continue
+                # Step 3: positions [before, before + own) of the local list are i's own replicas.
+                own = h[j, i]
+                before = 0
+                for d in range(m * g, i):
+                    before += h[j, d]
+                # Extras among positions [0, x) for the cyclic run [start, end) mod rr, at x = before + own and before.
+                x1 = before + own
+                kept = (base * own + max(0, min(x1, end) - start) + max(0, min(x1, end - rr))
+                        - max(0, min(before, end) - start) - max(0, min(before, end - rr)))
+                intra[i] += x - kept
+        # Step 2: walk the lists (local lists cover node m's devices, global lists all devices), device-major.
+        for q in range(groups):
+            j = q % e if q < k * e else q - k * e
+            lo, hi = ((q // e) * g, (q // e + 1) * g) if q < k * e else (0, n)
+            pos = offs[q]
+            run = 0
+            for d in range(lo, hi):
+                cnt = h[j, d]
+                if cnt == 0:
+                    continue
+                tokens[d] += base_sum[q] * cnt
+                for _ in range(cnt):
+                    run += diff[pos]
+                    tokens[d] += run
+                    pos += 1
+    return tokens_b, intra_b, inter_b, bad
 
 
 def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
-    """The per-element terms of `placement.fsep_expected` (the fractional even split): tok [E, N] tokens of j computed
-    on d, kept_out [N, E] tokens of j that source i sends inside its node, and inter [N] (integer-valued, exact).
-    The caller sums tok over experts and kept_out over experts with numpy, so the float sums are the very ones
-    `fsep_expected` computes (same arrays, same layout, same reduction)."""
+    """The per-element terms of `placement.fsep_expected` (the fractional even split) of T placements [T, N, C]:
+    tok [T, E, N] tokens of j computed on d, kept_out [T, N, E] tokens of j that source i sends inside its node,
+    inter [T, N] (integer-valued, exact), bad [T, 2] as in `fsep_summary_counts` (-2 only). The caller sums tok and
+    kept_out over experts with numpy, so the float sums are the very ones `fsep_expected` computes (same values,
+    same layout, same reduction; tests check it)."""
     n = loads.shape[0]
     k = n // g
-    h = np.zeros((e, n), dtype=np.int64)  # [E, N]
-    for d in range(n):
-        for s in range(slots.shape[1]):
-            h[slots[d, s], d] += 1
-    h_node = np.zeros((k, e), dtype=np.int64)  # [K, E]
-    node_src = np.zeros((k, e))  # [K, E] integer-valued, so any summation order is exact
-    r_all = np.zeros(e, dtype=np.int64)
-    for d in range(n):
-        for j in range(e):
-            h_node[d // g, j] += h[j, d]
-            node_src[d // g, j] += loads[d, j]
-            r_all[j] += h[j, d]
-    per_global = np.zeros(e)
-    for j in range(e):
-        nonlocal_tokens = 0.0
-        for m in range(k):
-            if h_node[m, j] == 0:
-                nonlocal_tokens += node_src[m, j]
-        per_global[j] = nonlocal_tokens / max(r_all[j], 1)
-    tok = np.empty((e, n))
-    for j in range(e):
+    tok_b = np.zeros((slots.shape[0], e, n))
+    kept_b = np.zeros((slots.shape[0], n, e))
+    inter_b = np.zeros((slots.shape[0], n))
+    bad = np.full((slots.shape[0], 2), -1, dtype=np.int64)
+    for t in range(slots.shape[0]):
+        h = np.zeros((e, n), dtype=np.int64)  # [E, N]
         for d in range(n):
-            m = d // g
-            per_local = node_src[m, j] / h_node[m, j] if h_node[m, j] > 0 else 0.0
-            tok[j, d] = h[j, d] * (per_local + per_global[j])
-    kept_out = np.zeros((n, e))
-    inter = np.zeros(n)
-    for i in range(n):
-        m = i // g
+            for s in range(slots.shape[2]):
+                v = slots[t, d, s]
+                if v < 0 or v >= e:  # no bounds checks in compiled code: refuse the placement instead
+                    bad[t, 0], bad[t, 1] = -2, d * slots.shape[2] + s
+                else:
+                    h[v, d] += 1
+        if bad[t, 0] == -2:
+            continue
+        h_node = np.zeros((k, e), dtype=np.int64)  # [K, E]
+        node_src = np.zeros((k, e))  # [K, E] integer-valued, so any summation order is exact
+        r_all = np.zeros(e, dtype=np.int64)
+        for d in range(n):
+            for j in range(e):
+                h_node[d // g, j] += h[j, d]
+                node_src[d // g, j] += loads[d, j]
+                r_all[j] += h[j, d]
+        per_global = np.zeros(e)
         for j in range(e):
-            x = float(loads[i, j])
-            if h_node[m, j] > 0:
-                kept_out[i, j] = x - x * h[j, i] / h_node[m, j]
-            else:
-                inter[i] += x
-    return tok, kept_out, inter
+            nonlocal_tokens = 0.0
+            for m in range(k):
+                if h_node[m, j] == 0:
+                    nonlocal_tokens += node_src[m, j]
+            per_global[j] = nonlocal_tokens / max(r_all[j], 1)
+        tok = tok_b[t]
+        for j in range(e):
+            for d in range(n):
+                m = d // g
+                per_local = node_src[m, j] / h_node[m, j] if h_node[m, j] > 0 else 0.0
+                tok[j, d] = h[j, d] * (per_local + per_global[j])
+        kept_out, inter = kept_b[t], inter_b[t]
+        for i in range(n):
+            m = i // g
+            for j in range(e):
+                x = float(loads[i, j])
+                if h_node[m, j] > 0:
+                    kept_out[i, j] = x - x * h[j, i] / h_node[m, j]
+                else:
+                    inter[i] += x
+    return tok_b, kept_b, inter_b, bad
 
 
-def expected_summary(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
-    """`placement.fsep_expected` through the compiled kernel: (tokens, sent_intra, sent_inter) [N] float."""
-    tok, kept_out, inter = compiled(fsep_expected_terms)(loads, slots, e, g)
-    return tok.sum(0), kept_out.sum(1), inter
+def _check(bad: np.ndarray, slots: np.ndarray) -> None:
+    for t, (i, j) in enumerate(bad.tolist()):
+        if i == -2:
+            d, c = divmod(j, slots.shape[2])
+            raise ValueError(f"placement {t}: slot [{d}, {c}] holds expert {slots[t, d, c]}, outside [0, E)")
+        if i >= 0:
+            raise ValueError(f"expert {j} receives tokens from device {i} but has no replica")
+
+
+def exact_summaries(loads: np.ndarray, slots: np.ndarray, g: int):
+    """`placement.fsep_summary` of placements [T, N, C] (loads [N, E] int64): tokens, sent_intra, sent_inter [T, N]."""
+    slots = np.ascontiguousarray(slots, dtype=np.int64)
+    tokens, intra, inter, bad = compiled(fsep_summary_counts)(loads, slots, g)
+    _check(bad, slots)
+    return tokens, intra, inter
+
+
+def expected_summaries(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
+    """`placement.fsep_expected` of placements [T, N, C]: (tokens, sent_intra, sent_inter) [T, N] float."""
+    slots = np.ascontiguousarray(slots, dtype=np.int64)
+    tok, kept_out, inter, bad = compiled(fsep_expected_terms)(loads, slots, e, g)
+    _check(bad, slots)
+    return tok.sum(1), kept_out.sum(2), inter
 
 
 def pack_balanced(weights: np.ndarray, order: np.ndarray, num_packs: int) -> np.ndarray:
@@ -295,7 +334,7 @@ def warm_up() -> float:
     r = compiled(priority_counts)(w, 8, 2)
     compiled(greedy_increments)(w, np.ones(4, dtype=np.int64), 4)
     slots = compiled(lpt_slots)(w / r, r, np.argsort(-w / r, kind="stable"), 4, 2, 2)
-    compiled(fsep_summary_counts)(np.ones((4, 4), dtype=np.int64), slots, 2)
-    expected_summary(np.ones((4, 4), dtype=np.int64), slots, 4, 2)
+    exact_summaries(np.ones((4, 4), dtype=np.int64), slots[None], 2)
+    expected_summaries(np.ones((4, 4), dtype=np.int64), slots[None], 4, 2)
     compiled(pack_balanced)(w, np.arange(4), 2)
     return time.perf_counter() - t0

@@ -80,11 +80,11 @@ class LaerPlus(Planner):
             cands.append(local)
         # 2. Rank the candidates by the cost model under the FSEP rule (expected split). The exact integer score goes
         #    to all of them on small clusters, else to the top two and the paper's pick (so never worse than `laer`).
-        expected = [self.expected_score(loads, s)[0] for s in cands]
+        expected = [obj for obj, _ in self.expected_scores(loads, cands)]
         order = np.argsort(expected, kind="stable")
         keep = range(len(cands)) if small else sorted({*order[:2].tolist(), int(np.argmin(expected[:n_paper]))})
         ranked = [cands[i] for i in keep]
-        exact = [(self.score(loads, s), s) for s in ranked]
+        exact = list(zip(self.scores(loads, ranked), ranked))
         (obj, tokens), slots = min(exact, key=lambda t: t[0][0])
         # 3. Local search on the winner (expected split): swaps and replica moves between the busiest and the idlest
         #    device; kept if its exact score is lower too.
@@ -155,7 +155,7 @@ class LaerPlus(Planner):
         if hi == lo:
             return None
         counts = np.bincount(slots.ravel(), minlength=e)
-        best = None
+        trials = []
         tried = set()
         for a in range(self.c):
             for b in range(self.c):
@@ -172,9 +172,14 @@ class LaerPlus(Planner):
                     trial[lo, b] = x_
                     if kind == "swap":
                         trial[hi, a] = y_
-                    s = self.expected_score(loads, trial)
-                    if s[0] < obj * (1 - 1e-12) and (best is None or s[0] < best[1][0]):
-                        best = (trial, s)
+                    trials.append(trial)
+        if not trials:
+            return None
+        # All trials scored in one call; the first strictly best one wins, as when scoring them one by one.
+        best = None
+        for trial, s in zip(trials, self.expected_scores(loads, trials)):
+            if s[0] < obj * (1 - 1e-12) and (best is None or s[0] < best[1][0]):
+                best = (trial, s)
         return best
 
 
