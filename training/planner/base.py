@@ -13,7 +13,7 @@ from functools import cached_property
 import numpy as np
 
 from training.placement import Placement, fsep_expected, fsep_routing, fsep_summary
-from training.planner import kernels
+from training.planner import accel
 from training.planner.cost import PlanCost
 
 
@@ -85,7 +85,7 @@ class Planner:
         self.k = self.n // self.g
         self.cost = cost or PlanCost.for_model()
         # Compiled inner loops (numba) or the numpy path; both give the same plans. None: compiled when installed.
-        self.jit = kernels.resolve_jit(jit)
+        self.jit = accel.resolve_jit(jit)
 
     def plan(self, loads) -> Plan:
         return self._plan(check_loads(loads, self.n, self.c))
@@ -106,7 +106,7 @@ class Planner:
                 tokens, intra, inter = fsep_summary(loads, Placement(slots, loads.shape[1]), self.g)
                 out.append((self.cost.objective(tokens, intra, inter), tokens))
             return out
-        tokens, intra, inter = kernels.exact_summaries(loads, np.stack(layouts), self.g)
+        tokens, intra, inter = accel.kernels().exact_summaries(loads, np.stack(layouts), self.g)
         return list(zip(self.cost.objectives(tokens, intra, inter).tolist(), tokens))
 
     def expected_score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:
@@ -121,7 +121,7 @@ class Planner:
                 tokens, intra, inter = fsep_expected(loads, slots, loads.shape[1], self.g)
                 out.append((self.cost.objective(tokens, intra, inter), tokens))
             return out
-        tokens, intra, inter = kernels.expected_summaries(loads, np.stack(layouts), loads.shape[1], self.g)
+        tokens, intra, inter = accel.kernels().expected_summaries(loads, np.stack(layouts), loads.shape[1], self.g)
         return list(zip(self.cost.objectives(tokens, intra, inter).tolist(), tokens))
 
     def fsep_plan(self, loads: np.ndarray, slots: np.ndarray, score: tuple | None = None) -> Plan:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.planner import kernels
+from training.planner import accel
 
 
 def waterfill_replicas(expert_loads: np.ndarray, total_slots: int, jit: bool | None = None) -> np.ndarray:
@@ -18,7 +18,7 @@ def waterfill_replicas(expert_loads: np.ndarray, total_slots: int, jit: bool | N
 
     1. Start from r_j = max(1, floor(L_j / t)) with t = sum L / (slots - E), a feasible threshold.
     2. Hand the leftover slots one at a time to the expert with the highest L_j / r_j (classic greedy, exact).
-    jit: `kernels.resolve_jit` (the compiled greedy gives the same counts).
+    jit: `accel.resolve_jit` (the compiled greedy gives the same counts).
     """
     w = np.asarray(expert_loads, dtype=float)
     e = w.size
@@ -35,8 +35,8 @@ def waterfill_replicas(expert_loads: np.ndarray, total_slots: int, jit: bool | N
     else:
         r = np.ones(e, dtype=np.int64)
     # Step 2: at most 2E increments, each to the expert with the highest load per replica.
-    if kernels.resolve_jit(jit):
-        return kernels.compiled(kernels.greedy_increments)(w, r, total_slots - int(r.sum()))
+    if accel.resolve_jit(jit):
+        return accel.kernels().greedy_increments(w, r, total_slots - int(r.sum()))
     for _ in range(total_slots - int(r.sum())):
         r[np.argmax(w / r)] += 1
     return r

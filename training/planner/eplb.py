@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.planner import kernels
+from training.planner import accel
 from training.planner.base import Plan, Planner
 
 
 def balanced_packing(weights: np.ndarray, num_packs: int, jit: bool | None = None) -> np.ndarray:
     """[items] pack of each item: heaviest first to the lightest pack that is not full; every pack gets
-    items / num_packs items. jit: `kernels.resolve_jit` (same packs either way)."""
+    items / num_packs items. jit: `accel.resolve_jit` (same packs either way)."""
     items = weights.size
     if items % num_packs:
         raise ValueError(f"{items} items do not split into {num_packs} equal packs")
-    if kernels.resolve_jit(jit):
-        return kernels.compiled(kernels.pack_balanced)(weights, np.argsort(-weights, kind="stable"), num_packs)
+    if accel.resolve_jit(jit):
+        return accel.kernels().pack_balanced(weights, np.argsort(-weights, kind="stable"), num_packs)
     cap = items // num_packs
     pack = np.empty(items, dtype=np.int64)
     load = np.zeros(num_packs)
@@ -36,8 +36,8 @@ def balanced_packing(weights: np.ndarray, num_packs: int, jit: bool | None = Non
 def replicate(weights: np.ndarray, slots: int, jit: bool | None = None) -> np.ndarray:
     """[E] replica counts: one each, then one more at a time to the expert with the highest load per replica."""
     r = np.ones(weights.size, dtype=np.int64)
-    if kernels.resolve_jit(jit):
-        return kernels.compiled(kernels.greedy_increments)(np.asarray(weights, dtype=float), r, slots - weights.size)
+    if accel.resolve_jit(jit):
+        return accel.kernels().greedy_increments(np.asarray(weights, dtype=float), r, slots - weights.size)
     for _ in range(slots - weights.size):
         r[np.argmax(weights / r)] += 1
     return r
@@ -78,6 +78,8 @@ def eplb_placement(loads: np.ndarray, n: int, c: int, g: int, num_groups: int | 
     # 1. Pack expert groups to nodes (equal group count per node) by group load.
     size = e // groups
     node_of_group = balanced_packing(w.reshape(groups, size).sum(1), k, jit)
+    if accel.resolve_jit(jit):  # steps 2 and 3 below, compiled
+        return accel.kernels().eplb_node_layouts(w, node_of_group, size, k, g, c)
     slots = np.empty((n, c), dtype=np.int64)
     for m in range(k):
         experts = np.concatenate([np.arange(q * size, (q + 1) * size) for q in np.flatnonzero(node_of_group == m)])

@@ -1,44 +1,26 @@
-"""Compiled inner loops of the greedy planners (numba), with the numpy implementations as reference and fallback.
+"""Compiled inner loops of the greedy planners (numba); the numpy implementations stay the reference and fallback.
 
 Notation: N devices, E experts, C slots per device, G devices per node, K = N / G nodes, r [E] replica counts,
-h [E, N] replicas of expert j on device d.
+h [E, N] replicas of expert j on device d, T placements scored in one call.
 
-Each kernel below is plain Python over numpy arrays that reproduces one numpy/heap implementation step for step
-(same tie-breaking, same floating-point operations in the same order where results are floats), so a plan is the same
-with or without numba; tests check this on random and adversarial loads. The loops are what the paper's C++ planner
-runs; in Python they cost a few hundred microseconds per call, compiled a few microseconds. `compiled(fn)` builds a
-kernel on first use (`import training.planner` does not import numba) and caches the machine code on disk
-(`cache=True`), so only the first process on a machine pays the compile time; `warm_up()` does that up front.
+Each kernel reproduces one numpy/heap implementation step for step (same tie-breaking; where a result is a float,
+the same operations in the same order, and the float sums over experts are left to numpy), so a plan is the same
+with or without numba; tests check it on random and adversarial loads. In Python these loops cost a few hundred
+microseconds per plan, compiled a few microseconds. This module imports numba, so the planner imports it only on
+first use (`accel.kernels()`); `cache=True` keeps the machine code on disk, so only the first process on a machine
+pays the compile time (`accel.warm_up()` does that up front). nogil: the async planner's worker thread runs beside
+training.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import time
-from functools import cache
-
 import numpy as np
+from numba import njit
 
-HAVE_NUMBA = importlib.util.find_spec("numba") is not None
-
-
-def resolve_jit(jit: bool | None) -> bool:
-    """None: compiled kernels when numba is installed; True requires numba; False forces the numpy path."""
-    if jit is None:
-        return HAVE_NUMBA
-    if jit and not HAVE_NUMBA:
-        raise ValueError("jit=True needs numba (pip install numba), or pass jit=False for the numpy path")
-    return bool(jit)
+compiled = njit(cache=True, nogil=True)
 
 
-@cache
-def compiled(fn):
-    """fn compiled by numba (nopython, GIL released so the async planner's worker thread runs beside training)."""
-    import numba
-
-    return numba.njit(cache=True, nogil=True)(fn)
-
-
+@compiled
 def priority_counts(w: np.ndarray, total: int, k: int) -> np.ndarray:
     """`lpt.priority_replicas` (the paper's priority queue): a linear scan replaces the heap; the max of load per
     replica with ties to the lower expert id is what the heap of (-w_j / r_j, j) pops."""
@@ -62,6 +44,7 @@ def priority_counts(w: np.ndarray, total: int, k: int) -> np.ndarray:
     return r
 
 
+@compiled
 def greedy_increments(w: np.ndarray, r: np.ndarray, extra: int) -> np.ndarray:
     """`extra` times: one more replica to the expert with the highest w_j / r_j (ties: lower id, as np.argmax).
     The greedy step of `bound.waterfill_replicas` and `eplb.replicate`; r is updated in place and returned."""
@@ -78,6 +61,7 @@ def greedy_increments(w: np.ndarray, r: np.ndarray, extra: int) -> np.ndarray:
     return r
 
 
+@compiled
 def lpt_slots(per_rep: np.ndarray, r: np.ndarray, order: np.ndarray, n: int, c: int, g: int) -> np.ndarray:
     """`lpt._lpt_heaps` / `_lpt_rounds`: replica instances of each expert (in `order`) go round by round to the
     nodes with the fewest copies of it, each to its least-loaded free device (ties: lower device id); when fewer
@@ -129,6 +113,7 @@ def lpt_slots(per_rep: np.ndarray, r: np.ndarray, order: np.ndarray, n: int, c: 
     return slots
 
 
+@compiled
 def fsep_summary_counts(loads: np.ndarray, slots: np.ndarray, g: int):
     """`placement.fsep_summary` (the exact integer FSEP split) of T placements slots [T, N, C] in O(N*E + N*C) loops
     each: (device_tokens, sent_intra, sent_inter) [T, N] int64, and bad [T, 2]: the first (source, expert) with tokens
@@ -227,6 +212,7 @@ def fsep_summary_counts(loads: np.ndarray, slots: np.ndarray, g: int):
     return tokens_b, intra_b, inter_b, bad
 
 
+@compiled
 def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
     """The per-element terms of `placement.fsep_expected` (the fractional even split) of T placements [T, N, C]:
     tok [T, E, N] tokens of j computed on d, kept_out [T, N, E] tokens of j that source i sends inside its node,
@@ -295,7 +281,7 @@ def _check(bad: np.ndarray, slots: np.ndarray) -> None:
 def exact_summaries(loads: np.ndarray, slots: np.ndarray, g: int):
     """`placement.fsep_summary` of placements [T, N, C] (loads [N, E] int64): tokens, sent_intra, sent_inter [T, N]."""
     slots = np.ascontiguousarray(slots, dtype=np.int64)
-    tokens, intra, inter, bad = compiled(fsep_summary_counts)(loads, slots, g)
+    tokens, intra, inter, bad = fsep_summary_counts(loads, slots, g)
     _check(bad, slots)
     return tokens, intra, inter
 
@@ -303,11 +289,12 @@ def exact_summaries(loads: np.ndarray, slots: np.ndarray, g: int):
 def expected_summaries(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
     """`placement.fsep_expected` of placements [T, N, C]: (tokens, sent_intra, sent_inter) [T, N] float."""
     slots = np.ascontiguousarray(slots, dtype=np.int64)
-    tok, kept_out, inter, bad = compiled(fsep_expected_terms)(loads, slots, e, g)
+    tok, kept_out, inter, bad = fsep_expected_terms(loads, slots, e, g)
     _check(bad, slots)
     return tok.sum(1), kept_out.sum(2), inter
 
 
+@compiled
 def pack_balanced(weights: np.ndarray, order: np.ndarray, num_packs: int) -> np.ndarray:
     """`eplb.balanced_packing`: items in `order` each to the lightest pack that is not full (ties: lower pack)."""
     cap = weights.size // num_packs
@@ -325,16 +312,27 @@ def pack_balanced(weights: np.ndarray, order: np.ndarray, num_packs: int) -> np.
     return pack
 
 
-def warm_up() -> float:
-    """Compile (or load from the disk cache) every kernel on a tiny instance; returns the seconds it took."""
-    if not HAVE_NUMBA:
-        return 0.0
-    t0 = time.perf_counter()
-    w = np.arange(1.0, 5.0)
-    r = compiled(priority_counts)(w, 8, 2)
-    compiled(greedy_increments)(w, np.ones(4, dtype=np.int64), 4)
-    slots = compiled(lpt_slots)(w / r, r, np.argsort(-w / r, kind="stable"), 4, 2, 2)
-    exact_summaries(np.ones((4, 4), dtype=np.int64), slots[None], 2)
-    expected_summaries(np.ones((4, 4), dtype=np.int64), slots[None], 4, 2)
-    compiled(pack_balanced)(w, np.arange(4), 2)
-    return time.perf_counter() - t0
+@compiled
+def eplb_node_layouts(w: np.ndarray, node_of_group: np.ndarray, size: int, k: int, g: int, c: int) -> np.ndarray:
+    """The per-node steps of `eplb.eplb_placement` (hierarchical): for each node, its groups' experts (ascending),
+    replicated within the node (`eplb.replicate`) and packed to its G devices (`eplb._pack_replicas`). [K*G, C]."""
+    slots = np.empty((k * g, c), dtype=np.int64)
+    for m in range(k):
+        ng = 0
+        for q in range(node_of_group.size):
+            if node_of_group[q] == m:
+                ng += 1
+        experts = np.empty(ng * size, dtype=np.int64)
+        t = 0
+        for q in range(node_of_group.size):
+            if node_of_group[q] == m:
+                for u in range(size):
+                    experts[t] = q * size + u
+                    t += 1
+        wm = w[experts]
+        r = greedy_increments(wm, np.ones(experts.size, dtype=np.int64), g * c - experts.size)
+        rep_expert = np.repeat(experts, r)
+        rep_w = np.repeat(wm / r, r)
+        dev = pack_balanced(rep_w, np.argsort(-rep_w, kind="mergesort"), g)
+        slots[m * g:(m + 1) * g] = rep_expert[np.argsort(dev, kind="mergesort")].reshape(g, c)
+    return slots

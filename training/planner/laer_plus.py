@@ -80,15 +80,17 @@ class LaerPlus(Planner):
             cands.append(local)
         # 2. Rank the candidates by the cost model under the FSEP rule (expected split). The exact integer score goes
         #    to all of them on small clusters, else to the top two and the paper's pick (so never worse than `laer`).
-        expected = [obj for obj, _ in self.expected_scores(loads, cands)]
+        scored = self.expected_scores(loads, cands)
+        expected = [obj for obj, _ in scored]
         order = np.argsort(expected, kind="stable")
         keep = range(len(cands)) if small else sorted({*order[:2].tolist(), int(np.argmin(expected[:n_paper]))})
         ranked = [cands[i] for i in keep]
-        exact = list(zip(self.scores(loads, ranked), ranked))
-        (obj, tokens), slots = min(exact, key=lambda t: t[0][0])
+        exact = list(zip(self.scores(loads, ranked), keep))
+        (obj, tokens), win = min(exact, key=lambda t: t[0][0])
+        slots = cands[win]
         # 3. Local search on the winner (expected split): swaps and replica moves between the busiest and the idlest
         #    device; kept if its exact score is lower too.
-        searched, (e_obj, e_tokens) = slots, self.expected_score(loads, slots)
+        searched, (e_obj, e_tokens) = slots, scored[win]
         for _ in range(self.search_rounds if small else 0):
             step = self._best_step(loads, searched, e_obj, e_tokens)
             if step is None:

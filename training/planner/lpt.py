@@ -9,7 +9,7 @@ import heapq
 
 import numpy as np
 
-from training.planner import kernels
+from training.planner import accel
 
 
 def even_replicas(num_experts: int, total_slots: int) -> np.ndarray | None:
@@ -26,11 +26,11 @@ def priority_replicas(expert_loads: np.ndarray, total_slots: int, num_nodes: int
     1. Every expert starts with #nodes replicas if that fits in the slots, else with 1.
     2. Repeatedly the expert with the highest load per replica grows: +#nodes when it already has >= #nodes
        replicas, else +1 (capped by the slots left), until all slots are used.
-    jit: `kernels.resolve_jit` (the compiled kernel gives the same counts).
+    jit: `accel.resolve_jit` (the compiled kernel gives the same counts).
     """
     w = np.asarray(expert_loads, dtype=float)
-    if kernels.resolve_jit(jit):
-        return kernels.compiled(kernels.priority_counts)(w, int(total_slots), int(num_nodes))
+    if accel.resolve_jit(jit):
+        return accel.kernels().priority_counts(w, int(total_slots), int(num_nodes))
     e = w.size
     start = num_nodes if num_nodes * e <= total_slots else 1
     r = np.full(e, start, dtype=np.int64)
@@ -53,7 +53,7 @@ def lpt_place(expert_loads: np.ndarray, replicas: np.ndarray, num_devices: int, 
     free slot among the nodes holding the fewest copies of that expert (ties: lower device id).
 
     Three implementations of the same greedy (tests check they agree): the compiled kernel (`jit`, see
-    `kernels.resolve_jit`) and, without numba, a heap per node, fast when there are few nodes, or a vectorised round
+    `accel.resolve_jit`) and, without numba, a heap per node, fast when there are few nodes, or a vectorised round
     per expert, fast when there are many.
     """
     w = np.asarray(expert_loads, dtype=float)
@@ -62,8 +62,8 @@ def lpt_place(expert_loads: np.ndarray, replicas: np.ndarray, num_devices: int, 
         raise ValueError(f"replica counts sum to {r.sum()}, not N*C = {num_devices * slots_per_device}")
     per_rep = w / np.maximum(r, 1)
     order = np.argsort(-per_rep, kind="stable")
-    if kernels.resolve_jit(jit):
-        return kernels.compiled(kernels.lpt_slots)(per_rep, r, order, num_devices, slots_per_device, devices_per_node)
+    if accel.resolve_jit(jit):
+        return accel.kernels().lpt_slots(per_rep, r, order, num_devices, slots_per_device, devices_per_node)
     k = num_devices // devices_per_node
     if k <= 64:
         return _lpt_heaps(per_rep, r, order, num_devices, slots_per_device, devices_per_node)
