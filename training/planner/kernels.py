@@ -127,27 +127,26 @@ def fsep_summary_counts(loads: np.ndarray, slots: np.ndarray, g: int):
     """
     n, e = loads.shape
     k = n // g
-    tokens_b = np.zeros((slots.shape[0], n), dtype=np.int64)
-    intra_b = np.zeros((slots.shape[0], n), dtype=np.int64)
-    inter_b = np.zeros((slots.shape[0], n), dtype=np.int64)
-    bad = np.full((slots.shape[0], 2), -1, dtype=np.int64)
-    for t in range(slots.shape[0]):
+    nt, c = slots.shape[0], slots.shape[2]
+    tokens_b = np.zeros((nt, n), dtype=np.int64)
+    intra_b = np.zeros((nt, n), dtype=np.int64)
+    inter_b = np.zeros((nt, n), dtype=np.int64)
+    bad = np.full((nt, 2), -1, dtype=np.int64)
+    for t in range(nt):
         h = np.zeros((e, n), dtype=np.int64)  # [E, N]
+        h_node = np.zeros((e, k), dtype=np.int64)  # [E, K]
+        r_all = np.zeros(e, dtype=np.int64)  # [E]
         for d in range(n):
-            for s in range(slots.shape[2]):
+            for s in range(c):
                 v = slots[t, d, s]
                 if v < 0 or v >= e:  # no bounds checks in compiled code: refuse the placement instead
-                    bad[t, 0], bad[t, 1] = -2, d * slots.shape[2] + s
+                    bad[t, 0], bad[t, 1] = -2, d * c + s
                 else:
                     h[v, d] += 1
+                    h_node[v, d // g] += 1
+                    r_all[v] += 1
         if bad[t, 0] == -2:
             continue
-        h_node = np.zeros((e, k), dtype=np.int64)
-        r_all = np.zeros(e, dtype=np.int64)
-        for j in range(e):
-            for d in range(n):
-                h_node[j, d // g] += h[j, d]
-                r_all[j] += h[j, d]
         # List offsets: local list (m, j) at m * E + j, global list of j at K * E + j; each gets one slack cell.
         groups = k * e + e
         offs = np.zeros(groups + 1, dtype=np.int64)
@@ -157,43 +156,45 @@ def fsep_summary_counts(loads: np.ndarray, slots: np.ndarray, g: int):
         diff = np.zeros(offs[groups], dtype=np.int64)
         base_sum = np.zeros(groups, dtype=np.int64)
         tokens, intra, inter = tokens_b[t], intra_b[t], inter_b[t]
-        for i in range(n):
-            m = i // g
-            for j in range(e):
-                x = loads[i, j]
+        # Step 1 (and 3), per (expert, node): the node's sources in device order, so `before` (positions of the
+        # local list on devices before i) is a running sum.
+        for j in range(e):
+            for m in range(k):
                 local = h_node[j, m] > 0
                 q = m * e + j if local else k * e + j
                 rr = h_node[j, m] if local else r_all[j]
-                if rr == 0:
-                    if x > 0 and bad[t, 0] < 0:
-                        bad[t, 0], bad[t, 1] = i, j
-                    continue
-                base, rem = x // rr, x % rr
-                base_sum[q] += base
-                start = i % rr
-                end = start + rem
-                if rem > 0:
-                    o = offs[q]
-                    diff[o + start] += 1
-                    if end <= rr:
-                        diff[o + end] -= 1
-                    else:
-                        diff[o + rr] -= 1
-                        diff[o] += 1
-                        diff[o + end - rr] -= 1
-                if not local:
-                    inter[i] += x
-                    continue
-                # Step 3: positions [before, before + own) of the local list are i's own replicas.
-                own = h[j, i]
                 before = 0
-                for d in range(m * g, i):
-                    before += h[j, d]
-                # Extras among positions [0, x) for the cyclic run [start, end) mod rr, at x = before + own and before.
-                x1 = before + own
-                kept = (base * own + max(0, min(x1, end) - start) + max(0, min(x1, end - rr))
-                        - max(0, min(before, end) - start) - max(0, min(before, end - rr)))
-                intra[i] += x - kept
+                for i in range(m * g, (m + 1) * g):
+                    x = loads[i, j]
+                    own = h[j, i]
+                    if x > 0 and rr == 0:
+                        if bad[t, 0] < 0 or i < bad[t, 0] or (i == bad[t, 0] and j < bad[t, 1]):
+                            bad[t, 0], bad[t, 1] = i, j
+                    elif x > 0:
+                        base = x // rr
+                        rem = x - base * rr
+                        base_sum[q] += base
+                        start = i % rr if rem > 0 else 0
+                        end = start + rem
+                        if rem > 0:
+                            o = offs[q]
+                            diff[o + start] += 1
+                            if end <= rr:
+                                diff[o + end] -= 1
+                            else:
+                                diff[o + rr] -= 1
+                                diff[o] += 1
+                                diff[o + end - rr] -= 1
+                        if local:
+                            # Step 3: extras among positions [0, x) for the cyclic run [start, end) mod rr, at
+                            # x = before + own and x = before; i's own positions are [before, before + own).
+                            x1 = before + own
+                            kept = (base * own + max(0, min(x1, end) - start) + max(0, min(x1, end - rr))
+                                    - max(0, min(before, end) - start) - max(0, min(before, end - rr)))
+                            intra[i] += x - kept
+                        else:
+                            inter[i] += x
+                    before += own
         # Step 2: walk the lists (local lists cover node m's devices, global lists all devices), device-major.
         for q in range(groups):
             j = q % e if q < k * e else q - k * e
@@ -214,58 +215,66 @@ def fsep_summary_counts(loads: np.ndarray, slots: np.ndarray, g: int):
 
 @compiled
 def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
-    """The per-element terms of `placement.fsep_expected` (the fractional even split) of T placements [T, N, C]:
-    tok [T, E, N] tokens of j computed on d, kept_out [T, N, E] tokens of j that source i sends inside its node,
-    inter [T, N] (integer-valued, exact), bad [T, 2] as in `fsep_summary_counts` (-2 only). The caller sums tok and
-    kept_out over experts with numpy, so the float sums are the very ones `fsep_expected` computes (same values,
-    same layout, same reduction; tests check it)."""
+    """`placement.fsep_expected` (the fractional even split) of T placements [T, N, C]: tokens [T, N], the terms
+    kept_out [T, N, E] (tokens of j that source i sends inside its node), inter [T, N] (integer-valued, exact) and
+    bad [T, 2] as in `fsep_summary_counts` (-2 only).
+
+    Float results equal `fsep_expected`'s bit for bit (tests check it): every term is the same IEEE operation on the
+    same operands; tokens are summed over experts in index order, which is how numpy sums a C-ordered [E, N] array
+    along axis 0 (the zero terms it also adds change nothing); the caller sums kept_out over experts with numpy,
+    whose pairwise order this loop would not reproduce."""
     n = loads.shape[0]
     k = n // g
-    tok_b = np.zeros((slots.shape[0], e, n))
-    kept_b = np.zeros((slots.shape[0], n, e))
-    inter_b = np.zeros((slots.shape[0], n))
-    bad = np.full((slots.shape[0], 2), -1, dtype=np.int64)
-    for t in range(slots.shape[0]):
+    nt, c = slots.shape[0], slots.shape[2]
+    node_src = np.zeros((k, e))  # [K, E] integer-valued, so any summation order is exact
+    for d in range(n):
+        for j in range(e):
+            node_src[d // g, j] += loads[d, j]
+    tok_b = np.zeros((nt, n))
+    kept_b = np.zeros((nt, n, e))
+    inter_b = np.zeros((nt, n))
+    bad = np.full((nt, 2), -1, dtype=np.int64)
+    for t in range(nt):
         h = np.zeros((e, n), dtype=np.int64)  # [E, N]
-        for d in range(n):
-            for s in range(slots.shape[2]):
-                v = slots[t, d, s]
-                if v < 0 or v >= e:  # no bounds checks in compiled code: refuse the placement instead
-                    bad[t, 0], bad[t, 1] = -2, d * slots.shape[2] + s
-                else:
-                    h[v, d] += 1
-        if bad[t, 0] == -2:
-            continue
         h_node = np.zeros((k, e), dtype=np.int64)  # [K, E]
-        node_src = np.zeros((k, e))  # [K, E] integer-valued, so any summation order is exact
         r_all = np.zeros(e, dtype=np.int64)
         for d in range(n):
-            for j in range(e):
-                h_node[d // g, j] += h[j, d]
-                node_src[d // g, j] += loads[d, j]
-                r_all[j] += h[j, d]
+            for s in range(c):
+                v = slots[t, d, s]
+                if v < 0 or v >= e:  # no bounds checks in compiled code: refuse the placement instead
+                    bad[t, 0], bad[t, 1] = -2, d * c + s
+                else:
+                    h[v, d] += 1
+                    h_node[d // g, v] += 1
+                    r_all[v] += 1
+        if bad[t, 0] == -2:
+            continue
+        per_local = np.zeros((k, e))
         per_global = np.zeros(e)
         for j in range(e):
             nonlocal_tokens = 0.0
             for m in range(k):
-                if h_node[m, j] == 0:
+                if h_node[m, j] > 0:
+                    per_local[m, j] = node_src[m, j] / h_node[m, j]
+                else:
                     nonlocal_tokens += node_src[m, j]
             per_global[j] = nonlocal_tokens / max(r_all[j], 1)
-        tok = tok_b[t]
-        for j in range(e):
-            for d in range(n):
-                m = d // g
-                per_local = node_src[m, j] / h_node[m, j] if h_node[m, j] > 0 else 0.0
-                tok[j, d] = h[j, d] * (per_local + per_global[j])
-        kept_out, inter = kept_b[t], inter_b[t]
+        for d in range(n):
+            acc = 0.0
+            for j in range(e):
+                if h[j, d] > 0:
+                    acc += h[j, d] * (per_local[d // g, j] + per_global[j])
+            tok_b[t, d] = acc
         for i in range(n):
             m = i // g
             for j in range(e):
                 x = float(loads[i, j])
-                if h_node[m, j] > 0:
-                    kept_out[i, j] = x - x * h[j, i] / h_node[m, j]
+                if h_node[m, j] == 0:
+                    inter_b[t, i] += x
+                elif h[j, i] > 0:
+                    kept_b[t, i, j] = x - x * h[j, i] / h_node[m, j]
                 else:
-                    inter[i] += x
+                    kept_b[t, i, j] = x  # x - (x * 0) / h_node
     return tok_b, kept_b, inter_b, bad
 
 
@@ -289,9 +298,9 @@ def exact_summaries(loads: np.ndarray, slots: np.ndarray, g: int):
 def expected_summaries(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
     """`placement.fsep_expected` of placements [T, N, C]: (tokens, sent_intra, sent_inter) [T, N] float."""
     slots = np.ascontiguousarray(slots, dtype=np.int64)
-    tok, kept_out, inter, bad = fsep_expected_terms(loads, slots, e, g)
+    tokens, kept_out, inter, bad = fsep_expected_terms(loads, slots, e, g)
     _check(bad, slots)
-    return tok.sum(1), kept_out.sum(2), inter
+    return tokens, kept_out.sum(2), inter
 
 
 @compiled
