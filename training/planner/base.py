@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
-from training.placement import Placement, fsep_expected, fsep_routing, fsep_summary
+from training.placement import Placement, fsep_expected, fsep_expected_spread, fsep_routing, fsep_summary
 from training.planner import accel
 from training.planner.cost import PlanCost
 
@@ -41,6 +42,14 @@ class Plan:
     @property
     def layout(self) -> Placement:
         return Placement(self.placement, self.num_experts)
+
+
+class Estimate(NamedTuple):
+    """A layout's cost under the expected (fractional) FSEP split."""
+
+    objective: float  # cost-model objective with the fractional split
+    tokens: np.ndarray  # [N] float, expected tokens per device
+    margin: float  # |exact objective - objective| <= margin (PlanCost.expected_margin), to skip hopeless layouts
 
 
 def check_loads(loads, num_devices: int, slots_per_device: int) -> np.ndarray:
@@ -109,20 +118,25 @@ class Planner:
         tokens, intra, inter = accel.kernels().exact_summaries(loads, np.stack(layouts), self.g)
         return list(zip(self.cost.objectives(tokens, intra, inter).tolist(), tokens))
 
-    def expected_score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:
+    def expected_score(self, loads: np.ndarray, slots: np.ndarray) -> Estimate:
         """`score` with the even split taken fractionally: cheaper, for comparing many candidate layouts."""
         return self.expected_scores(loads, [slots])[0]
 
-    def expected_scores(self, loads: np.ndarray, layouts: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
+    def expected_scores(self, loads: np.ndarray, layouts: list[np.ndarray]) -> list[Estimate]:
         """`expected_score` of several placements [N, C] (one compiled call for all of them when jit)."""
+        e = loads.shape[1]
         if not self.jit:
             out = []
             for slots in layouts:
-                tokens, intra, inter = fsep_expected(loads, slots, loads.shape[1], self.g)
-                out.append((self.cost.objective(tokens, intra, inter), tokens))
+                tokens, intra, inter = fsep_expected(loads, slots, e, self.g)
+                obj = self.cost.objective(tokens, intra, inter)
+                spread = fsep_expected_spread(loads, slots, e, self.g)
+                out.append(Estimate(obj, tokens, self.cost.expected_margin(spread, self.n, self.c, obj)))
             return out
-        tokens, intra, inter = accel.kernels().expected_summaries(loads, np.stack(layouts), loads.shape[1], self.g)
-        return list(zip(self.cost.objectives(tokens, intra, inter).tolist(), tokens))
+        tokens, intra, inter, spread = accel.kernels().expected_summaries(loads, np.stack(layouts), e, self.g)
+        objs = self.cost.objectives(tokens, intra, inter).tolist()
+        return [Estimate(o, t, self.cost.expected_margin(s, self.n, self.c, o))
+                for o, t, s in zip(objs, tokens, spread.tolist())]
 
     def fsep_plan(self, loads: np.ndarray, slots: np.ndarray, score: tuple | None = None) -> Plan:
         """A Plan that routes with the FSEP rule on the given placement."""

@@ -217,7 +217,8 @@ def fsep_summary_counts(loads: np.ndarray, slots: np.ndarray, g: int):
 def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
     """`placement.fsep_expected` (the fractional even split) of T placements [T, N, C]: tokens [T, N], the terms
     kept_out [T, N, E] (tokens of j that source i sends inside its node), inter [T, N] (integer-valued, exact) and
-    bad [T, 2] as in `fsep_summary_counts` (-2 only).
+    bad [T, 2] as in `fsep_summary_counts` (-2 only), and spread [T] = max_d of the sources feeding d's replica
+    lists (`placement.expected_spread`: exact device tokens differ from these by less than that).
 
     Float results equal `fsep_expected`'s bit for bit (tests check it): every term is the same IEEE operation on the
     same operands; tokens are summed over experts in index order, which is how numpy sums a C-ordered [E, N] array
@@ -227,9 +228,13 @@ def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
     k = n // g
     nt, c = slots.shape[0], slots.shape[2]
     node_src = np.zeros((k, e))  # [K, E] integer-valued, so any summation order is exact
+    node_nz = np.zeros((k, e), dtype=np.int64)  # [K, E] sources of node m with tokens for j
     for d in range(n):
         for j in range(e):
             node_src[d // g, j] += loads[d, j]
+            if loads[d, j] > 0:
+                node_nz[d // g, j] += 1
+    spread_b = np.zeros(nt, dtype=np.int64)
     tok_b = np.zeros((nt, n))
     kept_b = np.zeros((nt, n, e))
     inter_b = np.zeros((nt, n))
@@ -251,6 +256,7 @@ def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
             continue
         per_local = np.zeros((k, e))
         per_global = np.zeros(e)
+        nz_global = np.zeros(e, dtype=np.int64)
         for j in range(e):
             nonlocal_tokens = 0.0
             for m in range(k):
@@ -258,13 +264,17 @@ def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
                     per_local[m, j] = node_src[m, j] / h_node[m, j]
                 else:
                     nonlocal_tokens += node_src[m, j]
+                    nz_global[j] += node_nz[m, j]
             per_global[j] = nonlocal_tokens / max(r_all[j], 1)
         for d in range(n):
             acc = 0.0
+            spread = 0
             for j in range(e):
                 if h[j, d] > 0:
                     acc += h[j, d] * (per_local[d // g, j] + per_global[j])
+                    spread += h[j, d] * (node_nz[d // g, j] + nz_global[j])
             tok_b[t, d] = acc
+            spread_b[t] = max(spread_b[t], spread)
         for i in range(n):
             m = i // g
             for j in range(e):
@@ -275,7 +285,7 @@ def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
                     kept_b[t, i, j] = x - x * h[j, i] / h_node[m, j]
                 else:
                     kept_b[t, i, j] = x  # x - (x * 0) / h_node
-    return tok_b, kept_b, inter_b, bad
+    return tok_b, kept_b, inter_b, spread_b, bad
 
 
 def _check(bad: np.ndarray, slots: np.ndarray) -> None:
@@ -296,11 +306,12 @@ def exact_summaries(loads: np.ndarray, slots: np.ndarray, g: int):
 
 
 def expected_summaries(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
-    """`placement.fsep_expected` of placements [T, N, C]: (tokens, sent_intra, sent_inter) [T, N] float."""
+    """`placement.fsep_expected` of placements [T, N, C]: (tokens, sent_intra, sent_inter) [T, N] float, and
+    spread [T] (see `fsep_expected_terms`)."""
     slots = np.ascontiguousarray(slots, dtype=np.int64)
-    tokens, kept_out, inter, bad = fsep_expected_terms(loads, slots, e, g)
+    tokens, kept_out, inter, spread, bad = fsep_expected_terms(loads, slots, e, g)
     _check(bad, slots)
-    return tokens, kept_out.sum(2), inter
+    return tokens, kept_out.sum(2), inter, spread
 
 
 @compiled

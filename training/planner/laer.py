@@ -42,5 +42,5 @@ class Laer(Planner):
         cands = laer_candidates(loads, self.n, self.c, self.g, self.jit)
         if len(cands) == 1:
             return self.fsep_plan(loads, cands[0])
-        objs = [obj for obj, _ in self.expected_scores(loads, cands)]
+        objs = [est.objective for est in self.expected_scores(loads, cands)]
         return self.fsep_plan(loads, cands[int(np.argmin(objs))])

@@ -80,23 +80,27 @@ class LaerPlus(Planner):
             cands.append(local)
         # 2. Rank the candidates by the cost model under the FSEP rule (expected split). The exact integer score goes
         #    to all of them on small clusters, else to the top two and the paper's pick (so never worse than `laer`).
+        #    Candidates whose exact objective provably exceeds another's (expected objective and its margin) cannot
+        #    be the exact winner, so their exact score is skipped; the winner is the same.
         scored = self.expected_scores(loads, cands)
-        expected = [obj for obj, _ in scored]
+        expected = [est.objective for est in scored]
         order = np.argsort(expected, kind="stable")
         keep = range(len(cands)) if small else sorted({*order[:2].tolist(), int(np.argmin(expected[:n_paper]))})
         ranked = [cands[i] for i in keep]
-        exact = list(zip(self.scores(loads, ranked), keep))
+        ceiling = min(scored[i].objective + scored[i].margin for i in keep)
+        contenders = [i for i in keep if scored[i].objective - scored[i].margin <= ceiling]
+        exact = list(zip(self.scores(loads, [cands[i] for i in contenders]), contenders))
         (obj, tokens), win = min(exact, key=lambda t: t[0][0])
         slots = cands[win]
         # 3. Local search on the winner (expected split): swaps and replica moves between the busiest and the idlest
-        #    device; kept if its exact score is lower too.
-        searched, (e_obj, e_tokens) = slots, scored[win]
+        #    device; kept if its exact score is lower too (not computed when its margin says it cannot be).
+        searched, est = slots, scored[win]
         for _ in range(self.search_rounds if small else 0):
-            step = self._best_step(loads, searched, e_obj, e_tokens)
+            step = self._best_step(loads, searched, est.objective, est.tokens)
             if step is None:
                 break
-            searched, (e_obj, e_tokens) = step
-        if searched is not slots:
+            searched, est = step
+        if searched is not slots and est.objective - est.margin < obj:
             s_exact = self.score(loads, searched)
             if s_exact[0] < obj:
                 (obj, tokens), slots = s_exact, searched
@@ -180,7 +184,7 @@ class LaerPlus(Planner):
         # All trials scored in one call; the first strictly best one wins, as when scoring them one by one.
         best = None
         for trial, s in zip(trials, self.expected_scores(loads, trials)):
-            if s[0] < obj * (1 - 1e-12) and (best is None or s[0] < best[1][0]):
+            if s.objective < obj * (1 - 1e-12) and (best is None or s.objective < best[1].objective):
                 best = (trial, s)
         return best
 
