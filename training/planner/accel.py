@@ -39,7 +39,7 @@ def warm_up() -> float:
     w = np.arange(1.0, 5.0)
     r = kern.priority_counts(w, 8, 2)
     kern.greedy_increments(w, np.ones(4, dtype=np.int64), 4)
-    slots = kern.lpt_slots(w / r, r, np.argsort(-w / r, kind="stable"), 4, 2, 2)
+    slots = kern.lpt_slots(w / r, r, 4, 2, 2)
     kern.exact_summaries(np.ones((4, 4), dtype=np.int64), slots[None], 2)
     kern.expected_summaries(np.ones((4, 4), dtype=np.int64), slots[None], 4, 2)
     kern.pack_balanced(w, np.arange(4), 2)

@@ -60,13 +60,13 @@ class PlanCost:
         comm = self.comm_times(sent_intra, sent_inter)
         return 4.0 * comm.sum(1) + self.compute_factor * self.per_token_s * np.max(device_tokens, axis=1)
 
-    def expected_margin(self, spread_tokens: float, num_devices: int, slots_per_device: int, objective: float) -> float:
+    def expected_margin(self, spread_tokens, num_devices: int, slots_per_device: int, objective):
         """Bound on |exact objective - expected objective| of a layout (`placement.fsep_expected_spread`): device
         tokens differ by less than spread_tokens; a source keeps within own replicas' count of the split, so the
         tokens sent inside nodes differ by at most N*C in all; inter-node tokens are the same. Plus a 1e-9 relative
-        slack for the floating-point sums."""
+        slack for the floating-point sums. Scalars or [T] arrays."""
         return (self.compute_factor * self.per_token_s * spread_tokens
-                + 4.0 * self.token_bytes * num_devices * slots_per_device / self.intra_bw + 1e-9 * abs(objective))
+                + 4.0 * self.token_bytes * num_devices * slots_per_device / self.intra_bw + 1e-9 * np.abs(objective))
 
     def routing_summary(self, routing: np.ndarray, devices_per_node: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(device_tokens, sent_intra, sent_inter) [N] from an explicit routing [N, E, N]."""

@@ -62,8 +62,9 @@ def greedy_increments(w: np.ndarray, r: np.ndarray, extra: int) -> np.ndarray:
 
 
 @compiled
-def lpt_slots(per_rep: np.ndarray, r: np.ndarray, order: np.ndarray, n: int, c: int, g: int) -> np.ndarray:
-    """`lpt._lpt_heaps` / `_lpt_rounds`: replica instances of each expert (in `order`) go round by round to the
+def lpt_slots(per_rep: np.ndarray, r: np.ndarray, n: int, c: int, g: int) -> np.ndarray:
+    """`lpt._lpt_heaps` / `_lpt_rounds`: replica instances of each expert (heaviest per replica first; a stable
+    sort, so ties keep expert order) go round by round to the
     nodes with the fewest copies of it, each to its least-loaded free device (ties: lower device id); when fewer
     replicas are left than candidate nodes, the nodes whose best free device is lightest (then lower id) take them."""
     k = n // g
@@ -75,7 +76,7 @@ def lpt_slots(per_rep: np.ndarray, r: np.ndarray, order: np.ndarray, n: int, c: 
     cand = np.empty(k, dtype=np.int64)
     cand_dev = np.empty(k, dtype=np.int64)
     cand_load = np.empty(k)
-    for j in order:
+    for j in np.argsort(-per_rep, kind="mergesort"):
         wj = per_rep[j]
         copies[:] = 0
         left = r[j]
@@ -289,6 +290,8 @@ def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
 
 
 def _check(bad: np.ndarray, slots: np.ndarray) -> None:
+    if (bad[:, 0] == -1).all():
+        return
     for t, (i, j) in enumerate(bad.tolist()):
         if i == -2:
             d, c = divmod(j, slots.shape[2])

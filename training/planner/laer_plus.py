@@ -14,6 +14,8 @@ What it adds to `laer`, each kept only when the cost model says it pays:
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 
 from training.placement import Placement, fsdp_ep_placement
@@ -74,7 +76,7 @@ class LaerPlus(Planner):
             # On small clusters the baselines' layouts are cheap to add, so LAER+ is never worse than them here.
             cands.append(eplb_placement(loads, self.n, self.c, self.g, jit=self.jit))
             if loads.shape[1] % self.c == 0:
-                cands.append(fsdp_ep_placement(self.n, loads.shape[1], self.c).slots)
+                cands.append(_fsdp_slots(self.n, loads.shape[1], self.c))
         local = node_local_placement(loads, self.n, self.c, self.g, self.jit)
         if local is not None:
             cands.append(local)
@@ -187,6 +189,12 @@ class LaerPlus(Planner):
             if s.objective < obj * (1 - 1e-12) and (best is None or s.objective < best[1].objective):
                 best = (trial, s)
         return best
+
+
+@cache
+def _fsdp_slots(n: int, e: int, c: int) -> np.ndarray:
+    """The FSDP+EP layout [N, C] (read-only): the same for every plan of a planner, so built once."""
+    return fsdp_ep_placement(n, e, c).slots
 
 
 def _pairs(tokens: np.ndarray, c: int):

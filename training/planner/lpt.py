@@ -61,9 +61,9 @@ def lpt_place(expert_loads: np.ndarray, replicas: np.ndarray, num_devices: int, 
     if r.sum() != num_devices * slots_per_device:
         raise ValueError(f"replica counts sum to {r.sum()}, not N*C = {num_devices * slots_per_device}")
     per_rep = w / np.maximum(r, 1)
-    order = np.argsort(-per_rep, kind="stable")
     if accel.resolve_jit(jit):
-        return accel.kernels().lpt_slots(per_rep, r, order, num_devices, slots_per_device, devices_per_node)
+        return accel.kernels().lpt_slots(per_rep, r, num_devices, slots_per_device, devices_per_node)
+    order = np.argsort(-per_rep, kind="stable")
     k = num_devices // devices_per_node
     if k <= 64:
         return _lpt_heaps(per_rep, r, order, num_devices, slots_per_device, devices_per_node)
