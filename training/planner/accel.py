@@ -40,8 +40,10 @@ def warm_up() -> float:
     r = kern.priority_counts(w, 8, 2)
     kern.greedy_increments(w, np.ones(4, dtype=np.int64), 4)
     slots = kern.lpt_slots(w / r, r, 4, 2, 2)
-    kern.exact_summaries(np.ones((4, 4), dtype=np.int64), slots[None], 2)
-    kern.expected_summaries(np.ones((4, 4), dtype=np.int64), slots[None], 4, 2)
+    cost = np.ones(4)
+    kern.exact_costs(np.ones((4, 4), dtype=np.int64), slots[None], 2, cost)
+    kern.expected_costs(np.ones((4, 4), dtype=np.int64), slots[None], 4, 2, cost)
+    kern.numpy_sum(w)
     kern.pack_balanced(w, np.arange(4), 2)
     kern.eplb_node_layouts(w, np.arange(2), 2, 2, 2, 2)
     return time.perf_counter() - t0

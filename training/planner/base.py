@@ -116,8 +116,8 @@ class Planner:
                 tokens, intra, inter = fsep_summary(loads, Placement(slots, loads.shape[1]), self.g)
                 out.append((self.cost.objective(tokens, intra, inter), tokens))
             return out
-        tokens, intra, inter = accel.kernels().exact_summaries(loads, np.stack(layouts), self.g)
-        return list(zip(self.cost.objectives(tokens, intra, inter).tolist(), tokens))
+        objs, tokens, _, _ = accel.kernels().exact_costs(loads, np.stack(layouts), self.g, self.cost.kernel_params())
+        return list(zip(objs.tolist(), tokens))
 
     def expected_score(self, loads: np.ndarray, slots: np.ndarray) -> Estimate:
         """`score` with the even split taken fractionally: cheaper, for comparing many candidate layouts."""
@@ -134,8 +134,8 @@ class Planner:
                 spread = fsep_expected_spread(loads, slots, e, self.g)
                 out.append(Estimate(obj, tokens, self.cost.expected_margin(spread, self.n, self.c, obj)))
             return out
-        tokens, intra, inter, spread = accel.kernels().expected_summaries(loads, np.stack(layouts), e, self.g)
-        objs = self.cost.objectives(tokens, intra, inter)
+        objs, tokens, _, _, spread = accel.kernels().expected_costs(loads, np.stack(layouts), e, self.g,
+                                                                    self.cost.kernel_params())
         margins = self.cost.expected_margin(spread, self.n, self.c, objs)
         return [Estimate(*x) for x in zip(objs.tolist(), tokens, margins.tolist())]
 

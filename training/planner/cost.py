@@ -55,10 +55,10 @@ class PlanCost:
         comm = self.comm_times(sent_intra, sent_inter)
         return float(4.0 * comm.sum() + self.compute_factor * self.per_token_s * np.max(device_tokens))
 
-    def objectives(self, device_tokens: np.ndarray, sent_intra: np.ndarray, sent_inter: np.ndarray) -> np.ndarray:
-        """`objective` of T layouts at once from [T, N] arrays (row t gives exactly objective(row t))."""
-        comm = self.comm_times(sent_intra, sent_inter)
-        return 4.0 * comm.sum(1) + self.compute_factor * self.per_token_s * np.max(device_tokens, axis=1)
+    def kernel_params(self) -> np.ndarray:
+        """[token_bytes, intra_bw, inter_bw, compute_factor * per_token_s]: what the compiled objective needs
+        (`kernels.objective_from`), the product formed as `objective` forms it."""
+        return np.array([self.token_bytes, self.intra_bw, self.inter_bw, self.compute_factor * self.per_token_s])
 
     def expected_margin(self, spread_tokens, num_devices: int, slots_per_device: int, objective):
         """Bound on |exact objective - expected objective| of a layout (`placement.fsep_expected_spread`): device

@@ -215,16 +215,74 @@ def fsep_summary_counts(loads: np.ndarray, slots: np.ndarray, g: int):
 
 
 @compiled
-def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
-    """`placement.fsep_expected` (the fractional even split) of T placements [T, N, C]: tokens [T, N], the terms
-    kept_out [T, N, E] (tokens of j that source i sends inside its node), inter [T, N] (integer-valued, exact) and
-    bad [T, 2] as in `fsep_summary_counts` (-2 only), and spread [T] = max_d of the sources feeding d's replica
-    lists (`placement.expected_spread`: exact device tokens differ from these by less than that).
+def _pairwise(a: np.ndarray) -> float:
+    if a.size < 8:
+        res = 0.0
+        for i in range(a.size):
+            res += a[i]
+        return res
+    if a.size <= 128:
+        r0, r1, r2, r3, r4, r5, r6, r7 = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+        i = 8
+        while i < a.size - a.size % 8:
+            r0 += a[i]
+            r1 += a[i + 1]
+            r2 += a[i + 2]
+            r3 += a[i + 3]
+            r4 += a[i + 4]
+            r5 += a[i + 5]
+            r6 += a[i + 6]
+            r7 += a[i + 7]
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < a.size:
+            res += a[i]
+            i += 1
+        return res
+    half = a.size // 2
+    half -= half % 8
+    return _pairwise(a[:half]) + _pairwise(a[half:])
 
-    Float results equal `fsep_expected`'s bit for bit (tests check it): every term is the same IEEE operation on the
-    same operands; tokens are summed over experts in index order, which is how numpy sums a C-ordered [E, N] array
-    along axis 0 (the zero terms it also adds change nothing); the caller sums kept_out over experts with numpy,
-    whose pairwise order this loop would not reproduce."""
+
+@compiled
+def numpy_sum(a: np.ndarray) -> float:
+    """What numpy returns for the sum of a contiguous 1-D float64 array (np.add.reduce: the identity 0.0 plus a
+    pairwise sum in blocks of 128 with 8 accumulators), so compiled objectives equal numpy's bit for bit. A test
+    checks it against numpy on random arrays of many lengths (it would fail, not drift, if numpy changed)."""
+    return 0.0 + _pairwise(a)
+
+
+@compiled
+def objective_from(tokens: np.ndarray, intra: np.ndarray, inter: np.ndarray, cost: np.ndarray) -> float:
+    """`PlanCost.objective` with the same operations in the same order. cost = [token_bytes, intra_bw, inter_bw,
+    compute_factor * per_token_s]."""
+    comm = np.empty(tokens.size)
+    for i in range(tokens.size):
+        comm[i] = cost[0] * (intra[i] / cost[1] + inter[i] / cost[2])
+    return 4.0 * numpy_sum(comm) + cost[3] * tokens.max()
+
+
+@compiled
+def count_objectives(tokens: np.ndarray, intra: np.ndarray, inter: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """[T] `objective_from` of the integer summaries [T, N] of `fsep_summary_counts`."""
+    out = np.empty(tokens.shape[0])
+    for t in range(tokens.shape[0]):
+        out[t] = objective_from(tokens[t].astype(np.float64), intra[t].astype(np.float64),
+                                inter[t].astype(np.float64), cost)
+    return out
+
+
+@compiled
+def fsep_expected_costs(loads: np.ndarray, slots: np.ndarray, e: int, g: int, cost: np.ndarray):
+    """`placement.fsep_expected` (the fractional even split) of T placements [T, N, C] and its objective:
+    objective [T], tokens, sent_intra, sent_inter [T, N] float, spread [T] = max_d of the sources feeding d's replica
+    lists (`placement.fsep_expected_spread`), bad [T, 2] as in `fsep_summary_counts` (-2 only). cost: see
+    `objective_from`.
+
+    Float results equal `fsep_expected` + `PlanCost.objective` bit for bit (tests check it): every term is the same
+    IEEE operation on the same operands; tokens are summed over experts in index order, which is how numpy sums a
+    C-ordered [E, N] array along axis 0 (the zero terms it also adds change nothing); sums along a row use
+    `numpy_sum`."""
     n = loads.shape[0]
     k = n // g
     nt, c = slots.shape[0], slots.shape[2]
@@ -237,8 +295,10 @@ def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
                 node_nz[d // g, j] += 1
     spread_b = np.zeros(nt, dtype=np.int64)
     tok_b = np.zeros((nt, n))
-    kept_b = np.zeros((nt, n, e))
+    intra_b = np.zeros((nt, n))
     inter_b = np.zeros((nt, n))
+    obj_b = np.zeros(nt)
+    row = np.zeros(e)  # one source's intra-node sends per expert, summed as numpy sums a row
     bad = np.full((nt, 2), -1, dtype=np.int64)
     for t in range(nt):
         h = np.zeros((e, n), dtype=np.int64)  # [E, N]
@@ -282,11 +342,14 @@ def fsep_expected_terms(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
                 x = float(loads[i, j])
                 if h_node[m, j] == 0:
                     inter_b[t, i] += x
+                    row[j] = 0.0
                 elif h[j, i] > 0:
-                    kept_b[t, i, j] = x - x * h[j, i] / h_node[m, j]
+                    row[j] = x - x * h[j, i] / h_node[m, j]
                 else:
-                    kept_b[t, i, j] = x  # x - (x * 0) / h_node
-    return tok_b, kept_b, inter_b, spread_b, bad
+                    row[j] = x  # x - (x * 0) / h_node
+            intra_b[t, i] = numpy_sum(row)
+        obj_b[t] = objective_from(tok_b[t], intra_b[t], inter_b[t], cost)
+    return obj_b, tok_b, intra_b, inter_b, spread_b, bad
 
 
 def _check(bad: np.ndarray, slots: np.ndarray) -> None:
@@ -300,21 +363,21 @@ def _check(bad: np.ndarray, slots: np.ndarray) -> None:
             raise ValueError(f"expert {j} receives tokens from device {i} but has no replica")
 
 
-def exact_summaries(loads: np.ndarray, slots: np.ndarray, g: int):
-    """`placement.fsep_summary` of placements [T, N, C] (loads [N, E] int64): tokens, sent_intra, sent_inter [T, N]."""
+def exact_costs(loads: np.ndarray, slots: np.ndarray, g: int, cost: np.ndarray):
+    """`placement.fsep_summary` of placements [T, N, C] (loads [N, E] int64) and the objective: objective [T],
+    tokens, sent_intra, sent_inter [T, N] int64. cost: see `objective_from`."""
     slots = np.ascontiguousarray(slots, dtype=np.int64)
     tokens, intra, inter, bad = fsep_summary_counts(loads, slots, g)
     _check(bad, slots)
-    return tokens, intra, inter
+    return count_objectives(tokens, intra, inter, cost), tokens, intra, inter
 
 
-def expected_summaries(loads: np.ndarray, slots: np.ndarray, e: int, g: int):
-    """`placement.fsep_expected` of placements [T, N, C]: (tokens, sent_intra, sent_inter) [T, N] float, and
-    spread [T] (see `fsep_expected_terms`)."""
+def expected_costs(loads: np.ndarray, slots: np.ndarray, e: int, g: int, cost: np.ndarray):
+    """`fsep_expected_costs` with its input checks: objective [T], tokens, sent_intra, sent_inter [T, N], spread [T]."""
     slots = np.ascontiguousarray(slots, dtype=np.int64)
-    tokens, kept_out, inter, spread, bad = fsep_expected_terms(loads, slots, e, g)
+    obj, tokens, intra, inter, spread, bad = fsep_expected_costs(loads, slots, e, g, cost)
     _check(bad, slots)
-    return tokens, kept_out.sum(2), inter, spread
+    return obj, tokens, intra, inter, spread
 
 
 @compiled
