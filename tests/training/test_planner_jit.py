@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 
 from training.placement import Placement, fsep_expected, fsep_expected_spread, fsep_summary
-from training.planner import PlanCost, make_planner
-from training.planner import accel
+from training.planner import PlanCost, accel, make_planner
 from training.planner.bound import waterfill_replicas
 from training.planner.eplb import balanced_packing, eplb_placement
 from training.planner.lpt import lpt_place, priority_replicas
 
-pytestmark = pytest.mark.skipif(not accel.HAVE_NUMBA, reason="numba is not installed (the numpy path is the default)")
+pytestmark = pytest.mark.skipif(not accel.HAVE_NUMBA, reason="numba is not installed (the planners use the numpy path)")
 
 PLANNERS = ["laer", "laer_plus", "eplb", "flexmoe"]
 
