@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import time
+from functools import cache
 from types import ModuleType
 
 import numpy as np
@@ -24,6 +25,7 @@ def resolve_jit(jit: bool | None) -> bool:
     return bool(jit)
 
 
+@cache  # a plain dict lookup after the first call: planners ask for it several times per plan
 def kernels() -> ModuleType:
     """The compiled kernels module (imported, hence numba too, on first call)."""
     return importlib.import_module("training.planner.kernels")

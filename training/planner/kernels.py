@@ -367,6 +367,7 @@ def exact_costs(loads: np.ndarray, slots: np.ndarray, g: int, cost: np.ndarray):
     """`placement.fsep_summary` of placements [T, N, C] (loads [N, E] int64) and the objective: objective [T],
     tokens, sent_intra, sent_inter [T, N] int64. cost: see `objective_from`."""
     slots = np.ascontiguousarray(slots, dtype=np.int64)
+    loads = np.ascontiguousarray(loads, dtype=np.int64)  # integer token counts (no copy when they already are)
     tokens, intra, inter, bad = fsep_summary_counts(loads, slots, g)
     _check(bad, slots)
     return count_objectives(tokens, intra, inter, cost), tokens, intra, inter
@@ -375,6 +376,7 @@ def exact_costs(loads: np.ndarray, slots: np.ndarray, g: int, cost: np.ndarray):
 def expected_costs(loads: np.ndarray, slots: np.ndarray, e: int, g: int, cost: np.ndarray):
     """`fsep_expected_costs` with its input checks: objective [T], tokens, sent_intra, sent_inter [T, N], spread [T]."""
     slots = np.ascontiguousarray(slots, dtype=np.int64)
+    loads = np.ascontiguousarray(loads, dtype=np.int64)
     obj, tokens, intra, inter, spread, bad = fsep_expected_costs(loads, slots, e, g, cost)
     _check(bad, slots)
     return obj, tokens, intra, inter, spread
