@@ -282,7 +282,12 @@ def fsep_expected_costs(loads: np.ndarray, slots: np.ndarray, e: int, g: int, co
     Float results equal `fsep_expected` + `PlanCost.objective` bit for bit (tests check it): every term is the same
     IEEE operation on the same operands; tokens are summed over experts in index order, which is how numpy sums a
     C-ordered [E, N] array along axis 0 (the zero terms it also adds change nothing); sums along a row use
-    `numpy_sum`."""
+    `numpy_sum`.
+
+    Local-search trials differ from placement 0 on a few devices: a source's sent tokens depend only on its own
+    device's and its node's replicas, so sources on nodes laid out as in placement 0 reuse its sums; the rest is
+    O(N*C + K*E) per placement.
+    """
     n = loads.shape[0]
     k = n // g
     nt, c = slots.shape[0], slots.shape[2]
@@ -293,61 +298,90 @@ def fsep_expected_costs(loads: np.ndarray, slots: np.ndarray, e: int, g: int, co
             node_src[d // g, j] += loads[d, j]
             if loads[d, j] > 0:
                 node_nz[d // g, j] += 1
-    spread_b = np.zeros(nt, dtype=np.int64)
+    obj_b = np.zeros(nt)
     tok_b = np.zeros((nt, n))
     intra_b = np.zeros((nt, n))
     inter_b = np.zeros((nt, n))
-    obj_b = np.zeros(nt)
-    row = np.zeros(e)  # one source's intra-node sends per expert, summed as numpy sums a row
+    spread_b = np.zeros(nt, dtype=np.int64)
     bad = np.full((nt, 2), -1, dtype=np.int64)
+    h_node = np.zeros((k, e), dtype=np.int64)  # [K, E] replicas of j on node m
+    r_all = np.zeros(e, dtype=np.int64)
+    per_local = np.zeros((k, e))
+    per_global = np.zeros(e)
+    nz_global = np.zeros(e, dtype=np.int64)
+    own = np.zeros(e, dtype=np.int64)  # replicas of j on one device
+    row = np.zeros(e)  # one source's intra-node sends per expert, summed as numpy sums a row
+    srt = np.zeros(c, dtype=np.int64)
     for t in range(nt):
-        h = np.zeros((e, n), dtype=np.int64)  # [E, N]
-        h_node = np.zeros((k, e), dtype=np.int64)  # [K, E]
-        r_all = np.zeros(e, dtype=np.int64)
+        h_node[:] = 0
+        r_all[:] = 0
         for d in range(n):
             for s in range(c):
                 v = slots[t, d, s]
                 if v < 0 or v >= e:  # no bounds checks in compiled code: refuse the placement instead
                     bad[t, 0], bad[t, 1] = -2, d * c + s
                 else:
-                    h[v, d] += 1
                     h_node[d // g, v] += 1
                     r_all[v] += 1
         if bad[t, 0] == -2:
             continue
-        per_local = np.zeros((k, e))
-        per_global = np.zeros(e)
-        nz_global = np.zeros(e, dtype=np.int64)
         for j in range(e):
             nonlocal_tokens = 0.0
+            nz_global[j] = 0
             for m in range(k):
                 if h_node[m, j] > 0:
                     per_local[m, j] = node_src[m, j] / h_node[m, j]
                 else:
+                    per_local[m, j] = 0.0
                     nonlocal_tokens += node_src[m, j]
                     nz_global[j] += node_nz[m, j]
             per_global[j] = nonlocal_tokens / max(r_all[j], 1)
+        # Device tokens: h[j, d] * (per_local + per_global) over d's distinct experts in increasing id.
         for d in range(n):
+            m = d // g
+            for s in range(c):  # insertion sort: C is small
+                v = slots[t, d, s]
+                q = s
+                while q > 0 and srt[q - 1] > v:
+                    srt[q] = srt[q - 1]
+                    q -= 1
+                srt[q] = v
             acc = 0.0
             spread = 0
-            for j in range(e):
-                if h[j, d] > 0:
-                    acc += h[j, d] * (per_local[d // g, j] + per_global[j])
-                    spread += h[j, d] * (node_nz[d // g, j] + nz_global[j])
+            s = 0
+            while s < c:
+                j = srt[s]
+                cnt = 1
+                while s + cnt < c and srt[s + cnt] == j:
+                    cnt += 1
+                acc += cnt * (per_local[m, j] + per_global[j])
+                spread += cnt * (node_nz[m, j] + nz_global[j])
+                s += cnt
             tok_b[t, d] = acc
             spread_b[t] = max(spread_b[t], spread)
-        for i in range(n):
-            m = i // g
-            for j in range(e):
-                x = float(loads[i, j])
-                if h_node[m, j] == 0:
-                    inter_b[t, i] += x
-                    row[j] = 0.0
-                elif h[j, i] > 0:
-                    row[j] = x - x * h[j, i] / h_node[m, j]
-                else:
-                    row[j] = x  # x - (x * 0) / h_node
-            intra_b[t, i] = numpy_sum(row)
+        for m in range(k):
+            same = t > 0 and bad[0, 0] != -2
+            for d in range(m * g, (m + 1) * g):
+                for s in range(c):
+                    if same and slots[t, d, s] != slots[0, d, s]:
+                        same = False
+            for i in range(m * g, (m + 1) * g):
+                if same:
+                    intra_b[t, i], inter_b[t, i] = intra_b[0, i], inter_b[0, i]
+                    continue
+                own[:] = 0
+                for s in range(c):
+                    own[slots[t, i, s]] += 1
+                for j in range(e):
+                    x = float(loads[i, j])
+                    if h_node[m, j] == 0:
+                        inter_b[t, i] += x
+                        row[j] = 0.0
+                    elif own[j] > 0:
+                        row[j] = x - x * own[j] / h_node[m, j]
+                    else:
+                        row[j] = x  # x - (x * 0) / h_node
+                intra_b[t, i] = numpy_sum(row)
         obj_b[t] = objective_from(tok_b[t], intra_b[t], inter_b[t], cost)
     return obj_b, tok_b, intra_b, inter_b, spread_b, bad
 

@@ -183,9 +183,10 @@ class LaerPlus(Planner):
                     trials.append(trial)
         if not trials:
             return None
-        # All trials scored in one call; the first strictly best one wins, as when scoring them one by one.
+        # All trials scored in one call, behind the current layout (the kernel reuses its sums for the nodes a trial
+        # leaves alone); the first strictly best trial wins, as when scoring them one by one.
         best = None
-        for trial, s in zip(trials, self.expected_scores(loads, trials)):
+        for trial, s in zip(trials, self.expected_scores(loads, [slots] + trials)[1:]):
             if s.objective < obj * (1 - 1e-12) and (best is None or s.objective < best[1].objective):
                 best = (trial, s)
         return best
