@@ -20,6 +20,8 @@ setup(
         "torch==2.13.0",
         "numpy>=1.26",
         "scipy>=1.11",
+        # Compiled inner loops of the load-balancing planners (training/planner/kernels.py); numpy path without it.
+        "numba>=0.59",
         "matplotlib>=3.8",
         "hydra-core==1.3.*",
         "tqdm>=4.66",

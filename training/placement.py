@@ -274,3 +274,22 @@ def fsep_expected(loads: np.ndarray, slots: np.ndarray, num_experts: int, device
     intra = np.where(loc, loads - kept, 0.0).sum(1)
     inter = np.where(loc, 0.0, loads).sum(1)
     return tokens, intra, inter
+
+
+def fsep_expected_spread(loads: np.ndarray, slots: np.ndarray, num_experts: int, devices_per_node: int) -> int:
+    """How far `fsep_summary`'s device tokens can be from `fsep_expected`'s: less than max_d of the number of
+    (source with tokens, replica list) pairs whose list holds a replica on d.
+
+    Why: a replica at position p of a list gets floor(x / r) + e_i(p) from source i (e_i(p) in {0, 1}) against
+    x / r in the fractional split, a difference in (-1, 1) for each source; d's replica of j sits in two lists, j's
+    list on d's node (fed by that node's sources) and j's global list (fed by the sources on nodes without j).
+    """
+    loads = np.asarray(loads)
+    n, e, g = loads.shape[0], num_experts, devices_per_node
+    k = n // g
+    h = np.bincount((slots * n + np.arange(n)[:, None]).ravel(), minlength=e * n).reshape(e, n)  # [E, N]
+    h_node = h.reshape(e, k, g).sum(2)  # [E, K]
+    nz = (loads > 0).reshape(k, g, e).sum(1).T  # [E, K] sources with tokens for j on node m
+    nz_global = np.where(h_node == 0, nz, 0).sum(1)  # [E] sources feeding j's global list
+    node = np.arange(n) // g
+    return int((h * (nz[:, node] + nz_global[:, None])).sum(0).max())

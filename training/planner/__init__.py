@@ -1,4 +1,5 @@
 """Load-balancing planners for FSEP: pure numpy/scipy policies from per-device expert loads to a frozen `Plan`.
+Their inner loops run compiled with numba when it is installed (`kernels.py`, same plans; `jit=False` for numpy).
 
     from training.planner import make_planner
     planner = make_planner("laer", num_devices=N, slots_per_device=C, devices_per_node=G)

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
-from training.placement import Placement, fsep_expected, fsep_routing, fsep_summary
+from training.placement import Placement, fsep_expected, fsep_expected_spread, fsep_routing, fsep_summary
+from training.planner import accel
 from training.planner.cost import PlanCost
 
 
@@ -42,6 +44,14 @@ class Plan:
         return Placement(self.placement, self.num_experts)
 
 
+class Estimate(NamedTuple):
+    """A layout's cost under the expected (fractional) FSEP split."""
+
+    objective: float  # cost-model objective with the fractional split
+    tokens: np.ndarray  # [N] float, expected tokens per device
+    margin: float  # |exact objective - objective| <= margin (PlanCost.expected_margin), to skip hopeless layouts
+
+
 def check_loads(loads, num_devices: int, slots_per_device: int) -> np.ndarray:
     """loads as int64 [N, E], or a ValueError saying what is wrong with them."""
     a = np.asarray(loads)
@@ -49,15 +59,16 @@ def check_loads(loads, num_devices: int, slots_per_device: int) -> np.ndarray:
         raise ValueError(f"loads must be [N={num_devices}, E], got shape {a.shape}")
     if a.shape[1] < 1:
         raise ValueError("loads must have at least one expert column")
-    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+    kind = a.dtype.kind  # i/u integer, f float; the dtype kind is cheaper to test than np.issubdtype (per plan)
+    if kind not in "iuf":
         raise ValueError(f"loads must be real numbers, got dtype {a.dtype}")
-    if not np.issubdtype(a.dtype, np.integer) and not np.all(np.isfinite(a)):
+    if kind == "f" and not np.all(np.isfinite(a)):
         i, j = np.argwhere(~np.isfinite(a))[0]
         raise ValueError(f"loads must be finite; loads[{i}, {j}] = {a[i, j]}")
-    if np.any(a < 0):
+    if kind != "u" and np.any(a < 0):
         i, j = np.argwhere(a < 0)[0]
         raise ValueError(f"loads must be non-negative; loads[{i}, {j}] = {a[i, j]}")
-    if not np.issubdtype(a.dtype, np.integer) and not np.all(np.equal(np.mod(a, 1), 0)):
+    if kind == "f" and not np.all(np.equal(np.mod(a, 1), 0)):
         raise ValueError("loads must be integer token counts (sum a window of micro-batches rather than average it)")
     e = a.shape[1]
     if num_devices * slots_per_device < e:
@@ -72,7 +83,8 @@ class Planner:
 
     name = "base"
 
-    def __init__(self, num_devices: int, slots_per_device: int, devices_per_node: int, cost: PlanCost | None = None):
+    def __init__(self, num_devices: int, slots_per_device: int, devices_per_node: int, cost: PlanCost | None = None,
+                 jit: bool | None = None):
         for key, v in (("num_devices", num_devices), ("slots_per_device", slots_per_device),
                        ("devices_per_node", devices_per_node)):
             if int(v) != v or v < 1:
@@ -82,6 +94,8 @@ class Planner:
         self.n, self.c, self.g = int(num_devices), int(slots_per_device), int(devices_per_node)
         self.k = self.n // self.g
         self.cost = cost or PlanCost.for_model()
+        # Compiled inner loops (numba) or the numpy path; both give the same plans. None: compiled when installed.
+        self.jit = accel.resolve_jit(jit)
 
     def plan(self, loads) -> Plan:
         return self._plan(check_loads(loads, self.n, self.c))
@@ -92,13 +106,38 @@ class Planner:
     # Shared helpers ---------------------------------------------------------------------------------------------
     def score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:
         """(objective, device_tokens) of a placement under the FSEP routing rule."""
-        tokens, intra, inter = fsep_summary(loads, Placement(slots, loads.shape[1]), self.g)
-        return self.cost.objective(tokens, intra, inter), tokens
+        return self.scores(loads, [slots])[0]
 
-    def expected_score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:
+    def scores(self, loads: np.ndarray, layouts: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
+        """`score` of several placements [N, C] (one compiled call for all of them when jit)."""
+        if not self.jit:
+            out = []
+            for slots in layouts:
+                tokens, intra, inter = fsep_summary(loads, Placement(slots, loads.shape[1]), self.g)
+                out.append((self.cost.objective(tokens, intra, inter), tokens))
+            return out
+        objs, tokens, _, _ = accel.kernels().exact_costs(loads, np.stack(layouts), self.g, self.cost.kernel_params())
+        return list(zip(objs.tolist(), tokens))
+
+    def expected_score(self, loads: np.ndarray, slots: np.ndarray) -> Estimate:
         """`score` with the even split taken fractionally: cheaper, for comparing many candidate layouts."""
-        tokens, intra, inter = fsep_expected(loads, slots, loads.shape[1], self.g)
-        return self.cost.objective(tokens, intra, inter), tokens
+        return self.expected_scores(loads, [slots])[0]
+
+    def expected_scores(self, loads: np.ndarray, layouts: list[np.ndarray]) -> list[Estimate]:
+        """`expected_score` of several placements [N, C] (one compiled call for all of them when jit)."""
+        e = loads.shape[1]
+        if not self.jit:
+            out = []
+            for slots in layouts:
+                tokens, intra, inter = fsep_expected(loads, slots, e, self.g)
+                obj = self.cost.objective(tokens, intra, inter)
+                spread = fsep_expected_spread(loads, slots, e, self.g)
+                out.append(Estimate(obj, tokens, self.cost.expected_margin(spread, self.n, self.c, obj)))
+            return out
+        objs, tokens, _, _, spread = accel.kernels().expected_costs(loads, np.stack(layouts), e, self.g,
+                                                                    self.cost.kernel_params())
+        margins = self.cost.expected_margin(spread, self.n, self.c, objs)
+        return [Estimate(*x) for x in zip(objs.tolist(), tokens, margins.tolist())]
 
     def fsep_plan(self, loads: np.ndarray, slots: np.ndarray, score: tuple | None = None) -> Plan:
         """A Plan that routes with the FSEP rule on the given placement."""

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from training.planner import accel
 
-def waterfill_replicas(expert_loads: np.ndarray, total_slots: int) -> np.ndarray:
+
+def waterfill_replicas(expert_loads: np.ndarray, total_slots: int, jit: bool | None = None) -> np.ndarray:
     """[E] replica counts r >= 1 with sum r = total_slots minimising max_j L_j / r_j (ties: more to heavier experts).
 
     1. Start from r_j = max(1, floor(L_j / t)) with t = sum L / (slots - E), a feasible threshold.
     2. Hand the leftover slots one at a time to the expert with the highest L_j / r_j (classic greedy, exact).
+    jit: `accel.resolve_jit` (the compiled greedy gives the same counts).
     """
     w = np.asarray(expert_loads, dtype=float)
     e = w.size
@@ -32,6 +35,8 @@ def waterfill_replicas(expert_loads: np.ndarray, total_slots: int) -> np.ndarray
     else:
         r = np.ones(e, dtype=np.int64)
     # Step 2: at most 2E increments, each to the expert with the highest load per replica.
+    if accel.resolve_jit(jit):
+        return accel.kernels().greedy_increments(w, r, total_slots - int(r.sum()))
     for _ in range(total_slots - int(r.sum())):
         r[np.argmax(w / r)] += 1
     return r

@@ -55,6 +55,19 @@ class PlanCost:
         comm = self.comm_times(sent_intra, sent_inter)
         return float(4.0 * comm.sum() + self.compute_factor * self.per_token_s * np.max(device_tokens))
 
+    def kernel_params(self) -> np.ndarray:
+        """[token_bytes, intra_bw, inter_bw, compute_factor * per_token_s]: what the compiled objective needs
+        (`kernels.objective_from`), the product formed as `objective` forms it."""
+        return np.array([self.token_bytes, self.intra_bw, self.inter_bw, self.compute_factor * self.per_token_s])
+
+    def expected_margin(self, spread_tokens, num_devices: int, slots_per_device: int, objective):
+        """Bound on |exact objective - expected objective| of a layout (`placement.fsep_expected_spread`): device
+        tokens differ by less than spread_tokens; a source keeps within own replicas' count of the split, so the
+        tokens sent inside nodes differ by at most N*C in all; inter-node tokens are the same. Plus a 1e-9 relative
+        slack for the floating-point sums. Scalars or [T] arrays."""
+        return (self.compute_factor * self.per_token_s * spread_tokens
+                + 4.0 * self.token_bytes * num_devices * slots_per_device / self.intra_bw + 1e-9 * np.abs(objective))
+
     def routing_summary(self, routing: np.ndarray, devices_per_node: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(device_tokens, sent_intra, sent_inter) [N] from an explicit routing [N, E, N]."""
         traffic = np.asarray(routing).sum(1)  # [N, N] tokens from i computed on d

@@ -14,6 +14,8 @@ What it adds to `laer`, each kept only when the cost model says it pays:
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 
 from training.placement import Placement, fsdp_ep_placement
@@ -25,7 +27,7 @@ from training.planner.lp import minmax_routing
 from training.planner.lpt import lpt_place
 
 
-def node_local_placement(loads: np.ndarray, n: int, c: int, g: int) -> np.ndarray | None:
+def node_local_placement(loads: np.ndarray, n: int, c: int, g: int, jit: bool | None = None) -> np.ndarray | None:
     """Every node holds every expert, with counts water-filled on its own sources' loads, so all dispatch stays inside
     the node. None when a node's G*C slots cannot hold E experts."""
     e = loads.shape[1]
@@ -35,8 +37,8 @@ def node_local_placement(loads: np.ndarray, n: int, c: int, g: int) -> np.ndarra
     node_src = loads.reshape(k, g, e).sum(1)  # [K, E]
     slots = np.empty((n, c), dtype=np.int64)
     for m in range(k):
-        r = waterfill_replicas(node_src[m], g * c)
-        slots[m * g:(m + 1) * g] = lpt_place(node_src[m], r, g, c, g)
+        r = waterfill_replicas(node_src[m], g * c, jit)
+        slots[m * g:(m + 1) * g] = lpt_place(node_src[m], r, g, c, g, jit)
     return slots
 
 
@@ -65,35 +67,42 @@ class LaerPlus(Planner):
         w = loads.sum(0)
         # 1. Candidates: the paper's two, water-filled counts (steps of 1) with LPT, the node-local layout and, on
         #    small clusters, the EPLB and FSDP+EP layouts.
-        paper = laer_counts(loads, self.n, self.c, self.g)
+        paper = laer_counts(loads, self.n, self.c, self.g, self.jit)
         n_paper = len({r.tobytes() for r in paper})  # the first n_paper candidates are the paper's
-        cands = place_counts(loads, paper + [waterfill_replicas(w, self.n * self.c)], self.n, self.c, self.g)
+        cands = place_counts(loads, paper + [waterfill_replicas(w, self.n * self.c, self.jit)], self.n, self.c, self.g,
+                             self.jit)
         small = self.n * self.c <= self.search_max_slots
         if small:
             # On small clusters the baselines' layouts are cheap to add, so LAER+ is never worse than them here.
-            cands.append(eplb_placement(loads, self.n, self.c, self.g))
+            cands.append(eplb_placement(loads, self.n, self.c, self.g, jit=self.jit))
             if loads.shape[1] % self.c == 0:
-                cands.append(fsdp_ep_placement(self.n, loads.shape[1], self.c).slots)
-        local = node_local_placement(loads, self.n, self.c, self.g)
+                cands.append(_fsdp_slots(self.n, loads.shape[1], self.c))
+        local = node_local_placement(loads, self.n, self.c, self.g, self.jit)
         if local is not None:
             cands.append(local)
         # 2. Rank the candidates by the cost model under the FSEP rule (expected split). The exact integer score goes
         #    to all of them on small clusters, else to the top two and the paper's pick (so never worse than `laer`).
-        expected = [self.expected_score(loads, s)[0] for s in cands]
+        #    Candidates whose exact objective provably exceeds another's (expected objective and its margin) cannot
+        #    be the exact winner, so their exact score is skipped; the winner is the same.
+        scored = self.expected_scores(loads, cands)
+        expected = [est.objective for est in scored]
         order = np.argsort(expected, kind="stable")
         keep = range(len(cands)) if small else sorted({*order[:2].tolist(), int(np.argmin(expected[:n_paper]))})
         ranked = [cands[i] for i in keep]
-        exact = [(self.score(loads, s), s) for s in ranked]
-        (obj, tokens), slots = min(exact, key=lambda t: t[0][0])
+        ceiling = min(scored[i].objective + scored[i].margin for i in keep)
+        contenders = [i for i in keep if scored[i].objective - scored[i].margin <= ceiling]
+        exact = list(zip(self.scores(loads, [cands[i] for i in contenders]), contenders))
+        (obj, tokens), win = min(exact, key=lambda t: t[0][0])
+        slots = cands[win]
         # 3. Local search on the winner (expected split): swaps and replica moves between the busiest and the idlest
-        #    device; kept if its exact score is lower too.
-        searched, (e_obj, e_tokens) = slots, self.expected_score(loads, slots)
+        #    device; kept if its exact score is lower too (not computed when its margin says it cannot be).
+        searched, est = slots, scored[win]
         for _ in range(self.search_rounds if small else 0):
-            step = self._best_step(loads, searched, e_obj, e_tokens)
+            step = self._best_step(loads, searched, est.objective, est.tokens)
             if step is None:
                 break
-            searched, (e_obj, e_tokens) = step
-        if searched is not slots:
+            searched, est = step
+        if searched is not slots and est.objective - est.margin < obj:
             s_exact = self.score(loads, searched)
             if s_exact[0] < obj:
                 (obj, tokens), slots = s_exact, searched
@@ -154,7 +163,7 @@ class LaerPlus(Planner):
         if hi == lo:
             return None
         counts = np.bincount(slots.ravel(), minlength=e)
-        best = None
+        trials = []
         tried = set()
         for a in range(self.c):
             for b in range(self.c):
@@ -171,10 +180,22 @@ class LaerPlus(Planner):
                     trial[lo, b] = x_
                     if kind == "swap":
                         trial[hi, a] = y_
-                    s = self.expected_score(loads, trial)
-                    if s[0] < obj * (1 - 1e-12) and (best is None or s[0] < best[1][0]):
-                        best = (trial, s)
+                    trials.append(trial)
+        if not trials:
+            return None
+        # All trials scored in one call, behind the current layout (the kernel reuses its sums for the nodes a trial
+        # leaves alone); the first strictly best trial wins, as when scoring them one by one.
+        best = None
+        for trial, s in zip(trials, self.expected_scores(loads, [slots] + trials)[1:]):
+            if s.objective < obj * (1 - 1e-12) and (best is None or s.objective < best[1].objective):
+                best = (trial, s)
         return best
+
+
+@cache
+def _fsdp_slots(n: int, e: int, c: int) -> np.ndarray:
+    """The FSDP+EP layout [N, C] (read-only): the same for every plan of a planner, so built once."""
+    return fsdp_ep_placement(n, e, c).slots
 
 
 def _pairs(tokens: np.ndarray, c: int):

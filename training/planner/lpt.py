@@ -9,6 +9,8 @@ import heapq
 
 import numpy as np
 
+from training.planner import accel
+
 
 def even_replicas(num_experts: int, total_slots: int) -> np.ndarray | None:
     """N*C / E replicas per expert, or None when E does not divide the slots."""
@@ -17,14 +19,18 @@ def even_replicas(num_experts: int, total_slots: int) -> np.ndarray | None:
     return np.full(num_experts, total_slots // num_experts, dtype=np.int64)
 
 
-def priority_replicas(expert_loads: np.ndarray, total_slots: int, num_nodes: int) -> np.ndarray:
+def priority_replicas(expert_loads: np.ndarray, total_slots: int, num_nodes: int, jit: bool | None = None
+                      ) -> np.ndarray:
     """The LAER-MoE paper's priority queue.
 
     1. Every expert starts with #nodes replicas if that fits in the slots, else with 1.
     2. Repeatedly the expert with the highest load per replica grows: +#nodes when it already has >= #nodes
        replicas, else +1 (capped by the slots left), until all slots are used.
+    jit: `accel.resolve_jit` (the compiled kernel gives the same counts).
     """
     w = np.asarray(expert_loads, dtype=float)
+    if accel.resolve_jit(jit):
+        return accel.kernels().priority_counts(w, int(total_slots), int(num_nodes))
     e = w.size
     start = num_nodes if num_nodes * e <= total_slots else 1
     r = np.full(e, start, dtype=np.int64)
@@ -42,18 +48,21 @@ def priority_replicas(expert_loads: np.ndarray, total_slots: int, num_nodes: int
 
 
 def lpt_place(expert_loads: np.ndarray, replicas: np.ndarray, num_devices: int, slots_per_device: int,
-              devices_per_node: int) -> np.ndarray:
+              devices_per_node: int, jit: bool | None = None) -> np.ndarray:
     """[N, C] placement: replica instances by load per replica, heaviest first, each to the least-loaded device with a
     free slot among the nodes holding the fewest copies of that expert (ties: lower device id).
 
-    Two implementations of the same greedy (a test checks they agree): a heap per node, fast when there are few
-    nodes, and a vectorised round per expert, fast when there are many.
+    Three implementations of the same greedy (tests check they agree): the compiled kernel (`jit`, see
+    `accel.resolve_jit`) and, without numba, a heap per node, fast when there are few nodes, or a vectorised round
+    per expert, fast when there are many.
     """
     w = np.asarray(expert_loads, dtype=float)
     r = np.asarray(replicas, dtype=np.int64)
     if r.sum() != num_devices * slots_per_device:
         raise ValueError(f"replica counts sum to {r.sum()}, not N*C = {num_devices * slots_per_device}")
     per_rep = w / np.maximum(r, 1)
+    if accel.resolve_jit(jit):
+        return accel.kernels().lpt_slots(per_rep, r, num_devices, slots_per_device, devices_per_node)
     order = np.argsort(-per_rep, kind="stable")
     k = num_devices // devices_per_node
     if k <= 64:
