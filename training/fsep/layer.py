@@ -24,6 +24,7 @@ from torch import nn
 
 from training.fsep.comm import all_to_all_tokens
 from training.fsep.groups import FSEPGroups
+from training.fsep.permute import inverse_permutation, permute_rows
 from training.fsep.restore import PendingRestore, restore_experts, start_restore
 from training.moe.reference import ReferenceMoE, Router, swiglu
 from training.placement import Placement, split_row, split_row_by_weights
@@ -34,10 +35,21 @@ class DispatchPlan:
     """What combine needs to undo dispatch (one forward's bookkeeping, not layer state)."""
 
     send_order: torch.Tensor  # [T*k] route ids in send order (by destination device, then slot)
+    send_inv: torch.Tensor  # [T*k] inverse of send_order: position of each route in the send buffer
     send_splits: list[int]  # [N] routes sent to each device
     recv_splits: list[int]  # [N] routes received from each device
     slot_perm: torch.Tensor  # [R] received rows regrouped by computing slot (source-major on the wire)
+    slot_inv: torch.Tensor  # [R] inverse of slot_perm
     slot_sizes: list[int]  # [C] routes each of my slots computes (0 for a duplicate merged into its first copy)
+
+
+def _block_gather(src_start: np.ndarray, length: np.ndarray, total: int, device) -> torch.Tensor:
+    """Index that lays blocks out back to back: output block b (length[b] rows, in the given order) reads the source
+    rows src_start[b] .. src_start[b] + length[b] - 1. Built from per-block offsets on the host (small) and one
+    repeat_interleave on the device."""
+    shift = src_start - (np.cumsum(length) - length)  # [blocks] source minus output position of each block
+    return torch.arange(total, device=device) + torch.repeat_interleave(
+        torch.from_numpy(shift).to(device), torch.from_numpy(length).to(device), output_size=total)
 
 
 def default_placement(num_devices: int, num_experts: int, slots_per_device: int) -> Placement:
@@ -122,7 +134,7 @@ class FSEPMoE(nn.Module):
         # the first copy's weights (same result, larger matmul; the duplicate's restored copy gets zero gradient,
         # and the shard gradient sums over replicas either way).
         mine = placement.slots[self.groups.rank]
-        self._compute_slot = torch.tensor([int(np.flatnonzero(mine == j)[0]) for j in mine])  # [C]
+        self._compute_slot = np.array([int(np.flatnonzero(mine == j)[0]) for j in mine], dtype=np.int64)  # [C]
 
     def slot_counts(self, expert_counts: np.ndarray) -> np.ndarray:
         """[N, C] routes this device sends to each slot, from its own [E] expert counts (its row of the rule)."""
@@ -143,31 +155,42 @@ class FSEPMoE(nn.Module):
     def dispatch(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, DispatchPlan]:
         """x [T, H], idx [T, k] -> received tokens [R, H] grouped by slot (communicates: counts and tokens).
 
-        1. Count routes per expert and split them over slots by the routing rule (own row only).
-        2. Routes sorted by expert take the slot sequence of that expert's replicas in order; sort by slot to send.
+        1. Count routes per expert on the device; only these E numbers come to the host (the split sizes the
+           all-to-all needs), and the routing rule splits them over slots (own row only).
+        2. Routes sorted by expert take the slot sequence of that expert's replicas in order: a run of per_slot[s]
+           routes per slot s. Sending by slot reorders whole runs, so the send order is the expert sort shifted by
+           one offset per run (no second sort, no [T*k] host round trip).
         3. Exchange per-slot counts, then the tokens (uneven all_to_all_single).
-        4. Regroup received rows by slot (duplicates of an expert on this device merged) so each runs one matmul."""
-        n, c = self.groups.size, self.slots_per_device
+        4. Regroup received rows by slot (duplicates of an expert on this device merged) so each runs one matmul:
+           again a reordering of whole (source, slot) blocks, one offset per block."""
+        n, c, k = self.groups.size, self.slots_per_device, self.top_k
+        dev = x.device
         experts = idx.reshape(-1)  # [T*k]
-        counts = np.bincount(experts.cpu().numpy(), minlength=self.num_experts)  # Step 1
+        routes = experts.numel()
+        counts = torch.bincount(experts, minlength=self.num_experts).cpu().numpy()  # Step 1
         per_slot = self.slot_counts(counts)  # [N, C]
+        flat = per_slot.ravel()
         by_expert = torch.argsort(experts, stable=True)  # Step 2
-        slot_seq = np.repeat(self._slots_by_expert, per_slot.ravel()[self._slots_by_expert])
-        route_slot = torch.empty_like(experts)
-        route_slot[by_expert] = torch.from_numpy(slot_seq).to(experts.device)
-        send_order = torch.argsort(route_slot, stable=True)
-        recv_counts = torch.empty(n, c, dtype=torch.int64, device=x.device)  # Step 3
-        dist.all_to_all_single(recv_counts, torch.from_numpy(per_slot).to(x.device), group=self.groups.ep)
-        recv_counts = recv_counts.cpu()
+        run_len = flat[self._slots_by_expert]
+        run_start = np.empty_like(flat)
+        run_start[self._slots_by_expert] = np.cumsum(run_len) - run_len  # where slot s's run sits in by_expert
+        send_order = by_expert.index_select(0, _block_gather(run_start, flat, routes, dev))
+        send_inv = inverse_permutation(send_order)
+        recv_counts = torch.empty(n, c, dtype=torch.int64, device=dev)  # Step 3
+        dist.all_to_all_single(recv_counts, torch.from_numpy(per_slot).to(dev), group=self.groups.ep)
+        recv_counts = recv_counts.cpu().numpy()
         send_splits = per_slot.sum(1).tolist()
         recv_splits = recv_counts.sum(1).tolist()
-        tokens = x.index_select(0, send_order // self.top_k)
-        recv = all_to_all_tokens(tokens, recv_splits, send_splits, self.groups.ep)
-        row_slot = torch.repeat_interleave(self._compute_slot.repeat(n), recv_counts.reshape(-1))  # Step 4
-        slot_perm = torch.argsort(row_slot, stable=True).to(x.device)
-        sizes = torch.zeros(c, dtype=torch.int64).index_add_(0, self._compute_slot, recv_counts.sum(0))
-        plan = DispatchPlan(send_order, send_splits, recv_splits, slot_perm, sizes.tolist())
-        return recv.index_select(0, slot_perm), plan
+        recv = all_to_all_tokens(permute_rows(x, send_order, send_inv, k), recv_splits, send_splits, self.groups.ep)
+        block_len = recv_counts.ravel()  # Step 4: blocks (source, slot) in wire order
+        block_slot = np.tile(self._compute_slot, n)
+        order = np.argsort(block_slot, kind="stable")  # by computing slot, then wire order
+        wire_start = np.cumsum(block_len) - block_len
+        slot_perm = _block_gather(wire_start[order], block_len[order], int(block_len.sum()), dev)
+        sizes = np.bincount(block_slot, weights=block_len, minlength=c).astype(np.int64)
+        plan = DispatchPlan(send_order, send_inv, send_splits, recv_splits, slot_perm, inverse_permutation(slot_perm),
+                            sizes.tolist())
+        return permute_rows(recv, slot_perm, plan.slot_inv), plan
 
     def compute(self, tokens: torch.Tensor, experts: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
         """Run slot c's expert on its rows (no communication). tokens [R, H] slot-major, experts [C, P]."""
@@ -182,12 +205,9 @@ class FSEPMoE(nn.Module):
 
     def combine(self, out: torch.Tensor, plan: DispatchPlan, weights: torch.Tensor) -> torch.Tensor:
         """Send results back and weight each token's k results (communicates: one uneven all_to_all_single)."""
-        back = torch.empty_like(plan.slot_perm)
-        back[plan.slot_perm] = torch.arange(plan.slot_perm.numel(), device=back.device)
-        out = all_to_all_tokens(out.index_select(0, back), plan.send_splits, plan.recv_splits, self.groups.ep)
-        inv = torch.empty_like(plan.send_order)
-        inv[plan.send_order] = torch.arange(plan.send_order.numel(), device=inv.device)
-        routed = out.index_select(0, inv).view(-1, self.top_k, self.hidden)  # [T, k, H] in route order
+        wire = permute_rows(out, plan.slot_inv, plan.slot_perm)  # slot-grouped -> the order rows arrived in
+        back = all_to_all_tokens(wire, plan.send_splits, plan.recv_splits, self.groups.ep)  # in send order
+        routed = permute_rows(back, plan.send_inv, plan.send_order).view(-1, self.top_k, self.hidden)  # [T, k, H]
         return (routed * weights.unsqueeze(-1)).sum(1)
 
     def forward(self, x: torch.Tensor, target_counts: torch.Tensor | None = None):
