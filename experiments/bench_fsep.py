@@ -16,8 +16,10 @@ scaled to T*k routes with the trace-replay gate, and the median forward+backward
   fsdp_ep    (d) FSEP storage, the paper's static FSDP+EP layout
   fsep       (e) FSEP with the layout (and routing) of a training.planner planner (default laer_plus), planned from
              the previous --window micro-batches of that layer (the runtime's lagged setting: the plan for micro-batch
-             t comes from t-window .. t-1); --planner greedy is the bench's own greedy planner, --window 0 plans
-             from the sample's own loads (oracle)
+             t comes from t-window .. t-1). Default window 4 with micro-batch 0: the previous recorded iteration's
+             4 micro-batches, 10 training iterations before the sample (the trace keeps every 10th), so staler than a
+             runtime's one-step lag. --planner greedy is the bench's own greedy planner; --window 0 plans from the
+             sample's own loads (oracle)
   balanced   (f) FSEP with perfectly uniform routing (the balanced limit)
   fsep_sync  (e) without overlapping the restore all-to-all with routing and dispatch (--sync-reps repetitions)
 plus where FSEP's time goes (restore all-to-all, token all-to-all, expert compute; each fwd+bwd, measured apart).
@@ -397,7 +399,7 @@ def parse_args(argv=None) -> tuple[BenchConfig, Path, bool]:
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--slots", type=int, default=20, help="FSEP slots per device (C); N*C >= E")
     p.add_argument("--samples", type=int, default=20)
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--ds-dropless-reps", type=int, default=1)
     p.add_argument("--sync-reps", type=int, default=1, help="repetitions of the no-overlap diagnostic fsep_sync")
     p.add_argument("--warmup", type=int, default=1)
@@ -406,7 +408,7 @@ def parse_args(argv=None) -> tuple[BenchConfig, Path, bool]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--planner", default="laer_plus",
                    help="training.planner registry name for (e) (e.g. laer, laer_plus), or greedy (the bench's own)")
-    p.add_argument("--window", type=int, default=5,
+    p.add_argument("--window", type=int, default=4,
                    help="plan (e) from the previous WINDOW micro-batches of the layer (lagged); 0: from the sample's own")
     p.add_argument("--data-dir", default=None, help="data directory (default: $LOADWISE_DATA_DIR, ../shared/data)")
     p.add_argument("--trace", default="smartmoe_expert_trace/smartmoe_counts.npz", help="relative to --data-dir")
