@@ -9,7 +9,7 @@ Phases of one forward, as in Megatron's dispatcher; only restore, dispatch and c
             all-to-all + sum over replicas into the shard gradient, one autograd op in restore.py)
   route     router / trace-replay gate (no communication)
   dispatch  per-slot counts from the routing rule, count exchange and token all_to_all_single with uneven splits
-  compute   each slot's SwiGLU expert on the tokens it received (no communication)
+  compute   each slot's SwiGLU expert on the tokens it received, block by (source, slot) block (no communication)
   combine   token all_to_all_single back, weighted sum of each token's k results (communication only in the a2a)
 """
 
@@ -38,9 +38,8 @@ class DispatchPlan:
     send_inv: torch.Tensor  # [T*k] inverse of send_order: position of each route in the send buffer
     send_splits: list[int]  # [N] routes sent to each device
     recv_splits: list[int]  # [N] routes received from each device
-    slot_perm: torch.Tensor  # [R] received rows regrouped by computing slot (source-major on the wire)
-    slot_inv: torch.Tensor  # [R] inverse of slot_perm
-    slot_sizes: list[int]  # [C] routes each of my slots computes (0 for a duplicate merged into its first copy)
+    block_sizes: list[int]  # [N*C] received rows per (source, slot) block, in wire order (source-major)
+    block_slot: list[int]  # [N*C] the slot whose restored expert computes each block (a duplicate's first copy)
 
 
 def _block_gather(src_start: np.ndarray, length: np.ndarray, total: int, device) -> torch.Tensor:
@@ -153,7 +152,7 @@ class FSEPMoE(nn.Module):
         return restore_experts(self.expert_shard, self._slots, self.num_elements, self.groups.ep, pending)
 
     def dispatch(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, DispatchPlan]:
-        """x [T, H], idx [T, k] -> received tokens [R, H] grouped by slot (communicates: counts and tokens).
+        """x [T, H], idx [T, k] -> received tokens [R, H] in (source, slot) blocks (communicates: counts, tokens).
 
         1. Count routes per expert on the device; only these E numbers come to the host (the split sizes the
            all-to-all needs), and the routing rule splits them over slots (own row only).
@@ -161,8 +160,8 @@ class FSEPMoE(nn.Module):
            routes per slot s. Sending by slot reorders whole runs, so the send order is the expert sort shifted by
            one offset per run (no second sort, no [T*k] host round trip).
         3. Exchange per-slot counts, then the tokens (uneven all_to_all_single).
-        4. Regroup received rows by slot (duplicates of an expert on this device merged) so each runs one matmul:
-           again a reordering of whole (source, slot) blocks, one offset per block."""
+        Received rows stay in wire order, (source, slot) blocks: compute runs each block in place, so neither
+        direction needs a regrouping copy."""
         n, c, k = self.groups.size, self.slots_per_device, self.top_k
         dev = x.device
         experts = idx.reshape(-1)  # [T*k]
@@ -182,31 +181,30 @@ class FSEPMoE(nn.Module):
         send_splits = per_slot.sum(1).tolist()
         recv_splits = recv_counts.sum(1).tolist()
         recv = all_to_all_tokens(permute_rows(x, send_order, send_inv, k), recv_splits, send_splits, self.groups.ep)
-        block_len = recv_counts.ravel()  # Step 4: blocks (source, slot) in wire order
-        block_slot = np.tile(self._compute_slot, n)
-        order = np.argsort(block_slot, kind="stable")  # by computing slot, then wire order
-        wire_start = np.cumsum(block_len) - block_len
-        slot_perm = _block_gather(wire_start[order], block_len[order], int(block_len.sum()), dev)
-        sizes = np.bincount(block_slot, weights=block_len, minlength=c).astype(np.int64)
-        plan = DispatchPlan(send_order, send_inv, send_splits, recv_splits, slot_perm, inverse_permutation(slot_perm),
-                            sizes.tolist())
-        return permute_rows(recv, slot_perm, plan.slot_inv), plan
+        plan = DispatchPlan(send_order, send_inv, send_splits, recv_splits, recv_counts.ravel().tolist(),
+                            np.tile(self._compute_slot, n).tolist())
+        return recv, plan
 
     def compute(self, tokens: torch.Tensor, experts: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
-        """Run slot c's expert on its rows (no communication). tokens [R, H] slot-major, experts [C, P]."""
+        """Run each (source, slot) block of received rows through its slot's expert (no communication).
+        tokens [R, H] in wire order, experts [C, P]; duplicates of an expert on this device all use the first copy
+        (same result; the duplicate's restored copy gets zero gradient, the shard gradient sums replicas anyway)."""
         h, f = self.hidden, self.ffn
         # unbind/split rather than slicing: their backward is one stack/cat, where every slice's backward would
         # allocate and zero-fill a whole [C, P] gradient (measured at ~10% of the step).
+        weights = [row.split([f * h, f * h, h * f]) for row in experts.unbind(0)]
+        blocks = [(slot, chunk) for slot, chunk in zip(plan.block_slot, tokens.split(plan.block_sizes)) if len(chunk)]
+        # With no rows at all, one empty block still ties the output to the experts, so every device runs the restore
+        # backward (a collective) even when it received no tokens.
         outs = []
-        for row, chunk in zip(experts.unbind(0), tokens.split(plan.slot_sizes)):
-            w1, w3, w2 = row.split([f * h, f * h, h * f])
+        for slot, chunk in blocks or [(plan.block_slot[0], tokens[:0])]:
+            w1, w3, w2 = weights[slot]
             outs.append(swiglu(chunk, w1.view(f, h), w3.view(f, h), w2.view(h, f)))
         return torch.cat(outs)
 
     def combine(self, out: torch.Tensor, plan: DispatchPlan, weights: torch.Tensor) -> torch.Tensor:
         """Send results back and weight each token's k results (communicates: one uneven all_to_all_single)."""
-        wire = permute_rows(out, plan.slot_inv, plan.slot_perm)  # slot-grouped -> the order rows arrived in
-        back = all_to_all_tokens(wire, plan.send_splits, plan.recv_splits, self.groups.ep)  # in send order
+        back = all_to_all_tokens(out, plan.send_splits, plan.recv_splits, self.groups.ep)  # in send order
         routed = permute_rows(back, plan.send_inv, plan.send_order).view(-1, self.top_k, self.hidden)  # [T, k, H]
         return (routed * weights.unsqueeze(-1)).sum(1)
 
