@@ -194,6 +194,7 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
 
     from training.fsep import FSEPGroups, apply_ep, apply_fsdp_ep, apply_fsep
     from training.fsep.deepspeed_ep import DeepSpeedEP, capacity, dropped_routes
+    from training.fsep.layer import slot_weights
     from training.moe import ReferenceMoE
 
     torch.set_num_threads(1)  # one core per rank
@@ -232,8 +233,8 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
     def phases(layer, tc):
         """Restore, token all-to-all (dispatch + combine) and compute, each fwd+bwd on its own."""
         def restore():
-            ex = layer.restore(layer.start_restore())
-            ex.backward(torch.ones_like(ex))
+            ws = [m for slot in layer.restore_weights(layer.start_restore()) for m in slot]
+            torch.autograd.backward(ws, [torch.ones_like(m) for m in ws])
 
         idx, w, _ = layer.router(x, tc)
         w = w.detach()
@@ -247,7 +248,8 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
         ex = layer.restore().detach().requires_grad_(True)
 
         def compute():
-            layer.compute(tokens.detach().requires_grad_(True), ex, plan).sum().backward()
+            ws = slot_weights(ex, layer.expert_parts())
+            layer.compute(tokens.detach().requires_grad_(True), ws, plan).sum().backward()
 
         fns = (("restore_s", restore), ("token_a2a_s", a2a), ("compute_s", compute))
         for _, fn in fns:  # first calls of a fresh autograd graph shape pay one-off costs

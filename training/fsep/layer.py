@@ -25,7 +25,7 @@ from torch import nn
 from training.fsep.comm import all_to_all_tokens
 from training.fsep.groups import FSEPGroups
 from training.fsep.permute import inverse_permutation, permute_rows
-from training.fsep.restore import PendingRestore, restore_experts, start_restore
+from training.fsep.restore import PendingRestore, restore_experts, restore_slot_weights, start_restore
 from training.moe.reference import ReferenceMoE, Router, swiglu
 from training.placement import Placement, split_row, split_row_by_weights
 
@@ -49,6 +49,13 @@ def _block_gather(src_start: np.ndarray, length: np.ndarray, total: int, device)
     shift = src_start - (np.cumsum(length) - length)  # [blocks] source minus output position of each block
     return torch.arange(total, device=device) + torch.repeat_interleave(
         torch.from_numpy(shift).to(device), torch.from_numpy(length).to(device), output_size=total)
+
+
+def slot_weights(experts: torch.Tensor, parts) -> list[tuple[torch.Tensor, ...]]:
+    """experts [C, P] -> per slot the matrices of `parts` (views). unbind/split rather than slicing: their backward is
+    one stack/cat, where every slice's backward would allocate and zero-fill a whole [C, P] gradient."""
+    sizes = [a * b for a, b in parts]
+    return [tuple(m.view(shape) for m, shape in zip(row.split(sizes), parts)) for row in experts.unbind(0)]
 
 
 def default_placement(num_devices: int, num_experts: int, slots_per_device: int) -> Placement:
@@ -151,6 +158,18 @@ class FSEPMoE(nn.Module):
         """[C, P] full experts of my slots (communicates: one all_to_all_single, and one in backward)."""
         return restore_experts(self.expert_shard, self._slots, self.num_elements, self.groups.ep, pending)
 
+    def expert_parts(self) -> tuple[tuple[int, int], ...]:
+        """Shapes of one expert's matrices in flat order: w1 [F, H], w3 [F, H], w2 [H, F]."""
+        f, h = self.ffn, self.hidden
+        return (f, h), (f, h), (h, f)
+
+    def restore_weights(self, pending: PendingRestore | None = None) -> list[tuple[torch.Tensor, ...]]:
+        """Per slot (w1, w3, w2) of my restored experts: what compute consumes (communicates as `restore`). Same
+        values as `restore`, whose backward would assemble and permute the [C, P] gradient; this one's writes each
+        matrix's gradient straight into the gradient all-to-all's send buffer."""
+        outs = restore_slot_weights(self.expert_shard, self._slots, self.expert_parts(), self.groups.ep, pending)
+        return [outs[i:i + 3] for i in range(0, len(outs), 3)]
+
     def dispatch(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, DispatchPlan]:
         """x [T, H], idx [T, k] -> received tokens [R, H] in (source, slot) blocks (communicates: counts, tokens).
 
@@ -185,21 +204,17 @@ class FSEPMoE(nn.Module):
                             np.tile(self._compute_slot, n).tolist())
         return recv, plan
 
-    def compute(self, tokens: torch.Tensor, experts: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
+    def compute(self, tokens: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], plan: DispatchPlan) -> torch.Tensor:
         """Run each (source, slot) block of received rows through its slot's expert (no communication).
-        tokens [R, H] in wire order, experts [C, P]; duplicates of an expert on this device all use the first copy
-        (same result; the duplicate's restored copy gets zero gradient, the shard gradient sums replicas anyway)."""
-        h, f = self.hidden, self.ffn
-        # unbind/split rather than slicing: their backward is one stack/cat, where every slice's backward would
-        # allocate and zero-fill a whole [C, P] gradient (measured at ~10% of the step).
-        weights = [row.split([f * h, f * h, h * f]) for row in experts.unbind(0)]
+        tokens [R, H] in wire order; weights[c] = (w1, w3, w2) of slot c (`restore_weights`, or `slot_weights` of a
+        [C, P] tensor). Duplicates of an expert on this device all use the first copy (same result; the duplicate's
+        restored copy gets zero gradient, the shard gradient sums replicas anyway)."""
         blocks = [(slot, chunk) for slot, chunk in zip(plan.block_slot, tokens.split(plan.block_sizes)) if len(chunk)]
         # With no rows at all, one empty block still ties the output to the experts, so every device runs the restore
         # backward (a collective) even when it received no tokens.
         outs = []
         for slot, chunk in blocks or [(plan.block_slot[0], tokens[:0])]:
-            w1, w3, w2 = weights[slot]
-            outs.append(swiglu(chunk, w1.view(f, h), w3.view(f, h), w2.view(h, f)))
+            outs.append(swiglu(chunk, *weights[slot]))
         return torch.cat(outs)
 
     def combine(self, out: torch.Tensor, plan: DispatchPlan, weights: torch.Tensor) -> torch.Tensor:
@@ -215,8 +230,8 @@ class FSEPMoE(nn.Module):
         pending = self.start_restore()  # overlaps routing and dispatch
         idx, w, aux = self.router(x, target_counts)
         tokens, plan = self.dispatch(x, idx)
-        experts = self.restore(pending)
-        y = self.combine(self.compute(tokens, experts, plan), plan, w)
+        weights = self.restore_weights(pending)
+        y = self.combine(self.compute(tokens, weights, plan), plan, w)
         return y.reshape(shape), aux
 
 
@@ -256,3 +271,6 @@ class EPMoE(FSEPMoE):
     def restore(self, pending=None):
         """No communication: my experts are stored whole."""
         return self.local_experts
+
+    def restore_weights(self, pending=None):
+        return slot_weights(self.local_experts, self.expert_parts())
