@@ -97,6 +97,7 @@ class BenchConfig:
     planner: str | None = None  # a training.planner registry name for (e); None or "greedy": greedy_placement above
     window: int = 0  # plan (e) from the sum of the previous `window` micro-batches of the layer; 0: from the sample's own
     sync_reps: int = 0  # repetitions of fsep_sync (the no-overlap diagnostic); 0: cfg.reps
+    max_block_rows: int | None = None  # rows per expert matmul in our layers (ep, fsdp_ep, fsep, balanced); None: whole
 
 
 def load_samples(cfg: BenchConfig) -> tuple[list[tuple[int, int]], np.ndarray]:
@@ -207,16 +208,16 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
     ref = ReferenceMoE(cfg.hidden, cfg.ffn, cfg.experts, cfg.top_k)
     x = torch.randn(cfg.ranks, cfg.tokens, cfg.hidden)[rank]
     g = torch.randn(cfg.tokens, cfg.hidden)
-    n, e, k, t = cfg.ranks, cfg.experts, cfg.top_k, cfg.tokens
+    n, e, k, t, mbr = cfg.ranks, cfg.experts, cfg.top_k, cfg.tokens, cfg.max_block_rows
     layers = {
         "ds_ep": DeepSpeedEP(ref, groups, drop_tokens=False),
         "ds_cap1": DeepSpeedEP(ref, groups, drop_tokens=True, capacity_factor=1.0),
-        "ep": apply_ep(ref, groups),
-        "fsdp_ep": apply_fsdp_ep(ref, groups, e // n),
-        "fsep": apply_fsep(ref, groups, cfg.slots, overlap_restore=cfg.overlap_restore),
-        "balanced": apply_fsep(ref, groups, cfg.slots, overlap_restore=cfg.overlap_restore),
+        "ep": apply_ep(ref, groups, max_block_rows=mbr),
+        "fsdp_ep": apply_fsdp_ep(ref, groups, e // n, max_block_rows=mbr),
+        "fsep": apply_fsep(ref, groups, cfg.slots, overlap_restore=cfg.overlap_restore, max_block_rows=mbr),
+        "balanced": apply_fsep(ref, groups, cfg.slots, overlap_restore=cfg.overlap_restore, max_block_rows=mbr),
         # (e) with the restore all-to-all not overlapped: what the forward overlap saves
-        "fsep_sync": apply_fsep(ref, groups, cfg.slots, overlap_restore=False),
+        "fsep_sync": apply_fsep(ref, groups, cfg.slots, overlap_restore=False, max_block_rows=mbr),
     }
     uniform = torch.full((e,), t * k // e, dtype=torch.int64)
     uniform[: t * k - int(uniform.sum())] += 1
@@ -408,6 +409,8 @@ def parse_args(argv=None) -> tuple[BenchConfig, Path, bool]:
     p.add_argument("--microbatch", type=int, default=0)
     p.add_argument("--no-overlap", action="store_true", help="restore all-to-all not overlapped with routing/dispatch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-block-rows", type=int, default=1024,
+                   help="rows per expert matmul in ep/fsdp_ep/fsep/balanced (a CPU cache tile; 0: whole blocks)")
     p.add_argument("--planner", default="laer_plus",
                    help="training.planner registry name for (e) (e.g. laer, laer_plus), or greedy (the bench's own)")
     p.add_argument("--window", type=int, default=4,
@@ -436,7 +439,7 @@ def parse_args(argv=None) -> tuple[BenchConfig, Path, bool]:
         p.error(f"--ranks * --slots = {a.ranks * a.slots} < --experts {a.experts}")
     cfg = BenchConfig(a.tokens, a.hidden, a.ffn, a.experts, a.top_k, a.ranks, a.slots, a.samples, a.reps,
                       a.ds_dropless_reps, a.warmup, str(trace), a.microbatch, not a.no_overlap, a.seed, a.planner,
-                      a.window, a.sync_reps)
+                      a.window, a.sync_reps, a.max_block_rows or None)
     return cfg, Path(a.out_dir), a.system_malloc
 
 

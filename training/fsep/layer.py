@@ -71,7 +71,7 @@ class FSEPMoE(nn.Module):
 
     def __init__(self, hidden: int, ffn: int, num_experts: int, top_k: int, slots_per_device: int,
                  groups: FSEPGroups, placement: Placement | None = None, overlap_restore: bool = True,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, max_block_rows: int | None = None):
         super().__init__()
         n = groups.size
         if n * slots_per_device < num_experts:
@@ -79,6 +79,11 @@ class FSEPMoE(nn.Module):
                              f"{num_experts} experts; raise slots_per_device to at least {-(-num_experts // n)}")
         self.hidden, self.ffn, self.num_experts, self.top_k = hidden, ffn, num_experts, top_k
         self.slots_per_device, self.groups, self.overlap_restore = slots_per_device, groups, overlap_restore
+        if max_block_rows is not None and max_block_rows < 1:
+            raise ValueError(f"max_block_rows must be a positive row count or None, got {max_block_rows}")
+        # Rows per expert matmul at most (None: a whole block at once). A tile size: on a CPU a block's [rows, F]
+        # intermediates stay in cache for the element-wise SwiGLU ops when rows are few; same result either way.
+        self.max_block_rows = max_block_rows
         self.num_elements = 3 * ffn * hidden  # P
         self.router = Router(hidden, num_experts, top_k).to(device)
         self._init_expert_storage(device)
@@ -210,6 +215,8 @@ class FSEPMoE(nn.Module):
         [C, P] tensor). Duplicates of an expert on this device all use the first copy (same result; the duplicate's
         restored copy gets zero gradient, the shard gradient sums replicas anyway)."""
         blocks = [(slot, chunk) for slot, chunk in zip(plan.block_slot, tokens.split(plan.block_sizes)) if len(chunk)]
+        if self.max_block_rows is not None:
+            blocks = [(slot, piece) for slot, chunk in blocks for piece in chunk.split(self.max_block_rows)]
         # With no rows at all, one empty block still ties the output to the experts, so every device runs the restore
         # backward (a collective) even when it received no tokens.
         outs = []
@@ -239,13 +246,13 @@ class EPMoE(FSEPMoE):
     """Expert parallel without padding (Megatron-style dropless): device d permanently holds experts
     d*E/N .. (d+1)*E/N - 1 whole, so restore needs no communication; dispatch/compute/combine are FSEPMoE's."""
 
-    def __init__(self, hidden, ffn, num_experts, top_k, groups: FSEPGroups, device=None):
+    def __init__(self, hidden, ffn, num_experts, top_k, groups: FSEPGroups, device=None, max_block_rows=None):
         n = groups.size
         if num_experts % n:
             raise ValueError(f"EP needs num_experts divisible by N, got E={num_experts}, N={n}")
         slots = np.arange(num_experts).reshape(n, -1)
         super().__init__(hidden, ffn, num_experts, top_k, num_experts // n, groups, Placement(slots, num_experts),
-                         overlap_restore=False, device=device)
+                         overlap_restore=False, device=device, max_block_rows=max_block_rows)
 
     def _init_expert_storage(self, device):
         c = self.num_experts // self.groups.size
