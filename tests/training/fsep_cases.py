@@ -197,6 +197,18 @@ def case_no_overlap_same_result(rank, n):
     compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, overlap_restore=False), ref, x, g, rank)
 
 
+def case_max_block_rows_same_result(rank, n):
+    """Blocks cut into matmuls of at most 3 rows (and a duplicate expert on a device) give the same outputs and
+    gradients; EP with the same tile too."""
+    rng = np.random.default_rng(29)
+    e, c, k = n + 1, 3, 2
+    ref, x, g = setup(n, e, k, seed=700)
+    placement = random_placement(rng, n, e, c, twice_on_one=True)
+    compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, placement, max_block_rows=3), ref, x, g, rank)
+    ref, x, g = setup(n, 2 * n, k, seed=701)
+    compare(apply_ep(ref, FSEPGroups(dist.group.WORLD), max_block_rows=3), ref, x, g, rank)
+
+
 def case_baselines_ep_and_fsdp_ep(rank, n):
     e, k = 2 * n, 2
     ref, x, g = setup(n, e, k, seed=700)

@@ -12,22 +12,24 @@ from training.placement import Placement, fsdp_ep_placement
 
 
 def apply_fsep(ref: ReferenceMoE, groups: FSEPGroups, slots_per_device: int, placement: Placement | None = None,
-               overlap_restore: bool = True, device=None) -> FSEPMoE:
+               overlap_restore: bool = True, device=None, max_block_rows: int | None = None) -> FSEPMoE:
     """FSEPMoE holding this device's pieces of `ref`'s experts (ref must be identical on every device)."""
     layer = FSEPMoE(ref.hidden, ref.ffn, ref.num_experts, ref.top_k, slots_per_device, groups, placement,
-                    overlap_restore=overlap_restore, device=device)
+                    overlap_restore=overlap_restore, device=device, max_block_rows=max_block_rows)
     return layer.load_reference(ref)
 
 
-def apply_fsdp_ep(ref: ReferenceMoE, groups: FSEPGroups, slots_per_device: int, device=None) -> FSEPMoE:
+def apply_fsdp_ep(ref: ReferenceMoE, groups: FSEPGroups, slots_per_device: int, device=None,
+                  max_block_rows: int | None = None) -> FSEPMoE:
     """The LAER-MoE paper's static baseline: FSEP storage with the fixed FSDP+EP layout, never re-laid out."""
     placement = fsdp_ep_placement(groups.size, ref.num_experts, slots_per_device)
-    return apply_fsep(ref, groups, slots_per_device, placement, device=device)
+    return apply_fsep(ref, groups, slots_per_device, placement, device=device, max_block_rows=max_block_rows)
 
 
-def apply_ep(ref: ReferenceMoE, groups: FSEPGroups, device=None) -> EPMoE:
+def apply_ep(ref: ReferenceMoE, groups: FSEPGroups, device=None, max_block_rows: int | None = None) -> EPMoE:
     """Expert parallel without padding: whole experts E/N per device, exactly the routed tokens computed."""
-    return EPMoE(ref.hidden, ref.ffn, ref.num_experts, ref.top_k, groups, device=device).load_reference(ref)
+    return EPMoE(ref.hidden, ref.ffn, ref.num_experts, ref.top_k, groups, device=device,
+                 max_block_rows=max_block_rows).load_reference(ref)
 
 
 @torch.no_grad()

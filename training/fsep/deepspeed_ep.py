@@ -3,6 +3,8 @@
 Notation: T tokens on this device, E experts, k routes per token, H hidden, F expert FFN size.
 DeepSpeed pads every expert's buffer to one capacity: dropless mode (drop_tokens=False) uses the largest expert count
 over the EP group, capacity mode uses ceil(k*T/E * capacity_factor) and drops the routes beyond it.
+DeepSpeed 0.19.8 dispatches by index (its sparse-route path: `_sparse_encode` / `_sparse_decode`), not with the dense
+[T, E, capacity] one-hot einsum of older releases, so its capacity-mode dispatch costs O(T*k*H), not O(T^2*k*H).
 deepspeed is imported only when this baseline is built, so `import training` does not need it.
 """
 

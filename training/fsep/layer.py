@@ -9,7 +9,7 @@ Phases of one forward, as in Megatron's dispatcher; only restore, dispatch and c
             all-to-all + sum over replicas into the shard gradient, one autograd op in restore.py)
   route     router / trace-replay gate (no communication)
   dispatch  per-slot counts from the routing rule, count exchange and token all_to_all_single with uneven splits
-  compute   each slot's SwiGLU expert on the tokens it received (no communication)
+  compute   each slot's SwiGLU expert on the tokens it received, block by (source, slot) block (no communication)
   combine   token all_to_all_single back, weighted sum of each token's k results (communication only in the a2a)
 """
 
@@ -24,7 +24,8 @@ from torch import nn
 
 from training.fsep.comm import all_to_all_tokens
 from training.fsep.groups import FSEPGroups
-from training.fsep.restore import PendingRestore, restore_experts, start_restore
+from training.fsep.permute import inverse_permutation, permute_rows
+from training.fsep.restore import PendingRestore, restore_experts, restore_slot_weights, start_restore
 from training.moe.reference import ReferenceMoE, Router, swiglu
 from training.placement import Placement, split_row, split_row_by_weights
 
@@ -34,10 +35,27 @@ class DispatchPlan:
     """What combine needs to undo dispatch (one forward's bookkeeping, not layer state)."""
 
     send_order: torch.Tensor  # [T*k] route ids in send order (by destination device, then slot)
+    send_inv: torch.Tensor  # [T*k] inverse of send_order: position of each route in the send buffer
     send_splits: list[int]  # [N] routes sent to each device
     recv_splits: list[int]  # [N] routes received from each device
-    slot_perm: torch.Tensor  # [R] received rows regrouped by computing slot (source-major on the wire)
-    slot_sizes: list[int]  # [C] routes each of my slots computes (0 for a duplicate merged into its first copy)
+    block_sizes: list[int]  # [N*C] received rows per (source, slot) block, in wire order (source-major)
+    block_slot: list[int]  # [N*C] the slot whose restored expert computes each block (a duplicate's first copy)
+
+
+def _block_gather(src_start: np.ndarray, length: np.ndarray, total: int, device) -> torch.Tensor:
+    """Index that lays blocks out back to back: output block b (length[b] rows, in the given order) reads the source
+    rows src_start[b] .. src_start[b] + length[b] - 1. Built from per-block offsets on the host (small) and one
+    repeat_interleave on the device."""
+    shift = src_start - (np.cumsum(length) - length)  # [blocks] source minus output position of each block
+    return torch.arange(total, device=device) + torch.repeat_interleave(
+        torch.from_numpy(shift).to(device), torch.from_numpy(length).to(device), output_size=total)
+
+
+def slot_weights(experts: torch.Tensor, parts) -> list[tuple[torch.Tensor, ...]]:
+    """experts [C, P] -> per slot the matrices of `parts` (views). unbind/split rather than slicing: their backward is
+    one stack/cat, where every slice's backward would allocate and zero-fill a whole [C, P] gradient."""
+    sizes = [a * b for a, b in parts]
+    return [tuple(m.view(shape) for m, shape in zip(row.split(sizes), parts)) for row in experts.unbind(0)]
 
 
 def default_placement(num_devices: int, num_experts: int, slots_per_device: int) -> Placement:
@@ -53,7 +71,7 @@ class FSEPMoE(nn.Module):
 
     def __init__(self, hidden: int, ffn: int, num_experts: int, top_k: int, slots_per_device: int,
                  groups: FSEPGroups, placement: Placement | None = None, overlap_restore: bool = True,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, max_block_rows: int | None = None):
         super().__init__()
         n = groups.size
         if n * slots_per_device < num_experts:
@@ -61,6 +79,11 @@ class FSEPMoE(nn.Module):
                              f"{num_experts} experts; raise slots_per_device to at least {-(-num_experts // n)}")
         self.hidden, self.ffn, self.num_experts, self.top_k = hidden, ffn, num_experts, top_k
         self.slots_per_device, self.groups, self.overlap_restore = slots_per_device, groups, overlap_restore
+        if max_block_rows is not None and max_block_rows < 1:
+            raise ValueError(f"max_block_rows must be a positive row count or None, got {max_block_rows}")
+        # Rows per expert matmul at most (None: a whole block at once). A tile size: on a CPU a block's [rows, F]
+        # intermediates stay in cache for the element-wise SwiGLU ops when rows are few; same result either way.
+        self.max_block_rows = max_block_rows
         self.num_elements = 3 * ffn * hidden  # P
         self.router = Router(hidden, num_experts, top_k).to(device)
         self._init_expert_storage(device)
@@ -122,7 +145,7 @@ class FSEPMoE(nn.Module):
         # the first copy's weights (same result, larger matmul; the duplicate's restored copy gets zero gradient,
         # and the shard gradient sums over replicas either way).
         mine = placement.slots[self.groups.rank]
-        self._compute_slot = torch.tensor([int(np.flatnonzero(mine == j)[0]) for j in mine])  # [C]
+        self._compute_slot = np.array([int(np.flatnonzero(mine == j)[0]) for j in mine], dtype=np.int64)  # [C]
 
     def slot_counts(self, expert_counts: np.ndarray) -> np.ndarray:
         """[N, C] routes this device sends to each slot, from its own [E] expert counts (its row of the rule)."""
@@ -140,54 +163,71 @@ class FSEPMoE(nn.Module):
         """[C, P] full experts of my slots (communicates: one all_to_all_single, and one in backward)."""
         return restore_experts(self.expert_shard, self._slots, self.num_elements, self.groups.ep, pending)
 
-    def dispatch(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, DispatchPlan]:
-        """x [T, H], idx [T, k] -> received tokens [R, H] grouped by slot (communicates: counts and tokens).
+    def expert_parts(self) -> tuple[tuple[int, int], ...]:
+        """Shapes of one expert's matrices in flat order: w1 [F, H], w3 [F, H], w2 [H, F]."""
+        f, h = self.ffn, self.hidden
+        return (f, h), (f, h), (h, f)
 
-        1. Count routes per expert and split them over slots by the routing rule (own row only).
-        2. Routes sorted by expert take the slot sequence of that expert's replicas in order; sort by slot to send.
+    def restore_weights(self, pending: PendingRestore | None = None) -> list[tuple[torch.Tensor, ...]]:
+        """Per slot (w1, w3, w2) of my restored experts: what compute consumes (communicates as `restore`). Same
+        values as `restore`, whose backward would assemble and permute the [C, P] gradient; this one's writes each
+        matrix's gradient straight into the gradient all-to-all's send buffer."""
+        outs = restore_slot_weights(self.expert_shard, self._slots, self.expert_parts(), self.groups.ep, pending)
+        return [outs[i:i + 3] for i in range(0, len(outs), 3)]
+
+    def dispatch(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, DispatchPlan]:
+        """x [T, H], idx [T, k] -> received tokens [R, H] in (source, slot) blocks (communicates: counts, tokens).
+
+        1. Count routes per expert on the device; only these E numbers come to the host (the split sizes the
+           all-to-all needs), and the routing rule splits them over slots (own row only).
+        2. Routes sorted by expert take the slot sequence of that expert's replicas in order: a run of per_slot[s]
+           routes per slot s. Sending by slot reorders whole runs, so the send order is the expert sort shifted by
+           one offset per run (no second sort, no [T*k] host round trip).
         3. Exchange per-slot counts, then the tokens (uneven all_to_all_single).
-        4. Regroup received rows by slot (duplicates of an expert on this device merged) so each runs one matmul."""
-        n, c = self.groups.size, self.slots_per_device
+        Received rows stay in wire order, (source, slot) blocks: compute runs each block in place, so neither
+        direction needs a regrouping copy."""
+        n, c, k = self.groups.size, self.slots_per_device, self.top_k
+        dev = x.device
         experts = idx.reshape(-1)  # [T*k]
-        counts = np.bincount(experts.cpu().numpy(), minlength=self.num_experts)  # Step 1
+        routes = experts.numel()
+        counts = torch.bincount(experts, minlength=self.num_experts).cpu().numpy()  # Step 1
         per_slot = self.slot_counts(counts)  # [N, C]
+        flat = per_slot.ravel()
         by_expert = torch.argsort(experts, stable=True)  # Step 2
-        slot_seq = np.repeat(self._slots_by_expert, per_slot.ravel()[self._slots_by_expert])
-        route_slot = torch.empty_like(experts)
-        route_slot[by_expert] = torch.from_numpy(slot_seq).to(experts.device)
-        send_order = torch.argsort(route_slot, stable=True)
-        recv_counts = torch.empty(n, c, dtype=torch.int64, device=x.device)  # Step 3
-        dist.all_to_all_single(recv_counts, torch.from_numpy(per_slot).to(x.device), group=self.groups.ep)
-        recv_counts = recv_counts.cpu()
+        run_len = flat[self._slots_by_expert]
+        run_start = np.empty_like(flat)
+        run_start[self._slots_by_expert] = np.cumsum(run_len) - run_len  # where slot s's run sits in by_expert
+        send_order = by_expert.index_select(0, _block_gather(run_start, flat, routes, dev))
+        send_inv = inverse_permutation(send_order)
+        recv_counts = torch.empty(n, c, dtype=torch.int64, device=dev)  # Step 3
+        dist.all_to_all_single(recv_counts, torch.from_numpy(per_slot).to(dev), group=self.groups.ep)
+        recv_counts = recv_counts.cpu().numpy()
         send_splits = per_slot.sum(1).tolist()
         recv_splits = recv_counts.sum(1).tolist()
-        tokens = x.index_select(0, send_order // self.top_k)
-        recv = all_to_all_tokens(tokens, recv_splits, send_splits, self.groups.ep)
-        row_slot = torch.repeat_interleave(self._compute_slot.repeat(n), recv_counts.reshape(-1))  # Step 4
-        slot_perm = torch.argsort(row_slot, stable=True).to(x.device)
-        sizes = torch.zeros(c, dtype=torch.int64).index_add_(0, self._compute_slot, recv_counts.sum(0))
-        plan = DispatchPlan(send_order, send_splits, recv_splits, slot_perm, sizes.tolist())
-        return recv.index_select(0, slot_perm), plan
+        recv = all_to_all_tokens(permute_rows(x, send_order, send_inv, k), recv_splits, send_splits, self.groups.ep)
+        plan = DispatchPlan(send_order, send_inv, send_splits, recv_splits, recv_counts.ravel().tolist(),
+                            np.tile(self._compute_slot, n).tolist())
+        return recv, plan
 
-    def compute(self, tokens: torch.Tensor, experts: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
-        """Run slot c's expert on its rows (no communication). tokens [R, H] slot-major, experts [C, P]."""
-        h, f = self.hidden, self.ffn
-        # unbind/split rather than slicing: their backward is one stack/cat, where every slice's backward would
-        # allocate and zero-fill a whole [C, P] gradient (measured at ~10% of the step).
+    def compute(self, tokens: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], plan: DispatchPlan) -> torch.Tensor:
+        """Run each (source, slot) block of received rows through its slot's expert (no communication).
+        tokens [R, H] in wire order; weights[c] = (w1, w3, w2) of slot c (`restore_weights`, or `slot_weights` of a
+        [C, P] tensor). Duplicates of an expert on this device all use the first copy (same result; the duplicate's
+        restored copy gets zero gradient, the shard gradient sums replicas anyway)."""
+        blocks = [(slot, chunk) for slot, chunk in zip(plan.block_slot, tokens.split(plan.block_sizes)) if len(chunk)]
+        if self.max_block_rows is not None:
+            blocks = [(slot, piece) for slot, chunk in blocks for piece in chunk.split(self.max_block_rows)]
+        # With no rows at all, one empty block still ties the output to the experts, so every device runs the restore
+        # backward (a collective) even when it received no tokens.
         outs = []
-        for row, chunk in zip(experts.unbind(0), tokens.split(plan.slot_sizes)):
-            w1, w3, w2 = row.split([f * h, f * h, h * f])
-            outs.append(swiglu(chunk, w1.view(f, h), w3.view(f, h), w2.view(h, f)))
+        for slot, chunk in blocks or [(plan.block_slot[0], tokens[:0])]:
+            outs.append(swiglu(chunk, *weights[slot]))
         return torch.cat(outs)
 
     def combine(self, out: torch.Tensor, plan: DispatchPlan, weights: torch.Tensor) -> torch.Tensor:
         """Send results back and weight each token's k results (communicates: one uneven all_to_all_single)."""
-        back = torch.empty_like(plan.slot_perm)
-        back[plan.slot_perm] = torch.arange(plan.slot_perm.numel(), device=back.device)
-        out = all_to_all_tokens(out.index_select(0, back), plan.send_splits, plan.recv_splits, self.groups.ep)
-        inv = torch.empty_like(plan.send_order)
-        inv[plan.send_order] = torch.arange(plan.send_order.numel(), device=inv.device)
-        routed = out.index_select(0, inv).view(-1, self.top_k, self.hidden)  # [T, k, H] in route order
+        back = all_to_all_tokens(out, plan.send_splits, plan.recv_splits, self.groups.ep)  # in send order
+        routed = permute_rows(back, plan.send_inv, plan.send_order).view(-1, self.top_k, self.hidden)  # [T, k, H]
         return (routed * weights.unsqueeze(-1)).sum(1)
 
     def forward(self, x: torch.Tensor, target_counts: torch.Tensor | None = None):
@@ -197,8 +237,8 @@ class FSEPMoE(nn.Module):
         pending = self.start_restore()  # overlaps routing and dispatch
         idx, w, aux = self.router(x, target_counts)
         tokens, plan = self.dispatch(x, idx)
-        experts = self.restore(pending)
-        y = self.combine(self.compute(tokens, experts, plan), plan, w)
+        weights = self.restore_weights(pending)
+        y = self.combine(self.compute(tokens, weights, plan), plan, w)
         return y.reshape(shape), aux
 
 
@@ -206,13 +246,13 @@ class EPMoE(FSEPMoE):
     """Expert parallel without padding (Megatron-style dropless): device d permanently holds experts
     d*E/N .. (d+1)*E/N - 1 whole, so restore needs no communication; dispatch/compute/combine are FSEPMoE's."""
 
-    def __init__(self, hidden, ffn, num_experts, top_k, groups: FSEPGroups, device=None):
+    def __init__(self, hidden, ffn, num_experts, top_k, groups: FSEPGroups, device=None, max_block_rows=None):
         n = groups.size
         if num_experts % n:
             raise ValueError(f"EP needs num_experts divisible by N, got E={num_experts}, N={n}")
         slots = np.arange(num_experts).reshape(n, -1)
         super().__init__(hidden, ffn, num_experts, top_k, num_experts // n, groups, Placement(slots, num_experts),
-                         overlap_restore=False, device=device)
+                         overlap_restore=False, device=device, max_block_rows=max_block_rows)
 
     def _init_expert_storage(self, device):
         c = self.num_experts // self.groups.size
@@ -238,3 +278,6 @@ class EPMoE(FSEPMoE):
     def restore(self, pending=None):
         """No communication: my experts are stored whole."""
         return self.local_experts
+
+    def restore_weights(self, pending=None):
+        return slot_weights(self.local_experts, self.expert_parts())

@@ -70,3 +70,70 @@ class RestoreExperts(torch.autograd.Function):
 
 def restore_experts(shard, slots, num_elements, group, pending=None) -> torch.Tensor:
     return RestoreExperts.apply(shard, slots, num_elements, group, pending)
+
+
+class RestoreSlotWeights(torch.autograd.Function):
+    """The restore as the compute consumes it: forward as RestoreExperts, but returning every slot's weight matrices
+    (views of the [C, P] buffer, `parts` shapes in flat order, e.g. w1 [F, H], w3 [F, H], w2 [H, F]); slot-major,
+    len(parts) outputs per slot.
+
+    Backward writes each matrix's gradient straight into the [N, C, S] send layout of the gradient all-to-all: one
+    copy, where gradients of RestoreExperts' [C, P] output would be assembled by the split/unbind backward (two copies)
+    and then permuted into that layout (a third). Then as RestoreExperts: all-to-all, sum over replicas."""
+
+    @staticmethod
+    def forward(ctx, shard, slots, parts: tuple, group, pending: PendingRestore | None):
+        n, c = slots.shape
+        num_elements = sum(a * b for a, b in parts)
+        if pending is None:
+            pending = start_restore(shard, slots, group)
+        pending.work.wait()
+        ctx.save_for_backward(slots)
+        ctx.num_experts, ctx.num_elements, ctx.parts, ctx.group = shard.shape[0], num_elements, parts, group
+        ctx.dtype, ctx.device = shard.dtype, shard.device
+        ctx.set_materialize_grads(False)  # an unused slot (a merged duplicate) gets None, written as zeros below
+        full = pending.recv.permute(1, 0, 2).reshape(c, -1)  # [C, N*S]
+        outs = []
+        for row in full.unbind(0):
+            off = 0
+            for a, b in parts:
+                outs.append(row[off:off + a * b].view(a, b))
+                off += a * b
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        (slots,) = ctx.saved_tensors
+        n, c = slots.shape
+        width = -(-ctx.num_elements // n)
+        send = torch.empty(n, c, width, dtype=ctx.dtype, device=ctx.device)  # piece d of every slot goes to device d
+        it = iter(grads)
+        for slot in range(c):
+            off = 0
+            for a, b in ctx.parts:
+                g = next(it)
+                _write_pieces(send[:, slot], off, None if g is None else g.reshape(-1), a * b)
+                off += a * b
+            _write_pieces(send[:, slot], off, None, n * width - off)  # padding
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=ctx.group)
+        g = send.new_zeros(ctx.num_experts, width)
+        g.index_add_(0, slots.reshape(-1), recv.view(n * c, width))
+        return g, None, None, None, None
+
+
+def _write_pieces(dst: torch.Tensor, offset: int, flat: torch.Tensor | None, length: int) -> None:
+    """Write flat elements offset .. offset+length-1 of one slot's padded expert (zeros when flat is None) into dst
+    [N, S], that slot's N pieces."""
+    width = dst.shape[1]
+    for d in range(offset // width, (offset + length - 1) // width + 1) if length > 0 else ():
+        lo, hi = max(offset, d * width), min(offset + length, (d + 1) * width)
+        piece = dst[d, lo - d * width:hi - d * width]
+        if flat is None:
+            piece.zero_()
+        else:
+            piece.copy_(flat[lo - offset:hi - offset])
+
+
+def restore_slot_weights(shard, slots, parts, group, pending=None) -> tuple[torch.Tensor, ...]:
+    return RestoreSlotWeights.apply(shard, slots, tuple(parts), group, pending)
