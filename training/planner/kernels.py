@@ -21,6 +21,19 @@ compiled = njit(cache=True, nogil=True)
 
 
 @compiled
+def max_load_per_replica(w: np.ndarray, r: np.ndarray) -> int:
+    """argmax_j w_j / r_j, ties to the lower id (as np.argmax and a heap of (-w_j / r_j, j) both give)."""
+    j = 0
+    best = w[0] / r[0]
+    for q in range(1, w.size):
+        v = w[q] / r[q]
+        if v > best:
+            best = v
+            j = q
+    return j
+
+
+@compiled
 def priority_counts(w: np.ndarray, total: int, k: int) -> np.ndarray:
     """`lpt.priority_replicas` (the paper's priority queue): a linear scan replaces the heap; the max of load per
     replica with ties to the lower expert id is what the heap of (-w_j / r_j, j) pops."""
@@ -29,13 +42,7 @@ def priority_counts(w: np.ndarray, total: int, k: int) -> np.ndarray:
     r = np.full(e, start, dtype=np.int64)
     left = total - start * e
     while left > 0:
-        j = 0
-        best = w[0] / r[0]
-        for q in range(1, e):
-            v = w[q] / r[q]
-            if v > best:
-                best = v
-                j = q
+        j = max_load_per_replica(w, r)
         step = k if r[j] >= k else 1
         if step > left:
             step = left
@@ -48,16 +55,8 @@ def priority_counts(w: np.ndarray, total: int, k: int) -> np.ndarray:
 def greedy_increments(w: np.ndarray, r: np.ndarray, extra: int) -> np.ndarray:
     """`extra` times: one more replica to the expert with the highest w_j / r_j (ties: lower id, as np.argmax).
     The greedy step of `bound.waterfill_replicas` and `eplb.replicate`; r is updated in place and returned."""
-    e = w.size
     for _ in range(extra):
-        j = 0
-        best = w[0] / r[0]
-        for q in range(1, e):
-            v = w[q] / r[q]
-            if v > best:
-                best = v
-                j = q
-        r[j] += 1
+        r[max_load_per_replica(w, r)] += 1
     return r
 
 
