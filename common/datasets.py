@@ -311,8 +311,12 @@ class DownloadInterrupted(OSError):
 
 def _one_line(exc: BaseException) -> str:
     """An exception as one short line (urllib nests the reason; some carry newlines)."""
-    reason = getattr(exc, "reason", None)
-    text = str(reason if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError) else exc)
+    if isinstance(exc, urllib.error.HTTPError):
+        text = f"HTTP {exc.code} {exc.reason} for {exc.url}"
+    elif isinstance(exc, urllib.error.URLError):
+        text = str(exc.reason)
+    else:
+        text = str(exc)
     return " ".join((text or type(exc).__name__).split())
 
 

@@ -11,11 +11,17 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
+from common.datapaths import Fallback
+
 
 @dataclass
 class PathsConfig:
     # Where the real traces live. null: $LOADWISE_DATA_DIR, else ../shared/data beside the checkout, else ./data.
     data_dir: Optional[str] = None
+    # When a data file is missing: none (stop and say how to get it), download (fetch the public original, else
+    # stop) or synthetic (fetch it, else run on a synthetic stand-in with a loud warning). null: each experiment's
+    # own choice (quickstart: synthetic; the paper studies: download).
+    fallback: Optional[Fallback] = None
     # Profile loaded by the `local_cpu` cluster preset and the cost models (null: common/profiles/local_cpu.json).
     profile: Optional[str] = None
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common.datapaths import data_file, resolve_data_dir
+from common.datapaths import Fallback, ensure_files, locate_data_dir
 from common.stats import fit_request_types, imbalance, type_rates
 from common.traces import ExpertLoadTrace, RequestTrace, load_azure_trace, load_expert_trace, load_mooncake_trace
 
@@ -51,12 +51,14 @@ def load_requests(path: Path) -> RequestTrace:
 def run(cfg, out_dir: str | Path) -> dict:
     q = cfg.quickstart
     out_dir = Path(out_dir)
-    data_dir = resolve_data_dir(cfg.paths.data_dir, os.environ)
+    # A fresh clone without data still runs: on fetched files, else on synthetic stand-ins (a warning says so).
+    files = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [q.expert_trace, q.request_trace],
+                         cfg.paths.fallback or Fallback.synthetic, synthetic_dir=out_dir / "synthetic_data", seed=q.seed)
     steps = tqdm(total=5, desc="quickstart", unit="step")
 
     # 1. Expert load.
     steps.set_postfix_str("loading expert trace")
-    expert = load_expert_trace(data_file(data_dir, q.expert_trace))
+    expert = load_expert_trace(files.path(q.expert_trace))
     steps.update()
     steps.set_postfix_str("expert statistics")
     imb = expert_imbalance(expert)  # [I, L]
@@ -65,7 +67,7 @@ def run(cfg, out_dir: str | Path) -> dict:
 
     # 2. Requests.
     steps.set_postfix_str("loading request trace")
-    req = load_requests(data_file(data_dir, q.request_trace))
+    req = load_requests(files.path(q.request_trace))
     steps.update()
     steps.set_postfix_str("request types")
     types = fit_request_types(req.input_tokens, req.output_tokens, k=q.num_request_types, seed=q.seed)
@@ -84,7 +86,10 @@ def run(cfg, out_dir: str | Path) -> dict:
     _print_expert(expert, imb, dev)
     _print_requests(req, types, counts, rates, q.interval_s)
     print(f"\nwrote CSV and PNG to {out_dir}")
+    print(f"data: {files.describe()}")
     return {
+        "data_source": files.source.value,
+        "data": files.summary(),
         "expert_trace": expert.source,
         "num_iterations": expert.num_iterations,
         "num_layers": expert.num_layers,

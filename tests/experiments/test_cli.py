@@ -30,7 +30,8 @@ def test_sweep_runs_every_point(tmp_path):
 
 
 def test_missing_data_is_one_clear_line(tmp_path):
-    out = _cli([f"paths.data_dir={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    out = _cli([f"paths.data_dir={tmp_path / 'nowhere'}", "paths.fallback=none", f"hydra.run.dir={tmp_path / 'run'}"],
+               tmp_path)
     assert out.returncode == 1
     assert "error:" in out.stderr and "nowhere" in out.stderr and "make data" in out.stderr
     assert "Traceback" not in out.stderr
