@@ -1,4 +1,4 @@
-"""Data manifest, verification, download (from a local file:// mirror and a local HTTP server) and the SmartMoE raw-log converter."""
+"""Data manifest, verification, downloads (file:// mirror and a local HTTP server), the SmartMoE raw-log converter."""
 
 from __future__ import annotations
 
