@@ -15,6 +15,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.datasets import ConvertedTrace, DataFile
 
 ENV_VAR = "LOADWISE_DATA_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -167,8 +171,8 @@ def ensure_files(
     fallback: Fallback = Fallback.none,
     synthetic_dir: str | Path | None = None,
     seed: int = 0,
-    manifest=None,
-    smartmoe=None,
+    manifest: Iterable[DataFile] | None = None,
+    smartmoe: ConvertedTrace | None = None,
     base: str | None = None,
     timeout_s: float = FETCH_TIMEOUT_S,
 ) -> DataFiles:
@@ -183,6 +187,8 @@ def ensure_files(
        <repo>/data/synthetic), the real ones present are linked beside them, and a warning says loudly that the run
        is synthetic, which files are missing and how to get them. A file with no stand-in is an error.
     """
+    # Imported here: experiments/config.py imports this module for Fallback, and building a config must not load
+    # numpy and the trace readers.
     from common import datasets
 
     data_dir = _as_data_dir(data_dir)
