@@ -216,6 +216,7 @@ def ensure_files(
         if (data_dir.path / n).is_file():
             sources[n] = Source.downloaded
     missing = [n for n in missing if n not in sources]
+    sources = {n: sources[n] for n in names if n in sources}  # in the order asked for
     fetch_note = f" (fetching failed: {problems[0]})" if problems else " (no public original to fetch)"
     fetch_line = f"fetching failed: {problems[0]}" if problems else "no public original to fetch"
     if not missing:
@@ -236,6 +237,7 @@ def ensure_files(
     for n in missing:
         synthetic.write_stand_in(root, n, seed)
         sources[n] = Source.synthetic
+    sources = {n: sources[n] for n in names}
     for n, s in sources.items():
         if s is not Source.synthetic and not Path(n).is_absolute():  # an absolute name resolves under any root
             _link(data_dir.path / n, root / n)
