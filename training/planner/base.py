@@ -114,11 +114,14 @@ class Planner(ABC):
 
     def expected_scores(self, loads: np.ndarray, layouts: list[np.ndarray]) -> list[Estimate]:
         """`expected_score` of several placements [N, C], in one compiled call."""
-        traffic, spread = fsep_expected(loads, np.stack(layouts), loads.shape[1], self.g)
+        return [Estimate(*x) for x in zip(*self.expected_arrays(loads, np.stack(layouts)))]
+
+    def expected_arrays(self, loads: np.ndarray, layouts: np.ndarray) -> tuple[list, np.ndarray, list]:
+        """`expected_scores` of placements layouts [T, N, C] as (objectives [T], tokens [T, N], margins [T])."""
+        traffic, spread = fsep_expected(loads, layouts, loads.shape[1], self.g)
         objs = self.objective.objectives(*traffic)
-        tokens = traffic.device_tokens
         margins = self.objective.expected_margin(spread, self.n, self.c, objs)
-        return [Estimate(*x) for x in zip(objs.tolist(), tokens, margins.tolist())]
+        return objs.tolist(), traffic.device_tokens, margins.tolist()
 
     def fsep_plan(self, loads: np.ndarray, slots: np.ndarray, score: tuple | None = None) -> Plan:
         """A Plan that routes with the FSEP rule on the given placement."""

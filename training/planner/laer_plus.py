@@ -19,7 +19,7 @@ from functools import cache
 import numpy as np
 
 from training.placement import Placement, fsdp_ep_placement
-from training.planner.base import Plan, Planner
+from training.planner.base import Estimate, Plan, Planner
 from training.planner.bound import waterfill_replicas
 from training.planner.eplb import eplb_placement
 from training.planner.laer import laer_counts, place_counts
@@ -162,7 +162,10 @@ class LaerPlus(Planner):
         if hi == lo:
             return None
         counts = np.bincount(slots.ravel(), minlength=e)
-        trials = []
+        # trials[0] is the current layout, trials[1:t] the changed copies.
+        trials = np.empty((1 + 2 * self.c * self.c, *slots.shape), dtype=np.int64)
+        trials[:] = slots
+        t = 1
         tried = set()
         for a in range(self.c):
             for b in range(self.c):
@@ -175,20 +178,20 @@ class LaerPlus(Planner):
                     if (kind, a if kind == "swap" else -1, b, x_, y_) in tried:
                         continue
                     tried.add((kind, a if kind == "swap" else -1, b, x_, y_))
-                    trial = slots.copy()
-                    trial[lo, b] = x_
+                    trials[t, lo, b] = x_
                     if kind == "swap":
-                        trial[hi, a] = y_
-                    trials.append(trial)
-        if not trials:
+                        trials[t, hi, a] = y_
+                    t += 1
+        if t == 1:
             return None
         # All trials scored in one call, behind the current layout (the kernel reuses its sums for the nodes a trial
         # leaves alone); the first strictly best trial wins, as when scoring them one by one.
+        objs, dev_tokens, margins = self.expected_arrays(loads, trials[:t])
         best = None
-        for trial, s in zip(trials, self.expected_scores(loads, [slots] + trials)[1:]):
-            if s.objective < obj * (1 - 1e-12) and (best is None or s.objective < best[1].objective):
-                best = (trial, s)
-        return best
+        for i in range(1, t):
+            if objs[i] < obj * (1 - 1e-12) and (best is None or objs[i] < objs[best]):
+                best = i
+        return None if best is None else (trials[best], Estimate(objs[best], dev_tokens[best], margins[best]))
 
 
 @cache

@@ -5,8 +5,6 @@ Notation: N devices, E experts, C slots per device, G devices per node, K = N / 
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 
 from training.planner import kernels
@@ -24,24 +22,11 @@ def priority_replicas(expert_loads: np.ndarray, total_slots: int, num_nodes: int
 
     1. Every expert starts with #nodes replicas if that fits in the slots, else with 1.
     2. Repeatedly the expert with the highest load per replica grows: +#nodes when it already has >= #nodes
-       replicas, else +1 (capped by the slots left), until all slots are used.
-    A heap in Python: it pops O(E + N*C / #nodes) times, fast enough at every size of the paper's Fig. 11.
+       replicas, else +1 (capped by the slots left), until all slots are used; ties go to the lower expert id.
+    Compiled (`kernels.priority_counts`).
     """
-    w = np.asarray(expert_loads, dtype=float)
-    e = w.size
-    start = num_nodes if num_nodes * e <= total_slots else 1
-    r = np.full(e, start, dtype=np.int64)
-    left = total_slots - int(r.sum())
-    # Max-heap on load per replica; ties go to the lower expert id.
-    heap = [(-w[j] / r[j], j) for j in range(e)]
-    heapq.heapify(heap)
-    while left > 0:
-        _, j = heapq.heappop(heap)
-        step = min(num_nodes if r[j] >= num_nodes else 1, left)
-        r[j] += step
-        left -= step
-        heapq.heappush(heap, (-w[j] / r[j], j))
-    return r
+    w = np.ascontiguousarray(expert_loads, dtype=np.float64)
+    return kernels.priority_counts(w, int(total_slots), int(num_nodes))
 
 
 def lpt_place(expert_loads: np.ndarray, replicas: np.ndarray, num_devices: int, slots_per_device: int,

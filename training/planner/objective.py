@@ -53,13 +53,14 @@ class PlanObjective:
 
     def objective(self, device_tokens: np.ndarray, sent_intra: np.ndarray, sent_inter: np.ndarray) -> float:
         """The objective of one plan's traffic ([N] each)."""
-        return float(self.objectives(device_tokens, sent_intra, sent_inter))
+        return float(self.objectives(np.asarray(device_tokens), np.asarray(sent_intra), np.asarray(sent_inter)))
 
     def objectives(self, device_tokens: np.ndarray, sent_intra: np.ndarray, sent_inter: np.ndarray) -> np.ndarray:
-        """The objective of [..., N] traffic (several plans at once): numpy sums each row as it sums a 1-D array,
-        so a plan's objective is the same alone or in a batch."""
-        comm = self.comm_times(sent_intra, sent_inter)
-        return 4.0 * comm.sum(-1) + self.compute_factor * self.per_token_s * np.max(device_tokens, axis=-1)
+        """The objective of [..., N] traffic arrays (several plans at once): numpy sums each row as it sums a 1-D
+        array, so a plan's objective is the same alone or in a batch. Runs per candidate layout, hence array methods
+        rather than the np.* wrappers."""
+        comm = self.token_bytes * (sent_intra / self.intra_bw + sent_inter / self.inter_bw)  # comm_times
+        return 4.0 * comm.sum(-1) + self.compute_factor * self.per_token_s * device_tokens.max(-1)
 
     def expected_margin(self, spread_tokens, num_devices: int, slots_per_device: int, objective):
         """Bound on |exact objective - expected objective| of a layout (spread: `training.routing.fsep_expected`): device
