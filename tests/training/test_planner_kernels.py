@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from training.placement import Placement
-from training.planner import add_replicas, make_planner
+from training.planner import PlanObjective, add_replicas, make_planner
 from training.planner.eplb import balanced_packing, eplb_placement
 from training.planner.kernels import warm_up
 from training.planner.lpt import lpt_place, priority_replicas
@@ -248,3 +248,17 @@ def test_kernels_refuse_bad_slots():
 def test_warm_up():
     assert warm_up() >= 0.0
 
+
+
+def test_objectives_equal_the_formula():
+    # 4 * sum_i T_comm[i] + compute factor * per-token time * max_i tokens, written out with numpy.
+    rng = np.random.default_rng(5)
+    for recompute in (False, True):
+        cost = PlanObjective(token_bytes=2.0 * 4096, per_token_s=3e-7, intra_bw=3e11, inter_bw=2.5e10,
+                             recompute=recompute)
+        tokens, intra, inter = (rng.integers(0, 10_000, (6, 64)) for _ in range(3))
+        comm = cost.token_bytes * (intra / cost.intra_bw + inter / cost.inter_bw)
+        want = 4.0 * comm.sum(1) + (4.0 if recompute else 3.0) * cost.per_token_s * tokens.max(1)
+        np.testing.assert_array_equal(cost.objectives(tokens, intra, inter), want)
+        np.testing.assert_array_equal(cost.objectives(*(x.astype(float) for x in (tokens, intra, inter))), want)
+        assert cost.objective(tokens[2], intra[2], inter[2]) == want[2]

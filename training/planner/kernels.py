@@ -17,6 +17,8 @@ import time
 import numpy as np
 from numba import njit
 
+from training.routing import numpy_sum
+
 compiled = njit(cache=True, nogil=True)
 
 
@@ -115,6 +117,21 @@ def lpt_slots(per_rep: np.ndarray, r: np.ndarray, n: int, c: int, g: int) -> np.
 
 
 @compiled
+def objectives(tokens: np.ndarray, intra: np.ndarray, inter: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """`objective.PlanObjective.objectives` of traffic [T, N] (int64 or float64): [T] float64. params =
+    [token_bytes, intra_bw, inter_bw, compute_factor * per_token_s]. Compiled because the planners score a few
+    layouts per plan and nine numpy operations per call cost as much as the FSEP sums themselves at N = 64."""
+    nt, n = tokens.shape
+    out = np.empty(nt)
+    comm = np.empty(n)
+    for t in range(nt):
+        for i in range(n):
+            comm[i] = params[0] * (intra[t, i] / params[1] + inter[t, i] / params[2])
+        out[t] = 4.0 * numpy_sum(comm) + params[3] * tokens[t].max()
+    return out
+
+
+@compiled
 def pack_balanced(weights: np.ndarray, order: np.ndarray, num_packs: int) -> np.ndarray:
     """`eplb.balanced_packing`: items in `order` each to the lightest pack that is not full (ties: lower pack)."""
     cap = weights.size // num_packs
@@ -170,8 +187,10 @@ def warm_up() -> float:
     r = priority_counts(w, 8, 2)
     greedy_increments(w, np.ones(4, dtype=np.int64), 4)
     slots = lpt_slots(w / r, r, 4, 2, 2)
-    fsep_summaries(np.ones((4, 4), dtype=np.int64), slots[None], 2)
-    fsep_expected(np.ones((4, 4), dtype=np.int64), slots[None], 4, 2)
+    exact = fsep_summaries(np.ones((4, 4), dtype=np.int64), slots[None], 2)
+    expected, _ = fsep_expected(np.ones((4, 4), dtype=np.int64), slots[None], 4, 2)
+    objectives(*exact, np.ones(4))
+    objectives(*expected, np.ones(4))
     pack_balanced(w, np.arange(4), 2)
     eplb_node_layouts(w, np.arange(2), 2, 2, 2, 2)
     return time.perf_counter() - t0

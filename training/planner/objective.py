@@ -14,6 +14,7 @@ import numpy as np
 
 from common.costmodel import ComputeModel, swiglu_expert_flops
 from common.topology import ClusterSpec, a100_80g_4x8
+from training.planner import kernels
 
 
 @dataclass(frozen=True)
@@ -47,20 +48,14 @@ class PlanObjective:
     def compute_factor(self) -> float:
         return 4.0 if self.recompute else 3.0
 
-    def comm_times(self, sent_intra: np.ndarray, sent_inter: np.ndarray) -> np.ndarray:
-        """[N] T_comm from tokens each device sends inside its node / across nodes."""
-        return self.token_bytes * (np.asarray(sent_intra) / self.intra_bw + np.asarray(sent_inter) / self.inter_bw)
-
     def objective(self, device_tokens: np.ndarray, sent_intra: np.ndarray, sent_inter: np.ndarray) -> float:
         """The objective of one plan's traffic ([N] each)."""
-        return float(self.objectives(np.asarray(device_tokens), np.asarray(sent_intra), np.asarray(sent_inter)))
+        return float(self.objectives(*(np.asarray(x)[None] for x in (device_tokens, sent_intra, sent_inter)))[0])
 
     def objectives(self, device_tokens: np.ndarray, sent_intra: np.ndarray, sent_inter: np.ndarray) -> np.ndarray:
-        """The objective of [..., N] traffic arrays (several plans at once): numpy sums each row as it sums a 1-D
-        array, so a plan's objective is the same alone or in a batch. Runs per candidate layout, hence array methods
-        rather than the np.* wrappers."""
-        comm = self.token_bytes * (sent_intra / self.intra_bw + sent_inter / self.inter_bw)  # comm_times
-        return 4.0 * comm.sum(-1) + self.compute_factor * self.per_token_s * device_tokens.max(-1)
+        """The objective of several plans' traffic, [T, N] arrays each: [T] (compiled, `kernels.objectives`)."""
+        params = np.array([self.token_bytes, self.intra_bw, self.inter_bw, self.compute_factor * self.per_token_s])
+        return kernels.objectives(device_tokens, sent_intra, sent_inter, params)
 
     def expected_margin(self, spread_tokens, num_devices: int, slots_per_device: int, objective):
         """Bound on |exact objective - expected objective| of a layout (spread: `training.routing.fsep_expected`): device
