@@ -154,7 +154,7 @@ def plan_layout(cfg: BenchConfig, planner, loads: np.ndarray) -> tuple[Placement
     if planner is None:
         return greedy_placement(loads, cfg.ranks, cfg.slots), None
     plan = planner.plan(loads)
-    placement = Placement(plan.placement, cfg.experts)
+    placement = plan.layout
     return placement, (None if getattr(plan, "fsep_routed", True) else plan.routing)
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from common.datapaths import ensure_files, locate_data_dir
 from common.topology import get_cluster
 from common.traces import load_expert_trace
-from training.planner import PlanCost, make_planner, replica_lower_bound
+from training.planner import PlanObjective, make_planner, replica_lower_bound
 from training.planner.evaluate import evaluate
 
 
@@ -63,7 +63,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     if ranks % g:
         raise ValueError(f"config key 'planner_quality.devices_per_node'={g} does not divide the trace's {ranks} ranks")
     cluster = get_cluster(cfg.cluster.preset).with_shape(ranks // g, g)
-    cost = PlanCost.for_model(cluster, hidden=pc.hidden, ffn=pc.ffn, recompute=pc.recompute)
+    cost = PlanObjective.for_model(cluster, hidden=pc.hidden, ffn=pc.ffn, recompute=pc.recompute)
     window = int(pc.window)
 
     # Instances: micro-batch positions t in each layer's iteration-major sequence with a full window before them.
@@ -79,7 +79,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         for name in pc.algorithms:
             if name == "static_ep" and ranks * c != e:
                 continue  # plain EP has exactly E/N slots per device
-            planners[name] = make_planner(name, ranks, int(c), g, cost=cost)
+            planners[name] = make_planner(name, ranks, int(c), g, objective=cost)
         for t, layer in instances:
             seq = counts[:, :, layer].transpose(0, 2, 1, 3).reshape(seq_len, ranks, e)  # [I*M, R, E], view
             now = seq[t]
@@ -118,7 +118,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     return {"summary": summary, "milp": milp_summary, "instances": len(instances)}
 
 
-def milp_study(counts: np.ndarray, pc, cost: PlanCost, preset: str) -> tuple[list[dict], list[dict]]:
+def milp_study(counts: np.ndarray, pc, cost: PlanObjective, preset: str) -> tuple[list[dict], list[dict]]:
     """Every heuristic against the exact MILP on small instances cut from the trace (oracle mode)."""
     iters, ranks, layers, mbs, e = counts.shape
     n, g, e_small = int(pc.milp_devices), int(pc.milp_devices_per_node), int(pc.milp_experts)
@@ -127,7 +127,7 @@ def milp_study(counts: np.ndarray, pc, cost: PlanCost, preset: str) -> tuple[lis
     if ranks % n or e % e_small or n % g:
         raise ValueError(f"config keys 'planner_quality.milp_*': {ranks} ranks / {e} experts do not merge into "
                          f"{n} devices (nodes of {g}) / {e_small} experts")
-    cost = PlanCost.for_model(get_cluster(preset).with_shape(n // g, g), hidden=pc.hidden, ffn=pc.ffn,
+    cost = PlanObjective.for_model(get_cluster(preset).with_shape(n // g, g), hidden=pc.hidden, ffn=pc.ffn,
                               recompute=pc.recompute)
     rng = np.random.default_rng(0)
     picks = [(int(rng.integers(iters)), int(rng.integers(layers)), int(rng.integers(mbs))) for _ in range(pc.milp_instances)]
@@ -137,8 +137,8 @@ def milp_study(counts: np.ndarray, pc, cost: PlanCost, preset: str) -> tuple[lis
     for c in pc.milp_slots:
         if n * int(c) < e_small:
             raise ValueError(f"config key 'planner_quality.milp_slots': C={c} gives fewer slots than {e_small} experts")
-        milp = make_planner("milp", n, int(c), g, cost=cost, time_limit_s=pc.milp_time_limit_s)
-        heur = {a: make_planner(a, n, int(c), g, cost=cost) for a in algs}
+        milp = make_planner("milp", n, int(c), g, objective=cost, time_limit_s=pc.milp_time_limit_s)
+        heur = {a: make_planner(a, n, int(c), g, objective=cost) for a in algs}
         for it, layer, mb in picks:
             x = counts[it, :, layer, mb].reshape(n, ranks // n, e_small, e // e_small).sum((1, 3))  # [n, E_small]
             t0 = time.perf_counter()

@@ -9,7 +9,7 @@ import pytest
 
 from common.synthetic import EXPERT_NPZ, ExpertTraceSpec, synthetic_expert_trace, write_expert_npz
 from experiments.bench_fsep import BenchConfig, aggregate, ep_imbalance, greedy_placement, load_samples, main
-from training.placement import fsep_routing
+from training.routing import fsep_routing
 
 
 def test_greedy_placement_balances_skewed_load():

@@ -27,7 +27,8 @@ from training.fsep.groups import FSEPGroups
 from training.fsep.permute import inverse_permutation, permute_rows
 from training.fsep.restore import PendingRestore, restore_experts, restore_slot_weights, start_restore
 from training.moe.reference import ReferenceMoE, Router, swiglu
-from training.placement import Placement, split_row, split_row_by_weights
+from training.placement import Placement
+from training.routing import split_row, split_row_by_weights
 
 
 @dataclass

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.rounding import largest_remainder
+
 
 def route_weights(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """[T, k] combine weights of the chosen experts. k = 1: the router probability (Switch; a renormalised top-1
@@ -57,8 +59,7 @@ def scale_counts(row: np.ndarray, total: int, cap: int) -> np.ndarray:
     if cap * row.size < total:
         raise ValueError(f"cannot place {total} routes on {row.size} experts with at most {cap} each")
     ideal = row * total / row.sum()
-    out = np.floor(ideal).astype(np.int64)
-    out[np.argsort(-(ideal - out), kind="stable")[: total - int(out.sum())]] += 1
+    out = largest_remainder(ideal, total)
     excess = int(np.maximum(out - cap, 0).sum())
     out = np.minimum(out, cap)
     while excess:
