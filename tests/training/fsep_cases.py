@@ -191,7 +191,8 @@ def case_padded_shards(rank, n):
             assert layer.shard_width * n > layer.num_elements
             compare(layer, ref, x, g, rank)
             want = reference_shard(ref.w1.grad, ref.w3.grad, ref.w2.grad, n, rank)
-            torch.testing.assert_close(layer.expert_shard.grad, want, rtol=1e-5, atol=1e-6)
+            # Element-wise (so a non-zero padding element fails), float32 summation order allowed for.
+            torch.testing.assert_close(layer.expert_shard.grad, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
     finally:
         H, F = saved
 
@@ -216,7 +217,7 @@ def case_restore_matches_plain_restore(rank, n):
         flat = torch.stack([torch.cat([m.reshape(-1) for m in slot]) for slot in got])  # [C, P]
         assert torch.equal(flat, want.detach())
         (flat * upstream).sum().backward()
-        torch.testing.assert_close(layer.expert_shard.grad, shard.grad, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(layer.expert_shard.grad, shard.grad, rtol=1e-5, atol=1e-5 * float(shard.grad.abs().max()))
 
 
 def case_no_overlap_same_result(rank, n):
@@ -280,7 +281,7 @@ def case_optimizer_step_on_shards(rank, n):
         assert rel(a.detach(), b.detach()) < 1e-5
     # This rank's whole shard, padding included, is its piece of the updated reference (padding zero there).
     want = reference_shard(ref.w1.detach(), ref.w3.detach(), ref.w2.detach(), n, rank)
-    torch.testing.assert_close(layer.expert_shard.detach(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.expert_shard.detach(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
 
 def case_persistent_parameter_count(rank, n):
