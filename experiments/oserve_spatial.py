@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common.datapaths import resolve_data_dir  # noqa: E402
+from common.datapaths import ensure_files, locate_data_dir  # noqa: E402
 from common.topology import get_cluster  # noqa: E402
 from common.traces import RequestTrace, load_request_trace  # noqa: E402
 from serving.costmodel import CostModel, ReplicaConfig, get_model, load_perf_table  # noqa: E402
@@ -148,7 +148,10 @@ def sensitivity(trace, cm, gpus, cfg) -> list[dict]:
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     t0 = time.perf_counter()
-    data_dir = resolve_data_dir(cfg.paths.data_dir, os.environ)
+    needed = [cfg.workload.trace_path, *(t for t in cfg.oserve.extra_traces if t != "mix")]
+    needed += [cfg.oserve.perf_table] if cfg.oserve.costmodel == "measured" else []
+    data_dir = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), needed,
+                            cfg.paths.fallback, synthetic_dir=out_dir / "synthetic_data").root
     traces = load_traces(cfg, data_dir)
     primary = next(iter(traces))
     gpu_counts = sorted(set(int(g) for g in cfg.oserve.gpu_counts) | {int(cfg.num_gpus)})

@@ -25,7 +25,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from common.datapaths import data_file, resolve_data_dir
+from common.datapaths import ensure_files, locate_data_dir
 from common.topology import get_cluster
 from common.traces import ExpertLoadTrace, load_expert_trace
 from training.planner import PlanCost, make_planner, replica_lower_bound
@@ -84,8 +84,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         if int(pc[key]) < 1:
             raise ValueError(f"config key 'planner_quality.{key}' must be >= 1, got {pc[key]}")
     out_dir = Path(out_dir)
-    data_dir = resolve_data_dir(cfg.paths.data_dir, os.environ)
-    trace = load_expert_trace(data_file(data_dir, pc.expert_trace))
+    files = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [pc.expert_trace],
+                         cfg.paths.fallback, synthetic_dir=out_dir / "synthetic_data")
+    trace = load_expert_trace(files.path(pc.expert_trace))
     ranks, g = cluster_shape(cfg, trace.num_ranks)
     if ranks != trace.num_ranks:
         trace = trace.merge_ranks(ranks)
