@@ -387,13 +387,15 @@ def bench_config(section, trace: Path, seed: int) -> BenchConfig:
 def run(cfg, out_dir: Path) -> dict:
     """Hydra task `bench_fsep`: measure on cfg.bench_fsep.ranks gloo processes, write bench_fsep.csv and
     bench_fsep.png into out_dir, log the tables; the returned dict is what experiments.run stores in results.json."""
-    from common.datapaths import data_file, resolve_data_dir
+    from common.datapaths import ensure_files, locate_data_dir
     from common.launch import KEEP_FREED_MEMORY, run_local
 
     sc = cfg.bench_fsep
-    bc = bench_config(sc, data_file(resolve_data_dir(cfg.paths.data_dir, os.environ), sc.expert_trace), cfg.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    files = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [sc.expert_trace], cfg.paths.fallback,
+                         synthetic_dir=out_dir / "synthetic_data")
+    bc = bench_config(sc, files.path(sc.expert_trace), cfg.seed)
     trace = load_trace(bc)
     picks, replay = load_samples(bc, trace)
     history = plan_loads(bc, trace, picks)
