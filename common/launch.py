@@ -4,7 +4,8 @@
 
 Each process is spawned (never forked: torch and gloo threads do not survive a fork), joins the group on a free
 127.0.0.1 port with the backend the caller names, runs fn, and sends its return value back. A rank that raises
-reports its traceback; a rank that hangs or dies makes the call fail after `timeout_s` instead of hanging it.
+reports its traceback; a rank that dies makes the call fail at once, and one that hangs after `timeout_s`, instead
+of hanging it.
 torch is imported here only, inside the functions: `import common` stays light.
 """
 
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import traceback
 from collections.abc import Callable, Mapping
+from queue import Empty
 
 # glibc hands large freed blocks back to the OS, so every training step page-faults its activations and gradients in
 # afresh (measured at ~5% of a CPU step of the FSEP benchmark, in every method alike); a GPU's caching allocator keeps
@@ -53,8 +56,9 @@ def run_local(fn: Callable, world_size: int, backend: str, args: tuple = (), env
 
     backend: "gloo" (CPU) or "nccl" (one GPU per rank; fn picks its device). env: variables set for the workers only
     (at their start; e.g. KEEP_FREED_MEMORY); the parent's environment is restored afterwards. timeout_s: fail after
-    this long without a rank's result (None: wait forever). num_threads: torch intra-op threads per rank (None: torch's
-    default); 1 gives each rank one core, as a benchmark of N ranks on N cores needs.
+    this long without every result (None: no limit; a rank that exits without a result fails the call at once either
+    way). num_threads: torch intra-op threads per rank (None: torch's default); 1 gives each rank one core, as a
+    benchmark of N ranks on N cores needs.
     fn and args must be picklable (a module-level function). Raises LaunchError naming the failing ranks.
     """
     import torch.multiprocessing as mp
@@ -78,15 +82,30 @@ def run_local(fn: Callable, world_size: int, backend: str, args: tuple = (), env
             else:
                 os.environ[k] = v
     results, errors = [None] * world_size, []
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    waiting = set(range(world_size))
     try:
-        for _ in range(world_size):
-            rank, value, err = queue.get(timeout=timeout_s)
+        while waiting and not errors:
+            try:
+                rank, value, err = queue.get(timeout=1.0)
+            except Empty:
+                dead = sorted(r for r in waiting if procs[r].exitcode is not None)
+                if dead:
+                    try:  # a rank's result is flushed before its process exits: one last look, then it is lost
+                        rank, value, err = queue.get(timeout=5.0)
+                    except Empty:
+                        codes = ", ".join(f"rank {r}: {procs[r].exitcode}" for r in dead)
+                        errors.append(f"exited without a result ({codes}); killed by a signal or the OOM killer?")
+                        break
+                elif deadline is not None and time.monotonic() > deadline:
+                    errors.append(f"no result within {timeout_s}s; a rank hung")
+                    break
+                else:
+                    continue
+            waiting.discard(rank)
             results[rank] = value
             if err:
-                errors.append(f"rank {rank}:\n{err}")
-                break  # the other ranks are likely blocked in a collective with it
-    except Exception as e:  # queue.Empty: a rank hung or died
-        errors.append(f"no result within {timeout_s}s ({type(e).__name__}); a rank hung or crashed")
+                errors.append(f"rank {rank}:\n{err}")  # the other ranks are likely blocked in a collective with it
     finally:
         for p in procs:
             p.join(timeout=5)  # every rank has reported (or failed): what is left is exit

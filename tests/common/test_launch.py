@@ -39,6 +39,17 @@ def test_run_local_reports_the_failing_rank():
         run_local(_fail_on_rank_one, 2, "gloo", timeout_s=120)
 
 
+def _die_on_rank_zero(rank, world_size):
+    if rank == 0:
+        os._exit(3)  # no traceback, no result: as a kill by a signal or the OOM killer
+    return rank
+
+
+def test_run_local_reports_a_dead_rank_instead_of_hanging():
+    with pytest.raises(LaunchError, match="rank 0: 3"):
+        run_local(_die_on_rank_zero, 2, "gloo")  # no timeout: only the exit can end the wait
+
+
 def test_free_port_is_bindable():
     import socket
 
