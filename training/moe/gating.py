@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from training.rounding import largest_remainder
 
 
-def route_weights(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def combine_weights(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """[T, k] combine weights of the chosen experts. k = 1: the router probability (Switch; a renormalised top-1
     weight would be 1 and give the router no gradient); k > 1: renormalised over the k choices (Mixtral, GShard).
     The same convention as DeepSpeed's top-1/top-2 gates, so the baseline can match the reference exactly."""
@@ -26,7 +26,7 @@ def route_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     """logits [T, E] -> (idx [T, k] int64, weights [T, k], probs [T, E])."""
     probs = F.softmax(logits.float(), dim=-1)
     idx = probs.topk(k, dim=-1).indices
-    return idx, route_weights(probs, idx), probs
+    return idx, combine_weights(probs, idx), probs
 
 
 def replay_assignment(target_counts: torch.Tensor | np.ndarray, num_tokens: int, k: int) -> torch.Tensor:
