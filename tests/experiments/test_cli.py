@@ -1,32 +1,91 @@
-"""The command line a researcher types: a -m sweep, and a clean one-line error on bad input."""
+"""The command line a researcher types, through the installed console entry point `loadwise`: the experiment list,
+a -m sweep that reports a failed point and goes on, one-line errors that name what the user typed, and the files a
+run leaves (results.json, a non-empty run.log)."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from common import synthetic
 from common.datapaths import ENV_VAR
+from experiments.run import experiments
 
-ROOT = Path(__file__).resolve().parents[2]
+LOADWISE = Path(sys.executable).parent / "loadwise"
+pytestmark = pytest.mark.skipif(not LOADWISE.exists(), reason=f"console entry point {LOADWISE} not installed (pip install -e .)")
 
 
-def _cli(args, tmp_path):
+def _cli(args, tmp_path, env_extra=None):
     env = {k: v for k, v in os.environ.items() if k not in (ENV_VAR, "HYDRA_FULL_ERROR")}
-    return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=tmp_path, env=env | {"PYTHONPATH": str(ROOT)},
+    return subprocess.run([str(LOADWISE), *args], cwd=tmp_path, env=env | (env_extra or {}),
                           capture_output=True, text=True, timeout=300)
 
 
-def test_sweep_runs_every_point(tmp_path):
-    data = synthetic.write_synthetic_data_dir(tmp_path / "data", seed=2)
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return synthetic.write_synthetic_data_dir(tmp_path_factory.mktemp("data"), seed=2)
+
+
+def test_list_names_every_experiment(tmp_path):
+    out = _cli(["--list"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    listed = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+    assert listed == list(experiments())
+    assert {"quickstart", "laer/planner_quality", "laer/planner_speed", "oserve/spatial"} <= set(listed)
+    assert all(len(line.split(None, 1)) == 2 for line in out.stdout.splitlines())  # each with its line
+
+
+def test_misspelt_experiment_lists_every_real_one(tmp_path):
+    out = _cli(["experiment=laer/planner_qualty"], tmp_path)
+    assert out.returncode != 0
+    assert "did you mean 'laer/planner_quality'" in out.stderr
+    for name in experiments():
+        assert name in out.stderr
+
+
+def test_run_writes_results_json_and_a_log(tmp_path, data):
+    out = _cli([f"paths.data_dir={data}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["task"] == "quickstart" and record["config"]["paths"]["data_dir"] == str(data)
+    assert record["results"]["num_requests"] > 0
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert "Expert load:" in log and f"results in {tmp_path / 'run'}" in log
+
+
+def test_sweep_runs_every_point(tmp_path, data):
     out = _cli(["-m", "experiment=quickstart", f"paths.data_dir={data}", "quickstart.interval_s=30,60",
                 f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    for job in ("0", "1"):
-        assert (tmp_path / "sweep" / job / "request_type_rates.csv").exists()
     rates30 = (tmp_path / "sweep" / "0" / "request_type_rates.csv").read_text().count("\n")
     rates60 = (tmp_path / "sweep" / "1" / "request_type_rates.csv").read_text().count("\n")
     assert rates30 > rates60  # finer bins, more rows: each point really got its own value
+
+
+def test_sweep_reports_a_failed_point_and_goes_on(tmp_path, data):
+    out = _cli(["-m", f"paths.data_dir={data}", "quickstart.num_request_types=0,4",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert out.returncode == 1
+    assert (tmp_path / "sweep" / "1" / "results.json").exists()  # job 1 ran after job 0 failed
+    assert "k must be" in (tmp_path / "sweep" / "0" / "FAILED").read_text()
+    assert "1 sweep job(s) failed: 0" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("override, named", [
+    ("oserve.costmodel=bogus", "oserve"),  # a key of another experiment
+    ("cluster.preset=foo", "cluster"),  # quickstart uses no cluster
+    ("quickstart.num_request_types=many", "quickstart.num_request_types"),
+    ("tpyo=3", "tpyo"),
+])
+def test_bad_overrides_fail_naming_the_key(tmp_path, override, named):
+    out = _cli(["experiment=quickstart", override, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert out.returncode != 0
+    assert named in out.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 def test_missing_data_is_one_clear_line(tmp_path):

@@ -1,13 +1,15 @@
-"""Every experiment file composes; wrong keys and types fail with Hydra's message."""
+"""Every experiment file composes with its own schema; wrong keys, types and choices fail with Hydra's message."""
 
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 import experiments.run  # noqa: F401  (registers the schema)
+from experiments.config import SCHEMAS
 from experiments.run import TASKS
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -23,15 +25,37 @@ def _compose(overrides):
 def test_every_experiment_composes(name):
     cfg = _compose([f"experiment={name}"])
     assert cfg.task in TASKS, f"conf/experiment/{name}.yaml sets task={cfg.task!r}, not in experiments.run.TASKS"
+    assert type(cfg).__name__ == "DictConfig" and OmegaConf.get_type(cfg) is SCHEMAS[cfg.task]
     # The header comment shows the command that runs it.
-    assert "python -m experiments.run" in (CONF / "experiment" / f"{name}.yaml").read_text()
+    text = (CONF / "experiment" / f"{name}.yaml").read_text()
+    assert f"loadwise experiment={name}" in text
+    # The file holds only overrides: its defaults and the task (plus keys whose value differs from the schema).
+    body = OmegaConf.load(CONF / "experiment" / f"{name}.yaml")
+    defaults = OmegaConf.structured(SCHEMAS[cfg.task])
+    for key in set(body) - {"defaults", "task"}:
+        assert OmegaConf.select(body, key) != OmegaConf.select(defaults, key), f"{name}.yaml restates {key}"
+
+
+def test_only_the_experiments_own_keys_exist():
+    # quickstart has no serving or cluster section: a key of another experiment is rejected, not ignored.
+    for wrong in ("oserve.costmodel=bogus", "cluster.preset=local_cpu", "planner_speed.repeats=1"):
+        with pytest.raises(ConfigCompositionException, match=wrong.split(".")[0]):
+            _compose(["experiment=quickstart", wrong])
+    with pytest.raises(ConfigCompositionException, match="quickstart"):
+        _compose(["experiment=laer/planner_speed", "quickstart.interval_s=1"])
+
+
+def test_choices_are_checked_when_the_config_is_built():
+    with pytest.raises(ConfigCompositionException, match="cluster.preset"):
+        _compose(["experiment=oserve/spatial", "cluster.preset=foo"])
 
 
 @pytest.mark.parametrize("cluster", sorted(p.stem for p in (CONF / "cluster").glob("*.yaml")))
 def test_every_cluster_builds(cluster):
     from common.topology import get_cluster
 
-    cfg = _compose([f"cluster={cluster}"])
+    cfg = _compose(["experiment=oserve/spatial", f"cluster={cluster}"])
+    assert cfg.cluster.preset.value == cluster
     spec = get_cluster(cfg.cluster.preset, cfg.cluster.num_nodes, cfg.cluster.devices_per_node)
     assert spec.num_devices >= 1
 

@@ -22,7 +22,7 @@ def _check(out, tmp_path):
         for k in ("p50_latency_s", "p99_latency_s", "throughput_rps", "slo_attainment"):
             assert k in m and m[k] == m[k]
         assert m["p50_latency_s"] <= m["p99_latency_s"]
-    saved = json.loads((tmp_path / "results.json").read_text())
+    saved = json.loads((tmp_path / "results.json").read_text())["results"]  # experiments.run writes it
     assert set(saved["policies"]) == {"oserve", "oserve_rr", "static_vllm", "static_tp4"}
     assert saved["p99_speedup_vs_static_tp4"]["mean"] > 0
     assert (tmp_path / "results.csv").exists() and (tmp_path / "p99_vs_rate.png").stat().st_size > 0
