@@ -109,6 +109,8 @@ class OServeBenchConfig:
     rate_scale: float = 4.0
     # Request types for the speed runs.
     num_types: int = 4
+    # Keep only the first this many requests of each trace (null: all); tiny runs in tests.
+    max_requests: Optional[int] = None
     # Peer numbers with their source and setting, relative to experiments/reference/ (or absolute).
     reference: str = "vidur.json"
     # Cost models replayed in the peer check.
