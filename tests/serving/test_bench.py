@@ -31,6 +31,13 @@ def test_reference_file_names_source_setting_and_figures():
     assert known_reasons(ref, "4xtp4", "p50_ttft_s", "measured") == []  # that one agrees
 
 
+def test_every_reference_file_loads():
+    names = sorted(p.name for p in reference.HERE.glob("*.json"))
+    assert {"vidur.json", "oserve_paper.json"} <= set(names)
+    for name in names:
+        assert reference.load(name)["source"]
+
+
 def test_reference_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="vidur.json"):
         reference.load("nope.json")
