@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import json
+import logging
 import os
+import socket
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +29,7 @@ import numpy as np
 from common.traces import TraceError
 
 GITHUB_RAW = "https://raw.githubusercontent.com"
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,8 @@ class ConvertedTrace:
 
 _AZURE = dict(repo="Azure/AzurePublicDataset", commit="b469a113cedca53ddc3bdea71a143dc4b7d8700c", licence="CC-BY-4.0")
 _ETALON = dict(repo="project-etalon/etalon", commit="d5f18de15a2227a2d469365afc4fa9e2df0c631d", licence="Apache-2.0")
-_LAER_NOTE = (
-    "the LAER-MoE paper's artifact CSV (scripts_ae/); the data README records no repository or commit for it, "
-    "so it cannot be fetched automatically: copy it into the data directory by hand and this script verifies it"
-)
+_LAER = dict(repo="Fizzmy/LAER-MoE-AE", commit="72db5b79c00b4e6cf523a0d0c0a23cd44defc3df", licence="Apache-2.0")
+_LAER_DIR = "LAER-MoE/scripts_ae"  # the authors' artifact: the paper's measured results, one CSV per figure
 
 MANIFEST: tuple[DataFile, ...] = (
     DataFile(
@@ -112,7 +116,7 @@ MANIFEST: tuple[DataFile, ...] = (
         upstream_path="data/perf_model.csv",
     ),
 ) + tuple(
-    DataFile(f"laer_moe_paper_results/{name}", digest, licence="Apache-2.0", note=_LAER_NOTE)
+    DataFile(f"laer_moe_paper_results/{name}", digest, upstream_path=f"{_LAER_DIR}/{name}", **_LAER)
     for name, digest in (
         ("e2e_analysis_backup.csv", "1c2dc99e69b7960ef2c19511212e2edceafd28fc51e7465e963ad22092c32dbe"),
         ("breakdown_analysis_backup.csv", "d8bf6ad743173e5ec751df72822e3101dfe541bf92cedc67dc664b510cca78d7"),
@@ -301,27 +305,130 @@ class ChecksumMismatch(RuntimeError):
     """A downloaded or converted file differs from the recorded digest; nothing was written in its place."""
 
 
-def download(url: str, dest: str | Path, sha256: str | None = None, progress=None, timeout_s: float = 60.0) -> Path:
-    """Fetch `url` to `dest` through a `.part` file; with `sha256`, refuse (delete the part, raise) on a mismatch.
-    `progress(nbytes)` is called per block."""
+class DownloadInterrupted(OSError):
+    """The connection ended before the whole file arrived; the `.part` file is kept so the next run resumes it."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line (urllib nests the reason; some carry newlines)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        text = f"HTTP {exc.code} {exc.reason} for {exc.url}"
+    elif isinstance(exc, urllib.error.URLError):
+        text = str(exc.reason)
+    else:
+        text = str(exc)
+    return " ".join((text or type(exc).__name__).split())
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """Why the server could not be reached at all, or None when it answered (an HTTP error, a cut transfer): after
+    such a failure the other files from the same server are not tried, so an offline machine does not wait once per
+    file."""
+    if isinstance(exc, (urllib.error.HTTPError, DownloadInterrupted)):
+        return None
+    if isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionRefusedError, socket.gaierror)):
+        return _one_line(exc)
+    return None
+
+
+def reachable(url: str, timeout_s: float = 5.0) -> str | None:
+    """None when the server behind an http(s) `url` answers (any status), else why not, in one line. Other schemes
+    (file://) are not probed."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        return None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, http.client.HTTPException) as exc:
+        return _one_line(exc)
+
+
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte of a `Content-Range: bytes A-B/N` header."""
+    if not content_range or not content_range.startswith("bytes "):
+        return None
+    head = content_range[6:].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _fetch_part(url: str, part: Path, progress, on_size, timeout_s: float) -> str:
+    """Append the rest of `url` to `part` (a Range request from its current size) or rewrite it whole when the server
+    sends the whole file. Returns the sha256 of the part's full content."""
+    have = part.stat().st_size if part.is_file() else 0
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout_s)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # the part is as long as the file or longer: it cannot be resumed
+            part.unlink()
+            return _fetch_part(url, part, progress, on_size, timeout_s)
+        raise
+    with resp:
+        resumed = have > 0 and getattr(resp, "status", None) == 206 and _range_start(resp.headers.get("Content-Range")) == have
+        if not resumed:
+            have = 0  # the server ignored Range (or this is a fresh start): its body is the whole file
+        length = resp.headers.get("Content-Length")
+        expected = int(length) if length and length.isdigit() else None
+        if on_size:
+            on_size(None if expected is None else have + expected, have)
+        h = hashlib.sha256()
+        if resumed:
+            with open(part, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+        got = 0
+        with open(part, "ab" if resumed else "wb") as f:
+            try:
+                while block := resp.read(1 << 16):
+                    f.write(block)
+                    h.update(block)
+                    got += len(block)
+                    if progress:
+                        progress(len(block))
+            except (OSError, http.client.HTTPException) as exc:
+                raise DownloadInterrupted(
+                    f"{url}: transfer broke off after {have + got} bytes ({_one_line(exc)}); kept {part}, rerun to "
+                    f"resume"
+                ) from exc
+    if expected is not None and got < expected:  # http.client returns a short body without an error
+        raise DownloadInterrupted(
+            f"{url}: connection closed after {have + got} of {have + expected} bytes; kept {part}, rerun to resume"
+        )
+    return h.hexdigest()
+
+
+def download(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    timeout_s: float = 60.0,
+    on_size: Callable[[int | None, int], None] | None = None,
+) -> Path:
+    """Fetch `url` to `dest` through `dest.part`, which survives an interrupted transfer: the next call resumes it
+    with an HTTP Range request (a server that ignores Range sends the whole file, and the part starts over).
+
+    With `sha256`, a mismatch deletes the part and raises ChecksumMismatch (after one fresh attempt when the part
+    was resumed, since the kept prefix may be stale); `dest` is only ever replaced by verified bytes.
+    `progress(nbytes)` is called per block, `on_size(total_bytes or None, bytes_already_here)` once per request."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    h = hashlib.sha256()
+    resuming = part.is_file() and part.stat().st_size > 0
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp, open(part, "wb") as f:
-            while block := resp.read(1 << 16):
-                f.write(block)
-                h.update(block)
-                if progress:
-                    progress(len(block))
+        digest = _fetch_part(url, part, progress, on_size, timeout_s)
     except BaseException:
-        part.unlink(missing_ok=True)
+        if part.is_file() and part.stat().st_size == 0:
+            part.unlink()  # nothing to resume
         raise
-    if sha256 is not None and h.hexdigest() != sha256:
+    if sha256 is not None and digest != sha256:
         part.unlink()
+        if resuming:
+            return download(url, dest, sha256, progress, timeout_s, on_size)
         raise ChecksumMismatch(
-            f"{url}: sha256 {h.hexdigest()} differs from the recorded {sha256}; not written to {dest}. The upstream "
+            f"{url}: sha256 {digest} differs from the recorded {sha256}; not written to {dest}. The upstream "
             f"file changed or the download was altered: check the URL and the manifest in common/datasets.py"
         )
     os.replace(part, dest)
@@ -335,6 +442,7 @@ def fetch_raw_logs(
     workers: int = 16,
     progress=None,
     retries: int = 2,
+    timeout_s: float = 60.0,
 ) -> int:
     """Download every raw log not already in `raw_dir` (so an interrupted run resumes). Returns how many were fetched.
     The logs carry no individual digests: the converted counts are verified as a whole."""
@@ -350,10 +458,10 @@ def fetch_raw_logs(
         it, r = job
         for attempt in range(retries + 1):  # 8,016 small requests: retry transient failures rather than start over
             try:
-                download(spec.raw_url(it, r, base), raw_dir / spec.raw_name(it, r))
+                download(spec.raw_url(it, r, base), raw_dir / spec.raw_name(it, r), timeout_s=timeout_s)
                 break
-            except OSError:
-                if attempt == retries:
+            except OSError as exc:
+                if attempt == retries or _unreachable(exc) is not None:
                     raise
         if progress:
             progress(1)
@@ -379,13 +487,18 @@ def sync(
     base: str = GITHUB_RAW,
     workers: int = 16,
     keep_raw: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = _LOG.info,
+    progress: bool = True,
+    timeout_s: float = 60.0,
 ) -> list[str]:
-    """Bring `data_dir` up to the manifest. Returns the problems (empty when every file is present and verified).
+    """Bring `data_dir` up to the manifest. Returns the problems, one line each (empty when every file is present
+    and verified). `base` serves `{repo}/{commit}/{path}` (raw.githubusercontent.com or a mirror of it).
 
     1. A file already present and verified is skipped.
     2. A file present with a different digest is left untouched and reported: we never overwrite a user's file.
-    3. A missing file with a known origin is downloaded and verified; one without is reported with its note.
+    3. A missing file with a known origin is downloaded (resuming a `.part` left by an interrupted run) and verified;
+       one without is reported with its note. The server is probed once first, and after a failure to reach it the
+       remaining files are reported as not fetched instead of each waiting for its own timeout.
     4. The SmartMoE npz: if missing, fetch its raw logs (resuming), convert, verify the counts digest, then write.
     5. Its derived long table (csv.gz): if missing, build it from the npz and verify the decompressed digest.
     """
@@ -393,39 +506,68 @@ def sync(
 
     data_dir = Path(data_dir)
     problems: list[str] = []
+    todo: list[tuple[DataFile, Check]] = []
     for entry in manifest:
         check = verify_file(data_dir, entry)
         if check.status == "ok":  # Step 1
             log(f"ok        {entry.path}")
-            continue
-        if check.status == "mismatch":  # Step 2
+        elif check.status == "mismatch":  # Step 2
             problems.append(
                 f"{check.path}: sha256 {check.actual} differs from the published {entry.sha256}. Left as is; "
                 f"move it aside (or delete it) and rerun to fetch the original"
             )
             log(f"MISMATCH  {entry.path}")
-            continue
-        url = entry.url(base)
-        if url is None:  # Step 3, no origin
+        elif entry.url(base) is None:  # Step 3, no origin
             problems.append(f"{check.path}: missing; {entry.note}")
             log(f"MISSING   {entry.path} (no download source)")
-            continue
-        log(f"fetching  {entry.path} <- {url}")
-        try:
-            with tqdm(unit="B", unit_scale=True, desc=Path(entry.path).name, leave=False) as bar:
-                download(url, check.path, entry.sha256, progress=bar.update)
-            log(f"ok        {entry.path} (downloaded, sha256 verified)")
-        except (ChecksumMismatch, OSError) as exc:
-            problems.append(f"{check.path}: download failed: {exc}")
-            log(f"FAILED    {entry.path}")
-    if smartmoe is not None:
-        problems += _sync_smartmoe(data_dir, smartmoe, base, workers, keep_raw, log)
+        else:
+            todo.append((entry, check))
+    smart_check = verify_converted(data_dir, smartmoe) if smartmoe is not None else None
+    smartmoe_missing = smart_check is not None and smart_check.status == "missing"
+
+    # Step 3: one probe, so that an unreachable server costs one timeout, not one per file.
+    first = todo[0][0].url(base) if todo else smartmoe.raw_url(smartmoe.iterations[0], 0, base) if smartmoe_missing else None
+    down = reachable(first, min(timeout_s, 10.0)) if first else None
+    overall = tqdm(total=len(todo) + smartmoe_missing, unit="file", desc="data", disable=not progress or not first)
+    with overall:
+        for entry, check in todo:
+            url = entry.url(base)
+            if down is not None:
+                problems.append(f"{check.path}: not fetched, {base} did not answer ({down})")
+                log(f"SKIPPED   {entry.path} (server unreachable)")
+                overall.update()
+                continue
+            log(f"fetching  {entry.path} <- {url}")
+            with tqdm(unit="B", unit_scale=True, desc=Path(entry.path).name, leave=False, disable=not progress) as bar:
+
+                def sized(total, have, bar=bar):
+                    bar.reset(total)
+                    bar.update(have)
+
+                try:
+                    download(url, check.path, entry.sha256, progress=bar.update, timeout_s=timeout_s, on_size=sized)
+                    log(f"ok        {entry.path} (downloaded, sha256 verified)")
+                except (ChecksumMismatch, OSError, http.client.HTTPException) as exc:
+                    problems.append(f"{check.path}: download failed: {_one_line(exc)}")
+                    log(f"FAILED    {entry.path}")
+                    down = _unreachable(exc)
+            overall.update()
+        if smartmoe is not None:
+            if smartmoe_missing and down is not None:
+                problems.append(f"{data_dir / smartmoe.path}: not fetched, {base} did not answer ({down})")
+                log(f"SKIPPED   {smartmoe.path} (server unreachable)")
+            else:
+                problems += _sync_smartmoe(data_dir, smartmoe, smart_check, base, workers, keep_raw, log, progress, timeout_s)
+            overall.update(smartmoe_missing)
     return problems
 
 
-def _sync_smartmoe(data_dir: Path, spec: ConvertedTrace, base: str, workers: int, keep_raw: bool, log) -> list[str]:
-    """The npz (step 4 of sync), then the long table derived from it."""
-    problems = _sync_smartmoe_npz(data_dir, spec, base, workers, keep_raw, log)
+def _sync_smartmoe(
+    data_dir: Path, spec: ConvertedTrace, check: Check, base: str, workers: int, keep_raw: bool, log, progress: bool,
+    timeout_s: float,
+) -> list[str]:
+    """The npz (step 4 of sync; `check` is its verification), then the long table derived from it."""
+    problems = _sync_smartmoe_npz(data_dir, spec, check, base, workers, keep_raw, log, progress, timeout_s)
     if problems or spec.long_csv_path is None:
         return problems
     check = verify_long_csv(data_dir, spec)
@@ -446,10 +588,12 @@ def _sync_smartmoe(data_dir: Path, spec: ConvertedTrace, base: str, workers: int
     return []
 
 
-def _sync_smartmoe_npz(data_dir: Path, spec: ConvertedTrace, base: str, workers: int, keep_raw: bool, log) -> list[str]:
+def _sync_smartmoe_npz(
+    data_dir: Path, spec: ConvertedTrace, check: Check, base: str, workers: int, keep_raw: bool, log, progress: bool,
+    timeout_s: float,
+) -> list[str]:
     from tqdm import tqdm
 
-    check = verify_converted(data_dir, spec)
     if check.status == "ok":
         log(f"ok        {spec.path}")
         return []
@@ -463,13 +607,15 @@ def _sync_smartmoe_npz(data_dir: Path, spec: ConvertedTrace, base: str, workers:
     total = len(spec.iterations) * spec.num_ranks
     log(f"fetching  {total} raw logs of {spec.repo}@{spec.commit[:10]}/{spec.raw_dir} into {raw_dir}")
     try:
-        with tqdm(total=total, unit="file", desc="raw logs") as bar:
+        with tqdm(total=total, unit="file", desc="raw logs", leave=False, disable=not progress) as bar:
             bar.update(sum(1 for p in raw_dir.glob("table_iter*_rank*.log")) if raw_dir.is_dir() else 0)
-            fetch_raw_logs(spec, raw_dir, base, workers, progress=bar.update)
-        counts = convert_raw_logs(raw_dir, spec, progress=lambda jobs: tqdm(jobs, unit="file", desc="converting"))
-    except (OSError, TraceError) as exc:
+            fetch_raw_logs(spec, raw_dir, base, workers, progress=bar.update, timeout_s=timeout_s)
+        counts = convert_raw_logs(
+            raw_dir, spec, progress=lambda jobs: tqdm(jobs, unit="file", desc="converting", leave=False, disable=not progress)
+        )
+    except (OSError, TraceError, http.client.HTTPException) as exc:
         log(f"FAILED    {spec.path}")
-        return [f"{check.path}: could not build from the raw logs: {exc} (rerun to resume)"]
+        return [f"{check.path}: could not build from the raw logs: {_one_line(exc)} (rerun to resume)"]
     digest = counts_sha256(counts)
     if digest != spec.counts_sha256:
         log(f"MISMATCH  {spec.path} (converted)")

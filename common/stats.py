@@ -11,7 +11,6 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.cluster.vq import kmeans2
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Expert load over time
@@ -199,6 +198,10 @@ def fit_request_types(input_tokens, output_tokens, k: int = 4, seed: int = 0, ma
 def _kmeans(x: np.ndarray, init, max_iter: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """[K, 2] centers: kmeans2 from `init` (k: k-means++ drawn with rng; or a [K, 2] array of centers), refilling
     clusters that end empty (steps 2 and 3 of fit_request_types)."""
+    # Imported when used: the experiments' config schema imports serving, which imports this module, and building a
+    # config (every `loadwise` call) should not pay for loading scipy (~0.35 s).
+    from scipy.cluster.vq import kmeans2
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "One of the clusters is empty")  # step 3 handles it
         if isinstance(init, np.ndarray):

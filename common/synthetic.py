@@ -162,13 +162,34 @@ def write_csv_trace(
     return _write(path, "\n".join(rows) + "\n")
 
 
+# The SmartMoE trace's shape (16 ranks, 24 layers, 4 micro-batches, 32 experts, top-2) with 51 sampled iterations
+# instead of 501, so a run that falls back to it exercises the same code paths (16 -> 8 and 16 devices) in seconds.
+SMARTMOE_LIKE = ExpertTraceSpec(
+    num_iterations=51, num_ranks=16, num_layers=24, num_microbatches=4, num_experts=32, tokens_per_microbatch=512,
+    iteration_step=100,
+)
+
+# Files of the real data directory that a synthetic file can stand in for (common.datapaths.ensure_files).
+STAND_INS = (EXPERT_NPZ, AZURE_CODE, AZURE_CONV)
+
+
+def write_stand_in(root: str | Path, name: str, seed: int = 0, spec: ExpertTraceSpec = SMARTMOE_LIKE) -> Path:
+    """Write the synthetic stand-in for the data file `name` (one of STAND_INS) at root / name."""
+    path = Path(root) / name
+    if name == EXPERT_NPZ:
+        return write_expert_npz(synthetic_expert_trace(spec, seed), path)
+    if name == AZURE_CODE:
+        return write_azure_csv(synthetic_request_trace(400, 4.0, seed=seed)[0], path)
+    if name == AZURE_CONV:
+        return write_azure_csv(synthetic_request_trace(900, 6.0, seed=seed + 1)[0], path)
+    raise ValueError(f"no synthetic stand-in for {name!r}; there are stand-ins for {', '.join(STAND_INS)}")
+
+
 def write_synthetic_data_dir(root: str | Path, seed: int = 0, spec: ExpertTraceSpec = ExpertTraceSpec()) -> Path:
     """A stand-in for the real data directory with the same relative file names (expert npz, Azure code and conv)."""
-    root = Path(root)
-    write_expert_npz(synthetic_expert_trace(spec, seed), root / EXPERT_NPZ)
-    write_azure_csv(synthetic_request_trace(400, 4.0, seed=seed)[0], root / AZURE_CODE)
-    write_azure_csv(synthetic_request_trace(900, 6.0, seed=seed + 1)[0], root / AZURE_CONV)
-    return root
+    for name in STAND_INS:
+        write_stand_in(root, name, seed, spec)
+    return Path(root)
 
 
 def _write(path: str | Path, text: str) -> Path:

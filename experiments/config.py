@@ -14,6 +14,7 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
+from common.datapaths import Fallback
 from common.topology import ClusterPreset
 from serving.costmodel import CostModelKind
 from serving.scheduler import SchedulerConfig
@@ -22,8 +23,13 @@ from serving.sim import SLO
 
 @dataclass
 class PathsConfig:
-    # Where the real traces live. null: $LOADWISE_DATA_DIR, else ../shared/data beside the checkout, else ./data.
+    # Where the real traces live (wins over $LOADWISE_DATA_DIR). null: $LOADWISE_DATA_DIR, else ../shared/data beside
+    # the checkout, else ./data.
     data_dir: Optional[str] = None
+    # When a data file is missing: none (stop and say how to get it), download (fetch the public original, else
+    # stop) or synthetic (fetch it, else run on a synthetic stand-in with a loud warning). The paper studies keep
+    # download; quickstart (`make run`) sets synthetic so a fresh clone without network still runs.
+    fallback: Fallback = Fallback.download
     # Profile loaded by the `local_cpu` cluster preset and the cost models (null: common/profiles/local_cpu.json).
     profile: Optional[str] = None
 

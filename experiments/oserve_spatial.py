@@ -22,7 +22,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from common.datapaths import resolve_data_dir
+from common.datapaths import ensure_files, locate_data_dir
 from common.topology import get_cluster
 from common.traces import RequestTrace, load_request_trace
 from experiments import plotting, reference
@@ -157,7 +157,10 @@ def sensitivity(trace, cm, gpus, cfg) -> list[dict]:
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     t0 = time.perf_counter()
-    data_dir = resolve_data_dir(cfg.paths.data_dir, os.environ)
+    needed = [cfg.workload.trace_path, *(t for t in cfg.oserve.extra_traces if t != "mix")]
+    needed += [cfg.oserve.perf_table] if cfg.oserve.costmodel is CostModelKind.measured else []
+    data_dir = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), needed,
+                            cfg.paths.fallback, synthetic_dir=out_dir / "synthetic_data").root
     traces = load_traces(cfg, data_dir)
     primary = next(iter(traces))
     gpu_counts = sorted(set(int(g) for g in cfg.oserve.gpu_counts) | {int(cfg.num_gpus)})

@@ -19,7 +19,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from common.datapaths import data_file, resolve_data_dir
+from common.datapaths import ensure_files, locate_data_dir
 from common.topology import get_cluster
 from common.traces import load_expert_trace
 from training.planner import PlanCost, make_planner, replica_lower_bound
@@ -55,8 +55,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     for key in ("window", "iteration_stride", "layer_stride", "devices_per_node"):
         if int(pc[key]) < 1:
             raise ValueError(f"config key 'planner_quality.{key}' must be >= 1, got {pc[key]}")
-    data_dir = resolve_data_dir(cfg.paths.data_dir, os.environ)
-    counts = load_counts(data_file(data_dir, pc.expert_trace))
+    files = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [pc.expert_trace],
+                         cfg.paths.fallback, synthetic_dir=out_dir / "synthetic_data")
+    counts = load_counts(files.path(pc.expert_trace))
     iters, ranks, layers, mbs, e = counts.shape
     g = int(pc.devices_per_node)
     if ranks % g:

@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from common.datapaths import data_file, resolve_data_dir
+from common.datapaths import ensure_files, locate_data_dir
 from training.planner import accel, make_planner
 
 
@@ -40,7 +40,9 @@ def random_loads(rng: np.random.Generator, n: int, e: int, tokens: int) -> np.nd
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     sc = cfg.planner_speed
-    paper = read_paper_times(data_file(resolve_data_dir(cfg.paths.data_dir, os.environ), sc.paper_results))
+    files = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [sc.paper_results],
+                         cfg.paths.fallback, synthetic_dir=out_dir / "synthetic_data")
+    paper = read_paper_times(files.path(sc.paper_results))
     rng = np.random.default_rng(sc.seed)
     compile_s = accel.warm_up()  # 0 without numba (numpy path)
     where = f"compiled or loaded from cache in {compile_s:.2f} s" if accel.HAVE_NUMBA else "absent, numpy path"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common.datapaths import data_file, resolve_data_dir
+from common.datapaths import ensure_files, locate_data_dir
 from common.stats import fit_request_types, imbalance, type_rates
 from common.traces import ExpertLoadTrace, RequestTrace, load_azure_trace, load_expert_trace, load_mooncake_trace
 from experiments import plotting
@@ -55,11 +55,13 @@ def load_requests(path: Path) -> RequestTrace:
 def run(cfg, out_dir: str | Path) -> dict:
     q = cfg.quickstart
     out_dir = Path(out_dir)
-    data_dir = resolve_data_dir(cfg.paths.data_dir, os.environ)
+    # A fresh clone without data still runs: on fetched files, else on synthetic stand-ins (a warning says so).
+    files = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [q.expert_trace, q.request_trace],
+                         cfg.paths.fallback, synthetic_dir=out_dir / "synthetic_data", seed=q.seed)
     with tqdm(total=5, desc="quickstart", unit="step", leave=False) as steps:
         # 1. Expert load.
         steps.set_postfix_str("loading expert trace")
-        expert = load_expert_trace(data_file(data_dir, q.expert_trace))
+        expert = load_expert_trace(files.path(q.expert_trace))
         steps.update()
         steps.set_postfix_str("expert statistics")
         imb = expert_imbalance(expert)  # [I, L]
@@ -68,7 +70,7 @@ def run(cfg, out_dir: str | Path) -> dict:
 
         # 2. Requests.
         steps.set_postfix_str("loading request trace")
-        req = load_requests(data_file(data_dir, q.request_trace))
+        req = load_requests(files.path(q.request_trace))
         steps.update()
         steps.set_postfix_str("request types")
         types = fit_request_types(req.input_tokens, req.output_tokens, k=q.num_request_types, seed=q.seed)
@@ -85,7 +87,10 @@ def run(cfg, out_dir: str | Path) -> dict:
 
     _log_expert(expert, imb, dev)
     _log_requests(req, types, counts, rates, q.interval_s)
+    log.info("data: %s", files.describe())
     return {
+        "data_source": files.source.value,
+        "data": files.summary(),
         "expert_trace": expert.source,
         "num_iterations": expert.num_iterations,
         "num_layers": expert.num_layers,

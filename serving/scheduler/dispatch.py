@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
-from scipy.optimize import linprog
 
 _TOL = 1e-9
 
@@ -61,6 +60,10 @@ def _capacity_rows(n: np.ndarray) -> np.ndarray:
 
 
 def _solve(c, A_ub, b_ub, bounds, what):
+    # Imported at the first solve: the experiments' config schema imports this package for SchedulerConfig, and
+    # building a config (every `loadwise` call) should not pay for loading scipy.optimize (~0.35 s).
+    from scipy.optimize import linprog
+
     res = linprog(c, A_ub=A_ub, b_ub=b_ub, bounds=bounds, method="highs")
     if res.status != 0:
         raise RuntimeError(f"dispatch {what}: HiGHS failed: {res.message}")

@@ -1,4 +1,4 @@
-"""Data manifest, verification, download (from a local file:// mirror) and the SmartMoE raw-log converter."""
+"""Data manifest, verification, downloads (file:// mirror and a local HTTP server), the SmartMoE raw-log converter."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 from common import datasets as ds
 from common import synthetic
 from common.traces import TraceError, load_expert_trace
+from tests.common import mirror
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -227,3 +228,124 @@ def test_sync_resumes_after_a_failed_raw_download(tmp_path, small_trace):
     (mirror / spec.repo / spec.commit / spec.raw_dir / spec.raw_name(1, 0)).unlink()  # already fetched: not needed
     assert ds.sync(data, [], spec, base=mirror.as_uri(), workers=1, log=lambda s: None) == []
     np.testing.assert_array_equal(load_expert_trace(data / spec.path).counts, small_trace.counts)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Over HTTP, from a local mirror server (tests/common/mirror.py): resume, Range ignored, corrupt bytes, server down
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_manifest_names_a_source_for_every_file():
+    assert all(e.url() is not None for e in ds.MANIFEST)  # `make data` can fetch everything it lists
+    laer = [e for e in ds.MANIFEST if e.path.startswith("laer_moe_paper_results/")]
+    assert len(laer) == 6
+    for e in laer:
+        assert (e.repo, e.commit, e.licence) == ("Fizzmy/LAER-MoE-AE", "72db5b79c00b4e6cf523a0d0c0a23cd44defc3df", "Apache-2.0")
+        assert e.upstream_path == f"LAER-MoE/scripts_ae/{Path(e.path).name}"
+
+
+def _payloads() -> dict[str, bytes]:
+    rng = np.random.default_rng(7)
+    return {"a/one.bin": rng.bytes(150_000), "b/two.bin": rng.bytes(70_000), "b/three.csv": b"x,y\n1,2\n"}
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("download_data", REPO / "scripts" / "download_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_make_data_fetches_everything_over_http(tmp_path, small_trace, capsys):
+    files = _payloads()
+    root = tmp_path / "mirror"
+    entries = mirror.build_mirror(root, files)
+    spec = _spec_for(small_trace, repo="o/s", commit="d" * 40, path="moe/counts.npz")
+    mirror.add_smartmoe(root, small_trace, spec)
+    data = tmp_path / "data"
+    with mirror.Mirror(root) as m:
+        rc = _load_script().main(["--data-dir", str(data), "--mirror", m.url, "--workers", "2"], {}, entries, spec)
+    assert rc == 0 and "all files present and verified" in capsys.readouterr().out
+    for name, content in files.items():
+        assert (data / name).read_bytes() == content
+    np.testing.assert_array_equal(load_expert_trace(data / spec.path).counts, small_trace.counts)
+    assert ds.verify_long_csv(data, spec).status == "ok"
+    assert not list(data.rglob("*.part"))
+
+
+def test_interrupted_download_resumes_with_range(tmp_path):
+    content = np.random.default_rng(1).bytes(200_000)
+    root, data = tmp_path / "mirror", tmp_path / "data"
+    (entry,) = mirror.build_mirror(root, {"big.bin": content})
+    part = data / "big.bin.part"
+    with mirror.Mirror(root) as m:
+        m.served.cut[m.url_path(entry)] = 80_000
+        problems = ds.sync(data, [entry], None, base=m.url, progress=False)
+        assert len(problems) == 1 and "rerun to resume" in problems[0] and "\n" not in problems[0]
+        assert part.read_bytes() == content[:80_000] and not (data / "big.bin").exists()
+
+        assert ds.sync(data, [entry], None, base=m.url, progress=False) == []
+        (first, second) = m.gets(entry)
+    assert first[2] is None and second[2] == "bytes=80000-" and second[3] == 120_000  # only the rest was sent
+    assert (data / "big.bin").read_bytes() == content and not part.exists()
+
+
+def test_resume_when_the_server_ignores_range(tmp_path):
+    content = np.random.default_rng(2).bytes(100_000)
+    root, data = tmp_path / "mirror", tmp_path / "data"
+    (entry,) = mirror.build_mirror(root, {"f.bin": content})
+    with mirror.Mirror(root) as m:
+        m.served.cut[m.url_path(entry)] = 30_000
+        assert len(ds.sync(data, [entry], None, base=m.url, progress=False)) == 1
+        m.served.ignore_range = True
+        assert ds.sync(data, [entry], None, base=m.url, progress=False) == []
+        last = m.gets(entry)[-1]
+    assert last[2] == "bytes=30000-" and last[3] == 100_000  # asked to resume, got the whole file: started over
+    assert (data / "f.bin").read_bytes() == content
+
+
+def test_stale_part_is_fetched_again(tmp_path):
+    content = np.random.default_rng(3).bytes(50_000)
+    root, data = tmp_path / "mirror", tmp_path / "data"
+    (entry,) = mirror.build_mirror(root, {"f.bin": content})
+    data.mkdir()
+    (data / "f.bin.part").write_bytes(b"left over from another version of the file")
+    with mirror.Mirror(root) as m:
+        assert ds.sync(data, [entry], None, base=m.url, progress=False) == []
+        ranges = [r[2] for r in m.gets(entry)]
+    assert ranges[0] is not None and ranges[1] is None  # the resumed bytes failed the sha256: one fresh download
+    assert (data / "f.bin").read_bytes() == content
+
+
+def test_checksum_mismatch_never_replaces_a_file(tmp_path):
+    good = b"the published bytes\n"
+    root, data = tmp_path / "mirror", tmp_path / "data"
+    (entry,) = mirror.build_mirror(root, {"f.csv": good})
+    served = root / entry.repo / entry.commit / entry.upstream_path
+    served.write_bytes(b"altered upstream\n")
+    with mirror.Mirror(root) as m:
+        problems = ds.sync(data, [entry], None, base=m.url, progress=False)
+        assert len(problems) == 1 and "differs from the recorded" in problems[0] and "not written" in problems[0]
+        assert not (data / "f.csv").exists() and not (data / "f.csv.part").exists()
+        # A good file already in place is never replaced by bytes that fail the check.
+        (data / "f.csv").write_bytes(good)
+        with pytest.raises(ds.ChecksumMismatch, match="not written"):
+            ds.download(entry.url(m.url), data / "f.csv", entry.sha256)
+    assert (data / "f.csv").read_bytes() == good and not (data / "f.csv.part").exists()
+
+
+def test_server_down_gives_one_line_per_file(tmp_path, small_trace, capsys):
+    import time
+
+    entries = mirror.build_mirror(tmp_path / "mirror", _payloads())
+    spec = _spec_for(small_trace, repo="o/s", commit="d" * 40, path="moe/counts.npz")
+    base, data = mirror.closed_port_url(), tmp_path / "data"
+    t0 = time.perf_counter()
+    rc = _load_script().main(["--data-dir", str(data), "--mirror", base], {}, entries, spec)
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    lines = err[err.index("4 problem(s):"):].strip().splitlines()  # after the progress bars
+    assert rc == 1 and len(lines) == 5
+    for line, name in zip(lines[1:], [e.path for e in entries] + [spec.path]):
+        assert str(data / name) in line and f"{base} did not answer" in line
+    assert elapsed < 10  # one refused probe, not a wait per file

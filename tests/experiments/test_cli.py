@@ -89,7 +89,16 @@ def test_bad_overrides_fail_naming_the_key(tmp_path, override, named):
 
 
 def test_missing_data_is_one_clear_line(tmp_path):
-    out = _cli([f"paths.data_dir={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    out = _cli([f"paths.data_dir={tmp_path / 'nowhere'}", "paths.fallback=none", f"hydra.run.dir={tmp_path / 'run'}"],
+               tmp_path)
     assert out.returncode == 1
     assert "error:" in out.stderr and "nowhere" in out.stderr and "make data" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_paths_data_dir_beats_the_environment(tmp_path, data):
+    out = _cli(["experiment=quickstart", f"paths.data_dir={data}", "paths.fallback=none",
+                f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, env_extra={ENV_VAR: "/nonexistent"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert f"data: real files from {data} (set by paths.data_dir)" in log

@@ -75,7 +75,7 @@ def _check_against_numpy(out: Path, data: Path, cfg, result: dict) -> None:
 
 def test_quickstart_synthetic(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
-    monkeypatch.delenv(ENV_VAR, raising=False)  # the environment would win over paths.data_dir
+    monkeypatch.delenv(ENV_VAR, raising=False)  # the run sees no data directory but the one it is given
     data = synthetic.write_synthetic_data_dir(tmp_path / "data", seed=1)
     cfg = _compose([f"paths.data_dir={data}", "quickstart.num_request_types=3", "quickstart.interval_s=30"])
     out = tmp_path / "out"
@@ -87,7 +87,7 @@ def test_quickstart_synthetic(tmp_path, monkeypatch, caplog):
 
 def test_quickstart_missing_data_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
-    cfg = _compose([f"paths.data_dir={tmp_path}"])
+    cfg = _compose([f"paths.data_dir={tmp_path}", "paths.fallback=none"])
     with pytest.raises(FileNotFoundError, match="make data"):
         experiments.run.run(cfg, tmp_path / "out")
 
