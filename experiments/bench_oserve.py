@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from common.datapaths import resolve_data_dir
+from common.datapaths import ensure_files, locate_data_dir
 from common.topology import get_cluster, h100_80g_4x8
 from common.traces import RequestTrace, load_request_trace
 from experiments import plotting, reference
@@ -145,8 +145,10 @@ def peer_rows(b, ref: dict, trace: RequestTrace, table) -> list[dict]:
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     b = cfg.bench
-    data = resolve_data_dir(cfg.paths.data_dir, os.environ)
     ref = reference.load(b.reference)
+    needed = [b.trace_path, b.perf_table, ref["setting"]["trace"]]
+    data = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), needed, cfg.paths.fallback,
+                        synthetic_dir=out_dir / "synthetic_data").root
     table = load_perf_table(data / b.perf_table)
     trace = _first(load_request_trace(data / b.trace_path, "azure"), b.max_requests)
     peer_trace = trace if ref["setting"]["trace"] == b.trace_path else _first(
