@@ -64,8 +64,10 @@ def simulate(
         if router.reads_state:
             for e in engines:
                 e.advance_until(t)
-        k = router.route(i, engines)
-        engines[k].advance_until(t)  # a no-op when the router had every replica advanced already
+            k = router.route(i, engines)
+        else:
+            k = router.route(i, engines)
+            engines[k].advance_until(t)
         engines[k].enqueue(i, t)
     for e in engines:
         e.advance_until(float("inf"))
