@@ -234,7 +234,3 @@ def brute_force(problem: Problem, num_gpus: int) -> DeploymentPlan:
         raise ValueError(f"no deployment of {problem.cost.model.name} fits {num_gpus} GPUs")
     best = max(deps, key=problem.score)
     return problem.plan(best, "brute_force", t0=t0)
-
-
-def homogeneous_plan(problem: Problem, dep: Deployment) -> DeploymentPlan:
-    return problem.plan(dep, "homogeneous")
