@@ -20,7 +20,7 @@ setup(
         "torch==2.13.0",
         "numpy>=1.26",
         "scipy>=1.11",
-        # Compiled inner loops of the load-balancing planners (training/planner/kernels.py); numpy path without it.
+        # Compiled inner loops of the planners and the FSEP sums (training/planner/kernels.py, training/routing.py).
         "numba>=0.59",
         "matplotlib>=3.8",
         "hydra-core==1.3.*",

@@ -2,7 +2,8 @@
 across local processes, SwiGLU-expert and attention cost per token. Writes one JSON profile that
 `common.topology.local_cpu` and `common.costmodel.ComputeModel.from_profile` load.
 
-    python -m common.profiling --out common/profiles/local_cpu.json            # this CPU, gloo all-to-all
+    python -m common.profiling                                                # this CPU -> ./profile_cpu.json
+    python -m common.profiling --out common/profiles/local_cpu.json            # replace the committed CPU profile
     python -m common.profiling --device cuda --out profile_h200.json          # same script on a GPU (NCCL if >= 2 GPUs)
 
 torch is imported here only: this is where the common layer measures.
@@ -14,8 +15,8 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,19 +116,12 @@ def profile_attention(device, dtype, shapes, repeats) -> list[dict]:
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _alltoall_worker(rank, world, port, backend, sizes_kb, repeats, out_path):
+def _alltoall_worker(rank, world, sizes_kb, repeats) -> list[dict]:
+    """One rank of the all-to-all profile (run by common.launch.run_local, which has joined the group)."""
     import torch
     import torch.distributed as dist
 
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group(backend, rank=rank, world_size=world)
-    device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    device = torch.device("cuda", rank) if dist.get_backend() == "nccl" else torch.device("cpu")
     sync = _sync_for(device)
     rows = []
     for kb in sizes_kb:
@@ -152,17 +146,14 @@ def _alltoall_worker(rank, world, port, backend, sizes_kb, repeats, out_path):
         t = torch.tensor([statistics.median(times)])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         rows.append({"world": world, "bytes_per_peer": kb * 1024, "seconds": float(t)})
-    if rank == 0:
-        Path(out_path).write_text(json.dumps(rows))
-    dist.destroy_process_group()
+    return rows
 
 
 def profile_alltoall(device_type: str, world: int, sizes_kb, repeats) -> list[dict]:
     """all_to_all_single across `world` local processes: gloo on CPU, NCCL across GPUs. [] if it cannot run."""
-    import tempfile
-
     import torch
-    import torch.multiprocessing as mp
+
+    from common.launch import run_local
 
     if device_type == "cuda":
         if torch.cuda.device_count() < world:
@@ -170,11 +161,7 @@ def profile_alltoall(device_type: str, world: int, sizes_kb, repeats) -> list[di
         backend = "nccl"
     else:
         backend = "gloo"
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "a2a.json"
-        mp.start_processes(_alltoall_worker, args=(world, _free_port(), backend, sizes_kb, repeats, str(out)),
-                           nprocs=world, join=True, start_method="spawn")
-        return json.loads(out.read_text())
+    return run_local(_alltoall_worker, world, backend, args=(list(sizes_kb), repeats), num_threads=None)[0]
 
 
 def fit_alpha_beta(rows: list[dict]) -> tuple[float, float]:
@@ -230,19 +217,28 @@ def run_profile(device_type: str = "cpu", sizes: ProfileSizes = ProfileSizes(), 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True, help="profile JSON to write")
+    ap.add_argument("--out", default=None,
+                    help="profile JSON to write (default: profile_<device>.json in the current directory; the "
+                         "committed common/profiles/local_cpu.json is replaced only when named here)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds); for tests")
     ap.add_argument("--no-alltoall", action="store_true", help="skip the multi-process all-to-all")
     args = ap.parse_args(argv)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("error: --device cuda: no CUDA device is available to this torch "
+                     f"({torch.__version__}); profile the CPU with --device cpu")
+    out = Path(args.out) if args.out else Path(f"profile_{args.device}.json")
     prof = run_profile(args.device, QUICK if args.quick else ProfileSizes(), alltoall=not args.no_alltoall)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(prof, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(prof, indent=1) + "\n")
     s = prof["summary"]
     print(f"{prof['device']['name']}: matmul peak {s['matmul_peak_flops'] / 1e9:.1f} GFLOP/s, "
           f"memory {s['memory_bandwidth'] / 1e9:.1f} GB/s" +
           (f", all-to-all {s['alltoall_bw'] / 1e9:.2f} GB/s + {s['alltoall_latency'] * 1e6:.0f} us" if "alltoall_bw" in s else ""))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,17 @@ def cv(x, axis: int = -1) -> np.ndarray:
     return np.divide(sd, mean, out=np.zeros_like(mean), where=mean > 0)
 
 
+def static_ep_imbalance(loads, num_devices: int) -> float:
+    """max / mean tokens computed per device under static expert parallelism (device d holds experts
+    d*E/N .. (d+1)*E/N - 1): the imbalance a re-layout has to remove. loads [..., E], summed over leading axes
+    (e.g. [R, E] per source device); E must divide into num_devices equal groups."""
+    a = _loads(loads, "static_ep_imbalance")
+    per_expert = a.reshape(-1, a.shape[-1]).sum(0)  # [E]
+    if num_devices < 1 or per_expert.size % num_devices:
+        raise ValueError(f"static_ep_imbalance: {per_expert.size} experts do not split over {num_devices} devices")
+    return float(imbalance(per_expert.reshape(num_devices, -1).sum(1)))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Request workload
 # ---------------------------------------------------------------------------------------------------------------------

@@ -116,6 +116,28 @@ class ExpertLoadTrace:
         merged = self.counts.reshape(i, int(n), r // int(n), layers, m, e).sum(axis=2)
         return ExpertLoadTrace(merged, self.iterations, f"{self.source} (ranks merged {r}->{n})")
 
+    # A layer's micro-batches in training order form one sequence, iteration-major: position t is micro-batch
+    # t % M of sampled iteration t // M. The planners' lagged input for t sums the `window` positions before it.
+    def microbatch(self, layer: int, t: int) -> np.ndarray:
+        """[R, E] counts of position t of the layer's iteration-major micro-batch sequence (read-only view)."""
+        i, m = self._position(t)
+        return self.counts[i, :, layer, m]
+
+    def window_sum(self, layer: int, t: int, window: int) -> np.ndarray:
+        """[R, E] int64 sum of positions t - window .. t - 1 of the layer's iteration-major micro-batch sequence (the
+        load a planner sees before micro-batch t; integer counts, so a sum rather than a mean stays exact)."""
+        if not isinstance(window, (int, np.integer)) or not 0 <= window <= t:
+            raise ValueError(f"window_sum: window must be an integer in [0, t={t}], got {window!r}")
+        self._position(t)
+        i, m = np.divmod(np.arange(t - window, t), self.num_microbatches)
+        return self.counts[i, :, layer, m].sum(0)  # [window, R, E] -> [R, E]
+
+    def _position(self, t: int) -> tuple[int, int]:
+        if not 0 <= t < self.num_iterations * self.num_microbatches:
+            raise ValueError(f"micro-batch position {t} outside [0, {self.num_iterations * self.num_microbatches}) "
+                             f"({self.num_iterations} iterations x {self.num_microbatches} micro-batches)")
+        return divmod(int(t), self.num_microbatches)
+
 
 def load_expert_trace(path: str | Path) -> ExpertLoadTrace:
     """The SmartMoE expert-load npz: `counts` [I, R, L, M, E] (uint16 upstream) and `iterations` [I]."""

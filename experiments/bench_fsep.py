@@ -1,12 +1,12 @@
 """Benchmark (not a test): FSEP against expert-parallel baselines on real routing skew, 2 gloo ranks.
 
-    python -m experiments.bench_fsep [--tokens 16384 --hidden 128 --ffn 448 --samples 20 ...] [--out-dir DIR]
+    python -m experiments.run experiment=laer/bench_fsep [bench_fsep.tokens=16384 bench_fsep.samples=20 ...]
 
-Default size: T = 16,384 tokens per rank (the issue asks >= 8,192; the paper has 32,768 per device per micro-batch,
-and 16,384 is what fits the whole run in ~15 minutes on 2 cores), H = 128, F = 448 = 3.5 H (Mixtral's 14336/4096),
-so expert compute dominates the step as it does in the paper. The restore moves C*P elements per step whatever T is,
-so its share of the step falls as 1/T; non-expert work per route (router, token all-to-all, reorderings) is O(H)
-against O(H*F) expert flops, so its share falls as 1/F.
+Default size: T = 16,384 tokens per rank (the paper has 32,768 per device per micro-batch, and 16,384 is what fits
+the whole run in ~15 minutes on 2 cores), H = 128, F = 448 = 3.5 H (Mixtral's 14336/4096), so expert compute
+dominates the step as it does in the paper. The restore moves C*P elements per step whatever T is, so its share of
+the step falls as 1/T; non-expert work per route (router, token all-to-all, reorderings) is O(H) against O(H*F)
+expert flops, so its share falls as 1/F.
 
 Per (iteration, layer) sample of the SmartMoE trace (16 source ranks summed into N), every rank replays its row
 scaled to T*k routes with the trace-replay gate, and the median forward+backward time of each method is measured:
@@ -15,26 +15,25 @@ scaled to T*k routes with the trace-replay gate, and the median forward+backward
   ep         (c) expert parallel without padding (whole experts, exactly the routed tokens)
   fsdp_ep    (d) FSEP storage, the paper's static FSDP+EP layout
   fsep       (e) FSEP with the layout (and routing) of a training.planner planner (default laer_plus), planned from
-             the previous --window micro-batches of that layer (the runtime's lagged setting: the plan for micro-batch
+             the previous `window` micro-batches of that layer (the runtime's lagged setting: the plan for micro-batch
              t comes from t-window .. t-1). Default window 4 with micro-batch 0: the previous recorded iteration's
              4 micro-batches, 10 training iterations before the sample (the trace keeps every 10th), so staler than a
-             runtime's one-step lag. --planner greedy is the bench's own greedy planner; --window 0 plans from the
-             sample's own loads (oracle)
-  balanced   (f) FSEP with perfectly uniform routing (the balanced limit)
-  fsep_sync  (e) without overlapping the restore all-to-all with routing and dispatch (--sync-reps repetitions)
+             runtime's one-step lag. window 0 plans from the sample's own loads (oracle)
+  balanced   (f) FSEP with perfectly uniform routing (the balanced limit; layout: the laer planner on uniform loads)
+  fsep_sync  (e) without overlapping the restore all-to-all with routing and dispatch (sync_reps repetitions)
 plus where FSEP's time goes (restore all-to-all, token all-to-all, expert compute; each fwd+bwd, measured apart).
 Every time is reported twice: wall clock (max over ranks), and max-over-ranks CPU time of the step (each rank's
 process time: compute plus gloo's copies; blocked waits cost none). On a machine shared with other jobs, wall time
 follows the total work of all ranks, so an idle rank's core is taken by others and EP imbalance barely shows; the CPU
 figure is what a dedicated core per rank would see. Targets are evaluated on both.
-Writes bench_fsep.json, bench_fsep.csv and bench_fsep.png to --out-dir.
+Writes bench_fsep.csv and bench_fsep.png (and, through experiments.run, results.json) to the run directory.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
+import logging
 import os
 import statistics
 import sys
@@ -44,34 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common.traces import ExpertLoadTrace
 from training.placement import Placement
 
-# ---- planner (pure; the bench's stand-in for training.planner) ------------------------------------------------
-
-
-def greedy_placement(loads: np.ndarray, num_devices: int, slots_per_device: int) -> Placement:
-    """Replicas proportional to load, then LPT placement.
-
-    1. Every expert gets one replica; the remaining N*C - E slots go one at a time to the expert with the largest
-       load per replica (so replica counts end up proportional to load).
-    2. Replicas sorted by load per replica (descending) go to the device with the least assigned load among those
-       with a free slot, preferring a device that does not hold the expert yet.
-    loads: [N, E] tokens per (source, expert); only the total per expert matters on one node.
-    """
-    total = np.asarray(loads, dtype=np.float64).sum(0)  # [E]
-    e, n, c = total.size, num_devices, slots_per_device
-    reps = np.ones(e, dtype=np.int64)  # Step 1
-    for _ in range(n * c - e):
-        reps[np.argmax(total / reps)] += 1
-    items = sorted(((total[j] / reps[j], j) for j in range(e) for _ in range(reps[j])), reverse=True)  # Step 2
-    dev_load, slots = np.zeros(n), [[] for _ in range(n)]
-    for w, j in items:
-        free = [d for d in range(n) if len(slots[d]) < c]
-        fresh = [d for d in free if j not in slots[d]] or free
-        d = min(fresh, key=lambda d: (dev_load[d], d))
-        slots[d].append(j)
-        dev_load[d] += w
-    return Placement(np.array(slots), e)
+log = logging.getLogger(__name__)
 
 
 # ---- workload --------------------------------------------------------------------------------------------------
@@ -94,34 +69,42 @@ class BenchConfig:
     microbatch: int  # which of the trace's micro-batches
     overlap_restore: bool  # FSEP launches the restore all-to-all before routing and dispatch
     seed: int
-    planner: str | None = None  # a training.planner registry name for (e); None or "greedy": greedy_placement above
+    planner: str = "laer_plus"  # the training.planner registry name that lays (e) out
     window: int = 0  # plan (e) from the sum of the previous `window` micro-batches of the layer; 0: from the sample's own
     sync_reps: int = 0  # repetitions of fsep_sync (the no-overlap diagnostic); 0: cfg.reps
     max_block_rows: int | None = None  # rows per expert matmul in our layers (ep, fsdp_ep, fsep, balanced); None: whole
 
 
-def load_samples(cfg: BenchConfig) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """Pick samples and return their per-rank target counts [S, N, E] (each row sums to T*k, max T)."""
+def load_trace(cfg: BenchConfig) -> ExpertLoadTrace:
+    """The expert trace with its source ranks merged into cfg.ranks, checked against the bench's shape."""
     from common.traces import load_expert_trace
-    from training.moe import scale_counts
 
     trace = load_expert_trace(cfg.trace)
     if trace.num_experts != cfg.experts:
-        raise ValueError(f"--experts {cfg.experts} but the trace {cfg.trace} has {trace.num_experts} experts")
+        raise ValueError(f"config key 'bench_fsep.experts'={cfg.experts} but the trace {cfg.trace} has "
+                         f"{trace.num_experts} experts")
     if trace.num_ranks % cfg.ranks:
-        raise ValueError(f"--ranks {cfg.ranks}: the trace's {trace.num_ranks} source ranks do not merge evenly")
+        raise ValueError(f"config key 'bench_fsep.ranks'={cfg.ranks}: the trace's {trace.num_ranks} source ranks do "
+                         f"not merge evenly")
     if not 0 <= cfg.microbatch < trace.num_microbatches:
-        raise ValueError(f"--microbatch {cfg.microbatch}: the trace has {trace.num_microbatches} micro-batches")
-    counts = trace.merge_ranks(cfg.ranks).counts  # [I, N, L, M, E]
+        raise ValueError(f"config key 'bench_fsep.microbatch'={cfg.microbatch}: the trace has "
+                         f"{trace.num_microbatches} micro-batches")
+    return trace.merge_ranks(cfg.ranks)
+
+
+def load_samples(cfg: BenchConfig, trace: ExpertLoadTrace) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Pick samples and return their per-rank target counts [S, N, E] (each row sums to T*k, max T)."""
+    from training.moe import scale_counts
+
     first = _first_iteration(cfg, trace.num_microbatches)
     if first >= trace.num_iterations:
-        raise ValueError(f"--window {cfg.window}: the trace's {trace.num_iterations} iterations leave no sample with "
-                         f"a full window of earlier micro-batches")
+        raise ValueError(f"config key 'bench_fsep.window'={cfg.window}: the trace's {trace.num_iterations} "
+                         f"iterations leave no sample with a full window of earlier micro-batches")
     its = np.linspace(first, trace.num_iterations - 1, cfg.samples).round().astype(int)
     picks = [(int(it), int((s * 7) % trace.num_layers)) for s, it in enumerate(its)]
     out = np.zeros((len(picks), cfg.ranks, cfg.experts), dtype=np.int64)
     for s, (it, layer) in enumerate(picks):
-        rows = counts[it, :, layer, cfg.microbatch].astype(np.int64)  # [N, E]
+        rows = trace.microbatch(layer, it * trace.num_microbatches + cfg.microbatch)  # [N, E]
         for r in range(cfg.ranks):
             out[s, r] = scale_counts(rows[r], cfg.tokens * cfg.top_k, cfg.tokens)
     return picks, out
@@ -132,36 +115,21 @@ def _first_iteration(cfg: BenchConfig, microbatches: int) -> int:
     return -(-max(cfg.window - cfg.microbatch, 0) // microbatches)
 
 
-def plan_loads(cfg: BenchConfig, picks: list[tuple[int, int]]) -> np.ndarray:
-    """[S, N, E] loads each sample's plan is made from: the sum of the previous `window` micro-batches of the layer in
-    the trace's iteration-major micro-batch sequence (window 0: the sample's own micro-batch). Trace units (its own
-    tokens per micro-batch); a planner's layout and routing proportions do not depend on the scale."""
-    from common.traces import load_expert_trace
-
-    trace = load_expert_trace(cfg.trace)
-    counts = trace.merge_ranks(cfg.ranks).counts.astype(np.int64)  # [I, N, L, M, E]
-    i, n, _, m, e = counts.shape
-    out = np.zeros((len(picks), n, e), dtype=np.int64)
+def plan_loads(cfg: BenchConfig, trace: ExpertLoadTrace, picks: list[tuple[int, int]]) -> np.ndarray:
+    """[S, N, E] loads each sample's plan is made from: the sum of the previous `window` micro-batches of the layer
+    (window 0: the sample's own micro-batch). Trace units (its own tokens per micro-batch); a planner's layout and
+    routing proportions do not depend on the scale."""
+    out = np.zeros((len(picks), cfg.ranks, cfg.experts), dtype=np.int64)
     for s, (it, layer) in enumerate(picks):
-        seq = counts[:, :, layer].transpose(0, 2, 1, 3).reshape(i * m, n, e)  # [I*M, N, E]
-        t = it * m + cfg.microbatch
-        out[s] = seq[t] if cfg.window == 0 else seq[t - cfg.window:t].sum(0)
+        t = it * trace.num_microbatches + cfg.microbatch
+        out[s] = trace.microbatch(layer, t) if cfg.window == 0 else trace.window_sum(layer, t, cfg.window)
     return out
 
 
-def plan_layout(cfg: BenchConfig, planner, loads: np.ndarray) -> tuple[Placement, np.ndarray | None]:
-    """(placement, route weights or None for the FSEP rule) for (e): the bench's greedy planner, or a registry one."""
-    if planner is None:
-        return greedy_placement(loads, cfg.ranks, cfg.slots), None
+def plan_layout(planner, loads: np.ndarray) -> tuple[Placement, np.ndarray | None]:
+    """(placement, routing fractions or None for the FSEP rule) for (e) from a training.planner planner."""
     plan = planner.plan(loads)
-    placement = Placement(plan.placement, cfg.experts)
-    return placement, (None if getattr(plan, "fsep_routed", True) else plan.routing)
-
-
-def ep_imbalance(targets: np.ndarray, ranks: int) -> float:
-    """max/mean routes computed per rank under static EP (experts d*E/N .. (d+1)*E/N - 1 on rank d)."""
-    per_rank = targets.sum(0).reshape(ranks, -1).sum(1)
-    return float(per_rank.max() / per_rank.mean())
+    return plan.layout, (None if plan.fsep_routed else plan.routing)
 
 
 # ---- one rank ---------------------------------------------------------------------------------------------------
@@ -189,21 +157,22 @@ def _timed(fn, reps, group) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
+def _rank_main(rank: int, world_size: int, cfg: BenchConfig, picks: list[tuple[int, int]], targets: np.ndarray,
+               history: np.ndarray) -> list[dict] | None:
+    """One rank of the bench (run by common.launch.run_local, one thread per rank): the rows on rank 0.
+    targets [S, N, E] replayed counts, history [S, N, E] the loads each sample's plan is made from."""
     import torch
     import torch.distributed as dist
 
+    from common.stats import static_ep_imbalance
     from training.fsep import FSEPGroups, apply_ep, apply_fsdp_ep, apply_fsep
     from training.fsep.deepspeed_ep import DeepSpeedEP, capacity, dropped_routes
     from training.fsep.layer import slot_weights
     from training.moe import ReferenceMoE
+    from training.planner import make_planner
 
-    torch.set_num_threads(1)  # one core per rank
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=cfg.ranks)
     world = dist.group.WORLD
     groups = FSEPGroups(world, devices_per_node=cfg.ranks)  # one machine: one node
-    picks, targets = load_samples(cfg)
-    history = plan_loads(cfg, picks)
     torch.manual_seed(cfg.seed)
     ref = ReferenceMoE(cfg.hidden, cfg.ffn, cfg.experts, cfg.top_k)
     x = torch.randn(cfg.ranks, cfg.tokens, cfg.hidden)[rank]
@@ -221,7 +190,9 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
     }
     uniform = torch.full((e,), t * k // e, dtype=torch.int64)
     uniform[: t * k - int(uniform.sum())] += 1
-    layers["balanced"].set_placement(greedy_placement(np.tile(uniform.numpy(), (n, 1)), n, cfg.slots))
+    # The balanced limit's layout: replicas proportional to (uniform) load, LPT-placed.
+    balanced = make_planner("laer", n, cfg.slots, groups.devices_per_node).plan(np.tile(uniform.numpy(), (n, 1)))
+    layers["balanced"].set_placement(balanced.layout)
     del ref
 
     def step(layer, tc):
@@ -246,7 +217,9 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
             layer.combine(tokens, plan, w).sum().backward()
 
         tokens, plan = layer.dispatch(x, idx)
-        ex = layer.restore().detach().requires_grad_(True)
+        # The restored experts as one [C, P] leaf: compute's backward then assembles their gradient as the step's does.
+        ex = torch.stack([torch.cat([m.detach().reshape(-1) for m in slot]) for slot in layer.restore_weights()])
+        ex.requires_grad_(True)
 
         def compute():
             ws = slot_weights(ex, layer.expert_parts())
@@ -260,11 +233,7 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
             out[name], out[name.replace("_s", "_cpu_s")] = _timed(fn, cfg.reps, world)
         return out
 
-    planner = None
-    if cfg.planner and cfg.planner != "greedy":
-        from training.planner import make_planner
-
-        planner = make_planner(cfg.planner, n, cfg.slots, groups.devices_per_node)
+    planner = make_planner(cfg.planner, n, cfg.slots, groups.devices_per_node)
     s0 = targets[0, rank]
     tc0 = torch.from_numpy(s0)
     for layer in layers.values():  # warm-up: allocator, DeepSpeed's groups, first-touch costs
@@ -277,10 +246,11 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
         bar = tqdm(bar, desc="samples", file=sys.stderr)
     for s in bar:
         tc = torch.from_numpy(targets[s, rank])
-        placement, route_weights = plan_layout(cfg, planner, history[s])
-        layers["fsep"].set_placement(placement, route_weights)
-        layers["fsep_sync"].set_placement(placement, route_weights)
-        row = {"iteration_index": picks[s][0], "layer": picks[s][1], "ep_imbalance": ep_imbalance(targets[s], n)}
+        placement, routing_fractions = plan_layout(planner, history[s])
+        layers["fsep"].set_placement(placement, routing_fractions)
+        layers["fsep_sync"].set_placement(placement, routing_fractions)
+        row = {"iteration_index": picks[s][0], "layer": picks[s][1],
+               "ep_imbalance": static_ep_imbalance(targets[s], n)}
         # Methods interleaved within each repetition, so a burst of load from other users of the machine hits
         # every method alike rather than one.
         times = {name: [] for name in layers}
@@ -302,12 +272,10 @@ def _rank_main(rank: int, cfg: BenchConfig, port: int, queue) -> None:
             row[f"ep_over_fsep{m}"] = row[f"ep{m}_s"] / row[f"fsep{m}_s"]
             row[f"fsep_over_balanced{m}"] = row[f"fsep{m}_s"] / row[f"balanced{m}_s"]
         rows.append(row)
-    if rank == 0:
-        queue.put(rows)
-    dist.destroy_process_group()
+    return rows if rank == 0 else None
 
 
-SIZE_RATIONALE = ("tokens per rank in the paper's regime (>= 8,192 asked; the paper has 32,768 per device per "
+SIZE_RATIONALE = ("tokens per rank in the paper's regime (the paper has 32,768 per device per "
                   "micro-batch); F = 3.5 H as Mixtral's 14336/4096 so expert compute dominates; default T = 16,384, "
                   "H = 128, F = 448 keeps the full default run within ~15 minutes on 2 cores")
 
@@ -322,7 +290,9 @@ COLUMNS = (["iteration_index", "layer", "ep_imbalance", "ds_cap1_dropped"]
 
 
 def targets(rows: list[dict], med: dict, m: str) -> dict:
-    """The issue's targets on metric m ("" wall clock, "_cpu" max-over-ranks CPU time)."""
+    """The FSEP runtime's targets on metric m ("" wall clock, "_cpu" max-over-ranks CPU time): FSEP within 10% of
+    the balanced limit (median); on samples with EP imbalance >= 1.3, EP / FSEP at least 90% of that imbalance;
+    nothing dropped; no slower than DeepSpeed with capacity factor 1 (median)."""
     skewed = [r for r in rows if r["ep_imbalance"] >= 1.3]
     kept = [r[f"ep_over_fsep{m}"] / (0.9 * r["ep_imbalance"]) for r in skewed]
     return {
@@ -343,22 +313,24 @@ def aggregate(rows: list[dict]) -> dict:
     return {"median": med, "targets": {"wall": targets(rows, med, ""), "cpu": targets(rows, med, "_cpu")}}
 
 
-def print_table(rows: list[dict], agg: dict) -> None:
+def format_table(rows: list[dict], agg: dict) -> str:
+    """Both tables (wall clock, max-over-ranks CPU), one row per sample plus the median, and the targets."""
+    lines = []
     for m, title in (("", "wall clock (shared machine)"), ("_cpu", "max-over-ranks CPU time (dedicated-core estimate)")):
         cols = ["iteration_index", "layer", "ep_imbalance"] + [f"{x}{m}_s" for x in METHODS[:-1]] + [
             "ds_cap1_dropped", f"restore_share{m}", f"overlap_saving{m}", f"ep_over_fsep{m}", f"fsep_over_balanced{m}"]
         short = ["it", "L", "imb", "ds_ep", "ds_cap1", "ep", "fsdp_ep", "fsep", "bal", "drop", "restore%", "overlap%",
                  "ep/fsep", "fsep/bal"]
-        print(f"\n{title}, seconds per forward+backward")
-        print(" ".join(f"{c:>8}" for c in short))
+        lines += ["", f"{title}, seconds per forward+backward", " ".join(f"{c:>8}" for c in short)]
         for r in rows + [dict(agg["median"], iteration_index="median", layer="")]:
             cells = []
             for c in cols:
                 v = r[c]
                 pct = c.startswith(("ds_cap1_dropped", "restore_share", "overlap_saving"))
                 cells.append(f"{v:>8}" if isinstance(v, (int, str)) else f"{100 * v:>7.1f}%" if pct else f"{v:>8.3f}")
-            print(" ".join(cells))
-    print(json.dumps(agg["targets"], indent=1))
+            lines.append(" ".join(cells))
+    lines.append(json.dumps(agg["targets"], indent=1))
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], agg: dict, path: Path) -> None:
@@ -390,108 +362,60 @@ def plot(rows: list[dict], agg: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def parse_args(argv=None) -> tuple[BenchConfig, Path, bool]:
-    from common.datapaths import resolve_data_dir
+def bench_config(section, trace: Path, seed: int) -> BenchConfig:
+    """The bench's settings from the `bench_fsep` config section, checked; messages name the key."""
+    from training.planner import PLANNERS
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--tokens", type=int, default=16384, help="tokens per rank per micro-batch (T)")
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--ffn", type=int, default=448, help="expert FFN size (F); default 3.5 H as Mixtral's 14336/4096")
-    p.add_argument("--experts", type=int, default=32)
-    p.add_argument("--top-k", type=int, default=2)
-    p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--slots", type=int, default=20, help="FSEP slots per device (C); N*C >= E")
-    p.add_argument("--samples", type=int, default=20)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--ds-dropless-reps", type=int, default=1)
-    p.add_argument("--sync-reps", type=int, default=1, help="repetitions of the no-overlap diagnostic fsep_sync")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--microbatch", type=int, default=0)
-    p.add_argument("--no-overlap", action="store_true", help="restore all-to-all not overlapped with routing/dispatch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-block-rows", type=int, default=1024,
-                   help="rows per expert matmul in ep/fsdp_ep/fsep/balanced (a CPU cache tile; 0: whole blocks)")
-    p.add_argument("--planner", default="laer_plus",
-                   help="training.planner registry name for (e) (e.g. laer, laer_plus), or greedy (the bench's own)")
-    p.add_argument("--window", type=int, default=4,
-                   help="plan (e) from the previous WINDOW micro-batches of the layer (lagged); 0: from the sample's own")
-    p.add_argument("--data-dir", default=None, help="data directory (default: $LOADWISE_DATA_DIR, ../shared/data)")
-    p.add_argument("--trace", default="smartmoe_expert_trace/smartmoe_counts.npz", help="relative to --data-dir")
-    p.add_argument("--out-dir", default="outputs/bench_fsep")
-    p.add_argument("--system-malloc", action="store_true",
-                   help="workers keep glibc's default of returning large freed blocks to the OS (see KEEP_FREED_MEMORY)")
-    a = p.parse_args(argv)
-    trace = resolve_data_dir(a.data_dir, os.environ) / a.trace
-    if not trace.exists():
-        p.error(f"--trace: {trace} not found (set --data-dir or $LOADWISE_DATA_DIR)")
-    if a.window < 0:
-        p.error(f"--window must be >= 0, got {a.window}")
-    if a.planner and a.planner != "greedy":
-        try:
-            from training.planner import make_planner
-        except ImportError as err:
-            p.error(f"--planner {a.planner}: training.planner is not available ({err})")
-        try:
-            make_planner(a.planner, a.ranks, a.slots, a.ranks)
-        except ValueError as err:
-            p.error(f"--planner: {err}")
-    if a.ranks * a.slots < a.experts:
-        p.error(f"--ranks * --slots = {a.ranks * a.slots} < --experts {a.experts}")
-    cfg = BenchConfig(a.tokens, a.hidden, a.ffn, a.experts, a.top_k, a.ranks, a.slots, a.samples, a.reps,
-                      a.ds_dropless_reps, a.warmup, str(trace), a.microbatch, not a.no_overlap, a.seed, a.planner,
-                      a.window, a.sync_reps, a.max_block_rows or None)
-    return cfg, Path(a.out_dir), a.system_malloc
+    sc = section
+    for key in ("tokens", "hidden", "ffn", "experts", "top_k", "ranks", "slots", "samples", "reps"):
+        if int(sc[key]) < 1:
+            raise ValueError(f"config key 'bench_fsep.{key}' must be >= 1, got {sc[key]}")
+    for key in ("ds_dropless_reps", "sync_reps", "warmup", "window", "max_block_rows", "microbatch"):
+        if int(sc[key]) < 0:
+            raise ValueError(f"config key 'bench_fsep.{key}' must be >= 0, got {sc[key]}")
+    if sc.planner not in PLANNERS:
+        raise ValueError(f"config key 'bench_fsep.planner': unknown planner {sc.planner!r}; known: {sorted(PLANNERS)}")
+    if sc.ranks * sc.slots < sc.experts:
+        raise ValueError(f"config keys 'bench_fsep.ranks' * 'bench_fsep.slots' = {sc.ranks * sc.slots} < "
+                         f"'bench_fsep.experts' = {sc.experts}")
+    return BenchConfig(int(sc.tokens), int(sc.hidden), int(sc.ffn), int(sc.experts), int(sc.top_k), int(sc.ranks),
+                       int(sc.slots), int(sc.samples), int(sc.reps), int(sc.ds_dropless_reps), int(sc.warmup),
+                       str(trace), int(sc.microbatch), bool(sc.overlap_restore), int(seed), str(sc.planner),
+                       int(sc.window), int(sc.sync_reps), int(sc.max_block_rows) or None)
 
 
-# glibc hands large freed blocks back to the OS, so every step page-faults its activations and gradients in afresh
-# (measured at ~5% of a CPU step, in every method alike); on a GPU the caching allocator keeps them. The workers
-# therefore keep freed memory (all heap, never trimmed), as a caching allocator would.
-KEEP_FREED_MEMORY = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+def run(cfg, out_dir: Path) -> dict:
+    """Hydra task `bench_fsep`: measure on cfg.bench_fsep.ranks gloo processes, write bench_fsep.csv and
+    bench_fsep.png into out_dir, log the tables; the returned dict is what experiments.run stores in results.json."""
+    from common.datapaths import ensure_files, locate_data_dir
+    from common.launch import KEEP_FREED_MEMORY, run_local
 
-
-def main(argv=None) -> dict:
-    import torch.multiprocessing as mp
-
-    cfg, out_dir, system_malloc = parse_args(argv)
+    sc = cfg.bench_fsep
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [ctx.Process(target=_rank_main, args=(r, cfg, port, queue)) for r in range(cfg.ranks)]
-    saved = {k: os.environ.get(k) for k in KEEP_FREED_MEMORY}
-    if not system_malloc:
-        os.environ.update(KEEP_FREED_MEMORY)  # read by glibc when each worker process starts
-    try:
-        for proc in procs:
-            proc.start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    rows = queue.get()
-    for proc in procs:
-        proc.join()
+    files = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [sc.expert_trace], cfg.paths.fallback,
+                         synthetic_dir=out_dir / "synthetic_data")
+    bc = bench_config(sc, files.path(sc.expert_trace), cfg.seed)
+    trace = load_trace(bc)
+    picks, replay = load_samples(bc, trace)
+    history = plan_loads(bc, trace, picks)
+    # DeepSpeed JIT-compiles a shared-memory op at its first init; reuse the venv's cache (as the Makefile does).
+    env = {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))}
+    if sc.keep_freed_memory:
+        env.update(KEEP_FREED_MEMORY)
+    log.info("bench_fsep: %d samples x %d methods on %d gloo ranks (T=%d, H=%d, F=%d, E=%d, k=%d, C=%d, planner %s)",
+             bc.samples, len(METHODS), bc.ranks, bc.tokens, bc.hidden, bc.ffn, bc.experts, bc.top_k, bc.slots,
+             bc.planner)
+    rows = run_local(_rank_main, bc.ranks, "gloo", args=(bc, picks, replay, history), env=env, num_threads=1)[0]
     agg = aggregate(rows)
-    result = {"config": asdict(cfg), "samples": rows, "aggregate": agg,
-              "size_rationale": SIZE_RATIONALE, "workers_keep_freed_memory": not system_malloc,
+    result = {"config": asdict(bc), "samples": rows, "aggregate": agg,
+              "size_rationale": SIZE_RATIONALE, "workers_keep_freed_memory": bool(sc.keep_freed_memory),
               "note": "wall-clock on a shared 2-core CPU machine; gloo; one thread per rank"}
-    (out_dir / "bench_fsep.json").write_text(json.dumps(result, indent=1))
     with open(out_dir / "bench_fsep.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     plot(rows, agg, out_dir / "bench_fsep.png")
-    print_table(rows, agg)
-    print(f"wrote {out_dir}/bench_fsep.json, .csv, .png")
+    log.info("%s", format_table(rows, agg))
+    log.info("wrote %s and %s", out_dir / "bench_fsep.csv", out_dir / "bench_fsep.png")
     return result
-
-
-if __name__ == "__main__":
-    main()

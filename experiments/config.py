@@ -170,6 +170,41 @@ class PlannerSpeedConfig:
     seed: int = 0
 
 
+@dataclass
+class BenchFsepConfig:
+    # Expert-load trace (SmartMoE npz), relative to paths.data_dir; its 16 source ranks are summed into `ranks`.
+    expert_trace: str = "smartmoe_expert_trace/smartmoe_counts.npz"
+    # Layer shape: T tokens per rank per micro-batch (the paper has 32,768 per device), H, F = 3.5 H (Mixtral), E, k.
+    tokens: int = 16384
+    hidden: int = 128
+    ffn: int = 448
+    experts: int = 32
+    top_k: int = 2
+    # gloo processes N (one thread each) and FSEP slots per device C (N*C >= E).
+    ranks: int = 2
+    slots: int = 20
+    # (iteration, layer) samples spread over the trace; timed repetitions per method and sample (median).
+    samples: int = 20
+    reps: int = 5
+    # Repetitions of the slow padded DeepSpeed mode and of the no-overlap diagnostic fsep_sync (0: reps).
+    ds_dropless_reps: int = 1
+    sync_reps: int = 1
+    # Untimed steps per method before the first sample.
+    warmup: int = 1
+    # Which of the trace's micro-batches each sample replays.
+    microbatch: int = 0
+    # FSEP launches the restore all-to-all before routing and dispatch.
+    overlap_restore: bool = True
+    # Rows per expert matmul in ep / fsdp_ep / fsep / balanced (a CPU cache tile; 0: whole blocks).
+    max_block_rows: int = 1024
+    # training.planner registry name that lays FSEP out, planned from the previous `window` micro-batches of the
+    # layer (0: from the sample's own, an oracle).
+    planner: str = "laer_plus"
+    window: int = 4
+    # Workers keep freed memory (glibc never trims), as a GPU's caching allocator would (common.launch).
+    keep_freed_memory: bool = True
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Per-experiment schemas: the common keys, then the sections that experiment reads.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -214,6 +249,11 @@ class PlannerSpeedExperiment(ExperimentConfig):
     planner_speed: PlannerSpeedConfig = field(default_factory=PlannerSpeedConfig)
 
 
+@dataclass
+class BenchFsepExperiment(ExperimentConfig):
+    bench_fsep: BenchFsepConfig = field(default_factory=BenchFsepConfig)
+
+
 # task -> its schema (stored as config `schema/<task>`).
 SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "quickstart": QuickstartExperiment,
@@ -221,6 +261,7 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "oserve_bench": OServeBenchExperiment,
     "planner_quality": PlannerQualityExperiment,
     "planner_speed": PlannerSpeedExperiment,
+    "bench_fsep": BenchFsepExperiment,
 }
 
 

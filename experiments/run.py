@@ -38,6 +38,7 @@ TASKS = {
     "oserve_bench": "experiments.bench_oserve:run",
     "planner_quality": "experiments.planner_quality:run",
     "planner_speed": "experiments.planner_speed:run",
+    "bench_fsep": "experiments.bench_fsep:run",
 }
 assert set(TASKS) == set(SCHEMAS), "every task needs a schema in experiments/config.py and vice versa"
 

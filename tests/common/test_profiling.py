@@ -42,3 +42,22 @@ def test_bad_profiles_name_the_file(tmp_path):
         ComputeModel.from_profile(bad)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         local_cpu(tmp_path / "missing.json")
+
+
+def test_default_out_is_the_current_directory_not_the_committed_profile(tmp_path, monkeypatch):
+    committed = PROFILE_DIR / "local_cpu.json"
+    before = committed.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    profiling.main(["--quick", "--no-alltoall"])
+    assert json.loads((tmp_path / "profile_cpu.json").read_text())["matmul"]
+    assert committed.read_bytes() == before
+
+
+def test_cuda_without_cuda_is_one_line(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exc:
+        profiling.main(["--device", "cuda", "--quick", "--out", "unused.json"])
+    msg = str(exc.value.code)
+    assert exc.value.code != 0 and msg.startswith("error: --device cuda") and "\n" not in msg

@@ -207,3 +207,14 @@ def test_kmeans_refills_an_empty_cluster():
     lab = _brute_assign(x, c)
     assert sorted(np.bincount(lab, minlength=3).tolist()) == [1, 2, 3]
     np.testing.assert_allclose(sorted(map(tuple, c)), [(0.1 / 3, 0.1 / 3), (5.05, 5.0), (6.0, 6.0)])
+
+
+def test_static_ep_imbalance_hand_case():
+    from common.stats import static_ep_imbalance
+
+    t = np.array([[3, 1, 0, 0], [1, 1, 2, 0]])  # EP devices hold experts {0,1} and {2,3}: 6 vs 2 routes
+    assert static_ep_imbalance(t, 2) == 1.5
+    assert static_ep_imbalance(t.sum(0), 2) == 1.5  # per-source rows or expert totals alike
+    assert static_ep_imbalance(t, 4) == 4 / 2  # devices 0..3: 4, 2, 2, 0 routes
+    with pytest.raises(ValueError, match="do not split"):
+        static_ep_imbalance(t, 3)

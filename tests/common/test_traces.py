@@ -337,3 +337,21 @@ def test_bad_arguments(tmp_path, requests):
         load_request_trace(p, "azure", time_col="x")
     with pytest.raises(ValueError, match="time_unit"):
         load_csv_trace(p, "TIMESTAMP", "ContextTokens", "GeneratedTokens", time_unit="minutes")
+
+
+def test_window_sum_and_microbatch_follow_the_iteration_major_sequence():
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 50, size=(5, 3, 2, 4, 6))  # [I, R, L, M, E]
+    trace = ExpertLoadTrace(counts, np.arange(5) * 10)
+    seq = [(i, m) for i in range(5) for m in range(4)]  # position t -> (iteration, micro-batch), written out
+    for layer in range(2):
+        for t, (i, m) in enumerate(seq):
+            assert np.array_equal(trace.microbatch(layer, t), counts[i, :, layer, m])
+            for window in range(t + 1):
+                want = sum((counts[a, :, layer, b] for a, b in seq[t - window:t]), np.zeros((3, 6), dtype=np.int64))
+                got = trace.window_sum(layer, t, window)
+                assert got.dtype == np.int64 and np.array_equal(got, want)
+    with pytest.raises(ValueError, match="window"):
+        trace.window_sum(0, 2, 3)  # only 2 micro-batches precede position 2
+    with pytest.raises(ValueError, match="outside"):
+        trace.microbatch(0, 20)

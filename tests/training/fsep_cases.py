@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from tests.training.restore_reference import restore_experts
 from training.fsep import (
     FSEPGroups,
     FSEPMoE,
@@ -20,7 +21,6 @@ from training.fsep import (
     apply_fsdp_ep,
     apply_fsep,
     export_reference,
-    gather_expert_weights,
 )
 from training.moe import ReferenceMoE
 from training.placement import Placement
@@ -53,29 +53,34 @@ def ref_step(ref, x, g, targets=None):
     return torch.stack(ys), (ref.router.weight.grad, ref.w1.grad, ref.w3.grad, ref.w2.grad)
 
 
-def dist_step(layer, x, g, rank, targets=None, check_experts=True):
+def dist_step(layer, x, g, rank, targets=None):
     layer.zero_grad()
     y, aux = layer(x[rank], None if targets is None else targets[rank])
     ((y * g[rank]).sum() + AUX * aux).backward()
     router_grad = layer.router.weight.grad.clone()
     dist.all_reduce(router_grad)  # the router is data parallel: its gradient sums over ranks
-    experts = gather_expert_weights(layer, grad=True) if check_experts and isinstance(layer, FSEPMoE) else None
-    return y.detach(), router_grad, experts
+    return y.detach(), router_grad, layer.gather_expert_weights(grad=True)
 
 
 def compare(layer, ref, x, g, rank, targets=None, tol=1e-5):
+    """Outputs, router gradient and every expert's gradient (all ranks' storage gathered) equal the reference's."""
     y_ref, (gr, g1, g3, g2) = ref_step(ref, x, g, targets)
-    y, router_grad, experts = dist_step(layer, x, g, rank, targets, check_experts=not hasattr(layer, "local_experts"))
+    y, router_grad, experts = dist_step(layer, x, g, rank, targets)
     assert rel(y, y_ref[rank]) < tol, f"output rel err {rel(y, y_ref[rank])}"
     assert rel(router_grad, gr) < tol, f"router grad rel err {rel(router_grad, gr)}"
     assert gr.norm() > 0 or ref.num_experts == 1  # one expert: softmax is constant
-    if experts is not None:
-        for name, a, b in zip(("w1", "w3", "w2"), experts, (g1, g3, g2)):
-            assert rel(a, b) < tol, f"{name} grad rel err {rel(a, b)}"
-    else:  # EPMoE: whole local experts
-        c = layer.slots_per_device
-        flat = torch.cat([g1.flatten(1), g3.flatten(1), g2.flatten(1)], 1)[rank * c:(rank + 1) * c]
-        assert rel(layer.local_experts.grad, flat) < tol
+    for name, a, b in zip(("w1", "w3", "w2"), experts, (g1, g3, g2)):
+        assert rel(a, b) < tol, f"{name} grad rel err {rel(a, b)}"
+
+
+def reference_shard(w1, w3, w2, n, rank) -> torch.Tensor:
+    """[E, S] piece `rank` of the flat experts (w1 | w3 | w2) zero padded to N*S, computed from the full tensors
+    without the runtime: what device `rank` must hold of weights w (or of gradients, given the reference's)."""
+    flat = torch.cat([w1.flatten(1), w3.flatten(1), w2.flatten(1)], 1)
+    width = math.ceil(flat.shape[1] / n)
+    padded = torch.zeros(flat.shape[0], n * width)
+    padded[:, : flat.shape[1]] = flat
+    return padded[:, rank * width:(rank + 1) * width]
 
 
 def random_placement(rng, n, e, c, twice_on_one=False):
@@ -172,7 +177,8 @@ def case_node_local_rule_and_planner_weights(rank, n):
 
 
 def case_padded_shards(rank, n):
-    """P = 3*H*F not divisible by N: the last piece is padded, and the padding gets no gradient."""
+    """P = 3*H*F not divisible by N: the last piece is padded; each rank's whole shard gradient, padding included,
+    equals its piece of the single-process reference's gradient padded with zeros."""
     global H, F
     saved = H, F
     H, F = 7, 5  # P = 105
@@ -184,11 +190,34 @@ def case_padded_shards(rank, n):
             layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, random_placement(rng, n, e, c))
             assert layer.shard_width * n > layer.num_elements
             compare(layer, ref, x, g, rank)
-            first_pad = layer.num_elements - rank * layer.shard_width
-            if first_pad < layer.shard_width:
-                assert torch.all(layer.expert_shard.grad[:, max(first_pad, 0):] == 0)
+            want = reference_shard(ref.w1.grad, ref.w3.grad, ref.w2.grad, n, rank)
+            # Element-wise (so a non-zero padding element fails), float32 summation order allowed for.
+            torch.testing.assert_close(layer.expert_shard.grad, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
     finally:
         H, F = saved
+
+
+def case_restore_matches_plain_restore(rank, n):
+    """The runtime's restore (slot matrices, fused gradient layout, overlapped or not) against the plain [C, P]
+    restore in tests/training/restore_reference.py: same restored experts, same shard gradient for a random upstream
+    gradient, with P not divisible by N and an expert twice on one device."""
+    rng = np.random.default_rng(31)
+    e, c, h, f = n + 1, 3, 7, 5  # P = 105
+    layer = FSEPMoE(h, f, e, 2, c, FSEPGroups(dist.group.WORLD), random_placement(rng, n, e, c, twice_on_one=True))
+    torch.manual_seed(40 + rank)
+    with torch.no_grad():
+        layer.expert_shard.normal_()
+    upstream = torch.randn(n, c, layer.num_elements)[rank]  # [C, P], different on every rank
+    shard = layer.expert_shard.detach().clone().requires_grad_(True)
+    want = restore_experts(shard, layer._slots, layer.num_elements, layer.groups.ep)
+    (want * upstream).sum().backward()
+    for overlapped in (False, True):
+        layer.zero_grad()
+        got = layer.restore_weights(layer.start_restore() if overlapped else None)
+        flat = torch.stack([torch.cat([m.reshape(-1) for m in slot]) for slot in got])  # [C, P]
+        assert torch.equal(flat, want.detach())
+        (flat * upstream).sum().backward()
+        torch.testing.assert_close(layer.expert_shard.grad, shard.grad, rtol=1e-5, atol=1e-5 * float(shard.grad.abs().max()))
 
 
 def case_no_overlap_same_result(rank, n):
@@ -247,15 +276,12 @@ def case_optimizer_step_on_shards(rank, n):
     ((y * g[rank]).sum() + AUX * aux).backward()
     dist.all_reduce(layer.router.weight.grad)
     torch.optim.Adam(layer.parameters(), lr=1e-2).step()
-    w1, w3, w2 = gather_expert_weights(layer)
+    w1, w3, w2 = layer.gather_expert_weights()
     for a, b in ((w1, ref.w1), (w3, ref.w3), (w2, ref.w2), (layer.router.weight, ref.router.weight)):
         assert rel(a.detach(), b.detach()) < 1e-5
-    pad = layer.expert_shard.detach().flatten()  # padding stays exactly zero
-    width = layer.shard_width
-    first_pad = layer.num_elements - rank * width
-    if 0 <= first_pad < width:
-        assert torch.all(layer.expert_shard.detach()[:, first_pad:] == 0)
-    assert pad.numel() == e * width
+    # This rank's whole shard, padding included, is its piece of the updated reference (padding zero there).
+    want = reference_shard(ref.w1.detach(), ref.w3.detach(), ref.w2.detach(), n, rank)
+    torch.testing.assert_close(layer.expert_shard.detach(), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
 
 
 def case_persistent_parameter_count(rank, n):

@@ -6,27 +6,28 @@ import json
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 
+from common.datapaths import REPO_ROOT
 from common.synthetic import EXPERT_NPZ, ExpertTraceSpec, synthetic_expert_trace, write_expert_npz
-from experiments.bench_fsep import BenchConfig, aggregate, ep_imbalance, greedy_placement, load_samples, main
-from training.placement import fsep_routing
+from experiments.bench_fsep import BenchConfig, aggregate, load_samples, load_trace, plan_loads
+from training.planner import make_planner
+from training.routing import fsep_routing
 
 
-def test_greedy_placement_balances_skewed_load():
+def test_balanced_layout_planner_balances_skewed_load():
+    """The planner that lays out the bench's balanced limit (laer, one node) gives the hot expert the most replicas
+    and spreads its load."""
     rng = np.random.default_rng(0)
+    planner = make_planner("laer", 2, 10, 2)
     for _ in range(30):
         loads = rng.integers(0, 100, (2, 16)) * (rng.random(16) < 0.6)
         loads[:, 3] += 2000  # one hot expert
-        p = greedy_placement(loads, 2, 10)
+        p = planner.plan(loads).layout
         assert p.slots.shape == (2, 10) and p.replica_counts().min() >= 1
         assert p.replica_counts()[3] == p.replica_counts().max() > 1
         per_device = fsep_routing(loads, p, 2).sum((0, 1))
         assert per_device.max() / per_device.mean() < 1.1  # the hot expert's replicas share its load
-
-
-def test_ep_imbalance_hand_case():
-    t = np.array([[3, 1, 0, 0], [1, 1, 2, 0]])  # EP ranks hold experts {0,1} and {2,3}: 6 vs 2 routes
-    assert ep_imbalance(t, 2) == 1.5
 
 
 @pytest.fixture
@@ -38,10 +39,23 @@ def synthetic_trace(tmp_path):
 def test_load_samples_scale_and_cap(synthetic_trace):
     path, _ = synthetic_trace
     cfg = BenchConfig(64, 8, 8, 8, 2, 2, 5, 4, 1, 1, 0, str(path), 0, True, 0)
-    picks, targets = load_samples(cfg)
+    picks, targets = load_samples(cfg, load_trace(cfg))
     assert len(picks) == 4 and picks[0][0] == 0 and picks[-1][0] == 5
     assert targets.shape == (4, 2, 8)
     assert np.all(targets.sum(-1) == 64 * 2) and targets.max() <= 64
+
+
+def test_plan_loads_sum_the_window_before_each_sample(synthetic_trace):
+    path, _ = synthetic_trace
+    cfg = BenchConfig(64, 8, 8, 8, 2, 2, 5, 3, 1, 1, 0, str(path), 1, True, 0, window=3)
+    trace = load_trace(cfg)
+    picks, _ = load_samples(cfg, trace)
+    counts = trace.counts  # [I, N, L, M, E], ranks merged
+    m = trace.num_microbatches
+    for (it, layer), got in zip(picks, plan_loads(cfg, trace, picks)):
+        t = it * m + 1
+        want = sum(counts[p // m, :, layer, p % m] for p in range(t - 3, t))
+        assert np.array_equal(got, want)
 
 
 def test_aggregate_targets_logic():
@@ -62,12 +76,30 @@ def test_aggregate_targets_logic():
         assert not t["ep_gain_target_met_on_all_skewed"] and not t["fsep_no_slower_than_ds_cap1_median"]
 
 
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_bad_planner_names_the_key(synthetic_trace):
+    from experiments.run import run
+
+    _, data_dir = synthetic_trace
+    cfg = _compose(["experiment=laer/bench_fsep", f"paths.data_dir={data_dir}", "bench_fsep.planner=nope"])
+    with pytest.raises(ValueError, match="bench_fsep.planner"):
+        run(cfg, data_dir / "out")
+
+
 def test_bench_end_to_end_tiny(synthetic_trace):
+    from experiments.run import run
+
     _, data_dir = synthetic_trace
     out = data_dir / "out"
-    result = main(["--data-dir", str(data_dir), "--tokens", "64", "--hidden", "8", "--ffn", "8", "--experts", "8",
-                   "--slots", "5", "--samples", "2", "--reps", "1", "--warmup", "0", "--out-dir", str(out)])
-    saved = json.loads((out / "bench_fsep.json").read_text())
+    cfg = _compose(["experiment=laer/bench_fsep", f"paths.data_dir={data_dir}", "bench_fsep.tokens=64",
+                    "bench_fsep.hidden=8", "bench_fsep.ffn=8", "bench_fsep.experts=8", "bench_fsep.slots=5",
+                    "bench_fsep.samples=2", "bench_fsep.reps=1", "bench_fsep.warmup=0"])
+    result = run(cfg, out)
+    saved = json.loads((out / "results.json").read_text())["results"]
     assert len(saved["samples"]) == 2 and saved["aggregate"] == json.loads(json.dumps(result["aggregate"]))
     for row in saved["samples"]:
         assert row["fsep_dropped"] == 0 and 0 <= row["ds_cap1_dropped"] < 1

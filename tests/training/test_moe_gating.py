@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from training.moe import ReferenceMoE, replay_assignment, scale_counts, swiglu
-from training.placement import Placement, fsep_routing, split_row, split_row_by_weights
+from training.placement import Placement
+from training.routing import fsep_routing, split_row, split_row_by_weights
 
 
 def test_one_expert_moe_is_a_dense_swiglu():

@@ -1,14 +1,15 @@
-"""Hand-computed cases, the exact MILP as the oracle, bad input, the LPT implementations, the async wrapper."""
+"""Hand-computed cases, the exact MILP as the oracle, bad input, the plan contract, the async wrapper."""
 
 from __future__ import annotations
 
-import heapq
+import inspect
 
 import numpy as np
 import pytest
 
-from training.planner import AsyncPlanner, PlanCost, make_planner, replica_lower_bound
-from training.planner.lpt import _lpt_heaps, _lpt_rounds, priority_replicas
+from training.placement import Placement
+from training.planner import PLANNERS, AsyncPlanner, Plan, Planner, PlanObjective, make_planner, replica_lower_bound
+from training.planner.lpt import priority_replicas
 
 HEURISTICS = ["fsdp_ep", "laer", "laer_plus", "flexmoe", "eplb"]
 
@@ -19,9 +20,9 @@ def test_two_devices_hand_computed():
     plan = make_planner("laer", 2, 1, 2).plan(loads)
     assert sorted(plan.device_tokens.tolist()) == [20, 80]
     # Cost: expert 0 on device d0, expert 1 on d1 (or mirrored); tokens cross between the devices once each.
-    cost = PlanCost(token_bytes=1.0, per_token_s=1.0, intra_bw=1.0, inter_bw=0.5)
-    plan = make_planner("laer", 2, 1, 2, cost=cost).plan(loads)
-    holder0 = int(np.flatnonzero(plan.placement[:, 0] == 0)[0])
+    cost = PlanObjective(token_bytes=1.0, per_token_s=1.0, intra_bw=1.0, inter_bw=0.5)
+    plan = make_planner("laer", 2, 1, 2, objective=cost).plan(loads)
+    holder0 = int(np.flatnonzero(plan.layout.slots[:, 0] == 0)[0])
     sent = [loads[0, 1], loads[1, 0]] if holder0 == 0 else [loads[0, 0], loads[1, 1]]
     assert plan.est_time_s == pytest.approx(4 * sum(sent) + 3 * 80)
 
@@ -30,9 +31,10 @@ def test_two_devices_two_nodes_replicated():
     # C = 2 on two single-device nodes, 1 hot expert: even candidate gives each device both experts; every source
     # keeps its tokens local, so no communication and device tokens equal source totals.
     loads = np.array([[90, 10], [60, 20]])
-    cost = PlanCost(token_bytes=1.0, per_token_s=1.0, intra_bw=1.0, inter_bw=1.0)
-    plan = make_planner("laer", 2, 2, 1, cost=cost).plan(loads)
-    assert sorted(plan.placement[0].tolist()) == [0, 1] and sorted(plan.placement[1].tolist()) == [0, 1]
+    cost = PlanObjective(token_bytes=1.0, per_token_s=1.0, intra_bw=1.0, inter_bw=1.0)
+    plan = make_planner("laer", 2, 2, 1, objective=cost).plan(loads)
+    slots = plan.layout.slots
+    assert sorted(slots[0].tolist()) == [0, 1] and sorted(slots[1].tolist()) == [0, 1]
     np.testing.assert_array_equal(plan.device_tokens, [100, 80])
     assert plan.est_time_s == pytest.approx(3 * 100)
 
@@ -42,39 +44,6 @@ def test_priority_queue_matches_paper_rule():
     np.testing.assert_array_equal(priority_replicas(np.array([100, 10, 5]), 8, 2), [4, 2, 2])
     # 4 slots < 2 nodes * 3 experts: start at 1 each, then +1 to the hottest.
     np.testing.assert_array_equal(priority_replicas(np.array([100, 10, 5]), 4, 2), [2, 1, 1])
-
-
-def _lpt_reference(per_rep, r, order, n, c, g):
-    """Instance-by-instance greedy over all devices with key (copies of the expert on the node, load, device)."""
-    load, free, slots = [0.0] * n, [c] * n, [[] for _ in range(n)]
-    for j in order:
-        copies = [0] * (n // g)
-        for _ in range(int(r[j])):
-            d = min((copies[d // g], load[d], d) for d in range(n) if free[d])[2]
-            slots[d].append(int(j))
-            copies[d // g] += 1
-            load[d] += per_rep[j]
-            free[d] -= 1
-    return np.array(slots)
-
-
-@pytest.mark.parametrize("seed", range(40))
-def test_lpt_implementations_agree(seed):
-    rng = np.random.default_rng(seed)
-    g, k, c, e = int(rng.integers(1, 4)), int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.integers(1, 6))
-    n = g * k
-    if n * c < e:
-        c = -(-e // n)
-    w = rng.integers(0, 100, e).astype(float)
-    r = np.ones(e, dtype=np.int64)
-    for _ in range(n * c - e):
-        heapq.heapify(lst := [(-w[j] / r[j], j) for j in range(e)])
-        r[lst[0][1]] += 1
-    per = w / r
-    order = np.argsort(-per, kind="stable")
-    ref = _lpt_reference(per, r, order, n, c, g)
-    np.testing.assert_array_equal(_lpt_heaps(per, r, order, n, c, g), ref)
-    np.testing.assert_array_equal(_lpt_rounds(per, r, order, n, c, g), ref)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -118,13 +87,67 @@ def test_bad_config_clear_errors():
         make_planner("milp", 4, 2, 2, time_limit_s=0)
 
 
-def test_plan_is_frozen_and_routing_lazy():
+def test_plan_is_frozen():
     p = make_planner("laer", 4, 2, 2).plan(np.arange(16).reshape(4, 4))
     with pytest.raises(AttributeError):
         p.est_time_s = 0.0
-    assert "routing" not in p.__dict__
-    _ = p.routing
-    assert "routing" in p.__dict__
+    assert isinstance(p.layout, Placement) and not hasattr(p, "placement")
+
+
+def _traffic_by_brute_force(routing, g):
+    """Per-token walk of a routing [N, E, N]: (device tokens, tokens sent inside the node, tokens sent across)."""
+    n = routing.shape[0]
+    tokens, intra, inter = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    for i, j, d in zip(*np.nonzero(routing)):
+        x = routing[i, j, d]
+        tokens[d] += x
+        if d != i:
+            (intra if d // g == i // g else inter)[i] += x
+    return tokens, intra, inter
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("name", ["laer", "laer_plus", "eplb", "flexmoe", "milp"])
+def test_plan_routing_matches_loads_and_device_tokens(name, seed):
+    # The plan's routing is what the runtime executes and device_tokens/est_time_s what the planner optimised: they
+    # must describe the same traffic. Random loads, FSEP-routed and flow-routed (laer_plus on 4x2, milp) plans.
+    rng = np.random.default_rng(seed)
+    n, c, g, e = [(4, 2, 2, 4), (4, 1, 2, 4), (8, 2, 4, 8), (2, 3, 1, 5)][seed % 4]
+    if name == "milp" and n * c > 8:
+        n, c, g, e = 4, 2, 2, 4
+    loads = rng.integers(0, 60, (n, e)) * (rng.random((n, e)) < 0.8)
+    planner = make_planner(name, n, c, g, **({"time_limit_s": 5} if name == "milp" else {}))
+    plan = planner.plan(loads)
+    r = plan.routing
+    brute_sums = np.zeros((n, e), dtype=np.int64)
+    for i in range(n):
+        for j in range(e):
+            for d in range(n):
+                brute_sums[i, j] += r[i, j, d]
+    np.testing.assert_array_equal(brute_sums, loads)
+    tokens, intra, inter = _traffic_by_brute_force(r, g)
+    np.testing.assert_array_equal(plan.device_tokens, tokens)
+    assert plan.est_time_s == pytest.approx(planner.objective.objective(tokens, intra, inter), rel=1e-12)
+    holders = plan.layout.holders()
+    assert not np.any((r > 0) & (holders[None] == 0)), "tokens routed to a device without the expert"
+
+
+def test_every_registry_entry_is_a_concrete_planner():
+    rng = np.random.default_rng(0)
+    n, c, g = 4, 2, 2
+    for name, cls in PLANNERS.items():
+        assert issubclass(cls, Planner) and not inspect.isabstract(cls), name
+        assert cls.name == name
+        e = n * c if name == "static_ep" else 4
+        loads = rng.integers(0, 50, (n, e))
+        plan = make_planner(name, n, c, g, **({"time_limit_s": 5} if name == "milp" else {})).plan(loads)
+        assert isinstance(plan, Plan) and plan.algorithm == name
+        assert plan.layout.slots.shape == (n, c) and plan.layout.num_experts == e
+        plan.layout.require_all_experts()
+        assert plan.device_tokens.sum() == loads.sum()
+        assert plan.device_tokens.max() >= replica_lower_bound(loads, n, c) - 1e-9
+    with pytest.raises(TypeError, match="abstract"):
+        Planner(4, 2, 2)
 
 
 def test_async_planner_deterministic_and_newest_wins():
@@ -137,7 +160,7 @@ def test_async_planner_deterministic_and_newest_wins():
             ap.submit(step, x)
         step, plan = ap.wait(timeout=30)
     assert step == 3
-    np.testing.assert_array_equal(plan.placement, direct.placement)
+    np.testing.assert_array_equal(plan.layout.slots, direct.layout.slots)
     np.testing.assert_array_equal(plan.device_tokens, direct.device_tokens)
     with pytest.raises(ValueError, match="negative"):
         with AsyncPlanner(make_planner("laer", 4, 4, 2)) as ap:

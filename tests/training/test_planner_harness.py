@@ -25,7 +25,7 @@ def test_quota_routing_reproduces_and_conserves():
     np.testing.assert_array_equal(r.sum(2), new)
     holders = plan.layout.holders()
     assert not np.any((r > 0) & (holders[None] == 0))
-    tokens, est = evaluate(plan, new, 2, planner.cost)
+    tokens, est = evaluate(plan, new, 2, planner.objective)
     np.testing.assert_array_equal(tokens, r.sum((0, 1)))
     assert est > 0
 

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.placement import Placement, fsep_expected, fsep_routing, fsep_summary
+from training.placement import Placement
 from training.planner import PLANNERS, make_planner, replica_lower_bound, waterfill_replicas
+from training.routing import fsep_expected, fsep_routing, fsep_summary, traffic_summary
 
 HEURISTICS = ["fsdp_ep", "laer", "laer_plus", "flexmoe", "eplb"]
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -42,14 +43,15 @@ def instances(draw):
 
 def check_plan(plan, loads, n, c):
     e = loads.shape[1]
-    assert plan.placement.shape == (n, c)
-    assert plan.placement.min() >= 0 and plan.placement.max() < e
+    slots = plan.layout.slots
+    assert slots.shape == (n, c)
+    assert slots.min() >= 0 and slots.max() < e
     # Every expert keeps a replica (the heuristics restore all experts; tokens may come next step).
-    assert set(np.unique(plan.placement)) == set(range(e))
+    assert set(np.unique(slots)) == set(range(e))
     r = plan.routing
     assert r.shape == (n, e, n) and r.min() >= 0
     np.testing.assert_array_equal(r.sum(2), loads)  # conservation
-    holders = Placement(plan.placement, e).holders()  # [E, N]
+    holders = plan.layout.holders()  # [E, N]
     assert not np.any((r > 0) & (holders[None, :, :] == 0)), "tokens sent to a device without the expert"
     np.testing.assert_array_equal(plan.device_tokens, r.sum((0, 1)))
     assert np.isfinite(plan.est_time_s) and plan.est_time_s >= 0
@@ -72,7 +74,7 @@ def test_static_ep_when_shapes_fit(inst):
     loads = np.tile(loads[:, :1], (1, n * c))  # E = N*C: every slot a different expert
     plan = make_planner("static_ep", n, c, g).plan(loads)
     check_plan(plan, loads, n, c)
-    np.testing.assert_array_equal(np.sort(plan.placement.ravel()), np.arange(n * c))
+    np.testing.assert_array_equal(np.sort(plan.layout.slots.ravel()), np.arange(n * c))
 
 
 @SETTINGS
@@ -130,6 +132,7 @@ def test_fsep_summary_equals_loop_routing():
         loads = rng.integers(0, 30, (n, e)) * (rng.random((n, e)) < 0.7)
         routing = fsep_routing(loads, p, g)
         tokens, intra, inter = fsep_summary(loads, p, g)
+        np.testing.assert_array_equal(np.stack([tokens, intra, inter]), np.stack(traffic_summary(routing, g)))
         traffic = routing.sum(1)
         np.fill_diagonal(traffic, 0)
         node = np.arange(n) // g
@@ -155,7 +158,7 @@ def test_fsep_expected_close_to_exact():
         slots.ravel()[:e] = rng.permutation(e)
         loads = rng.integers(0, 30, (n, e))
         exact = fsep_summary(loads, Placement(slots, e), g)
-        approx = fsep_expected(loads, slots, e, g)
+        approx = [x[0] for x in fsep_expected(loads, slots[None], e, g)[0]]
         assert approx[0].sum() == pytest.approx(loads.sum())
         for a, b in zip(exact, approx):
             # Integer remainders move less than one token per (source, expert) pair.

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from experiments.planner_quality import load_counts
-from training.placement import Placement, fsep_summary
 from training.planner import make_planner
+from training.routing import fsep_summary
 
 # (C, oracle, lagged) mean max/mean device tokens of the paper's C++ planner with the FSEP rule, 2 nodes x 8 devices.
 PAPER = [(2, 5.80, 5.80), (4, 2.91, 2.91), (8, 1.038, 1.057)]
@@ -27,7 +27,7 @@ def test_laer_reproduces_paper(data_path, c, oracle_ref, lagged_ref):
             tok = planner.plan(seq[t]).device_tokens
             oracle.append(tok.max() / tok.mean())
             plan = planner.plan(seq[t - 5:t].sum(0))
-            tok = fsep_summary(seq[t], Placement(plan.placement, e), 8)[0]
+            tok = fsep_summary(seq[t], plan.layout, 8).device_tokens
             lagged.append(tok.max() / tok.mean())
     # The paper quotes 2-4 significant digits; our sampled trace (every 10th iteration) makes the window staler.
     assert np.mean(oracle) == pytest.approx(oracle_ref, abs=0.02 * oracle_ref)

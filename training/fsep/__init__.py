@@ -1,8 +1,8 @@
-"""Fully Sharded Expert Parallel runtime (mechanism only: placements and routing weights come from a planner)."""
+"""Fully Sharded Expert Parallel runtime (mechanism only: placements and routing fractions come from a planner)."""
 
-from training.fsep.apply import apply_ep, apply_fsdp_ep, apply_fsep, export_reference, gather_expert_weights
+from training.fsep.apply import apply_ep, apply_fsdp_ep, apply_fsep, export_reference
 from training.fsep.groups import FSEPGroups
-from training.fsep.layer import EPMoE, FSEPMoE, default_placement
+from training.fsep.layer import DistributedMoE, EPMoE, FSEPMoE, default_placement
 
-__all__ = ["EPMoE", "FSEPGroups", "FSEPMoE", "apply_ep", "apply_fsdp_ep", "apply_fsep", "default_placement",
-           "export_reference", "gather_expert_weights"]
+__all__ = ["DistributedMoE", "EPMoE", "FSEPGroups", "FSEPMoE", "apply_ep", "apply_fsdp_ep", "apply_fsep",
+           "default_placement", "export_reference"]

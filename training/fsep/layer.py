@@ -1,20 +1,25 @@
-"""FSEPMoE: the MoE layer with Fully Sharded Expert Parallel storage and a re-layoutable expert placement.
+"""The distributed MoE layers: FSEPMoE (Fully Sharded Expert Parallel storage, re-layoutable expert placement) and
+EPMoE (plain expert parallel), over one shared set of phases (`DistributedMoE`).
 
 Notation: N devices, E experts, C slots per device, H hidden, F expert FFN size, P = 3*F*H elements of one expert,
 S = ceil(P/N) shard width, T tokens on this device, k routes per token (token-major: route r is token r // k),
 R routes this device receives.
 
-Phases of one forward, as in Megatron's dispatcher; only restore, dispatch and combine communicate:
-  restore   all_to_all_single of expert pieces: [E, S] shard -> [C, P] experts of my slots (backward: gradient
-            all-to-all + sum over replicas into the shard gradient, one autograd op in restore.py)
-  route     router / trace-replay gate (no communication)
-  dispatch  per-slot counts from the routing rule, count exchange and token all_to_all_single with uneven splits
-  compute   each slot's SwiGLU expert on the tokens it received, block by (source, slot) block (no communication)
-  combine   token all_to_all_single back, weighted sum of each token's k results (communication only in the a2a)
+Phases of one step, as in Megatron's dispatcher (each a method of DistributedMoE; which ones communicate is said
+there and in each method's docstring):
+  restore           storage -> (w1, w3, w2) of the expert in each of my C slots. FSEP: all_to_all_single of expert
+                    pieces, [E, S] shard -> [C, P]; EP: my experts are stored whole, no communication
+  route             router / trace-replay gate (no communication)
+  dispatch          per-slot counts from the routing rule, count exchange and token all_to_all_single with uneven splits
+  compute           each slot's SwiGLU expert on the tokens it received, block by (source, slot) block (no communication)
+  combine           token all_to_all_single back, weighted sum of each token's k results (communication only in the a2a)
+  gradient scatter  restore's backward: slot gradients -> storage gradient. FSEP: gradient all-to-all + sum over
+                    replicas into the shard gradient (`restore.scatter_gradients`); EP: autograd's own, no communication
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +30,10 @@ from torch import nn
 from training.fsep.comm import all_to_all_tokens
 from training.fsep.groups import FSEPGroups
 from training.fsep.permute import inverse_permutation, permute_rows
-from training.fsep.restore import PendingRestore, restore_experts, restore_slot_weights, start_restore
+from training.fsep.restore import PendingRestore, restore_slot_weights, start_restore
 from training.moe.reference import ReferenceMoE, Router, swiglu
-from training.placement import Placement, split_row, split_row_by_weights
+from training.placement import Placement
+from training.routing import split_row, split_row_by_weights
 
 
 @dataclass
@@ -63,22 +69,24 @@ def default_placement(num_devices: int, num_experts: int, slots_per_device: int)
     return Placement(np.arange(num_devices * slots_per_device).reshape(num_devices, -1) % num_experts, num_experts)
 
 
-class FSEPMoE(nn.Module):
-    """Same constructor shape as ReferenceMoE plus slots per device and the process groups.
+class DistributedMoE(nn.Module, ABC):
+    """The phases shared by the distributed MoE layers, over an [N, C] layout (expert per slot) and the routing rule.
+    Same constructor shape as ReferenceMoE plus slots per device and the process groups; `forward(x, target_counts)`
+    as ReferenceMoE's.
 
-    Persistent expert state per device: `expert_shard` [E, S], whatever the placement. `set_placement` changes only
-    which experts the next restore builds and where tokens go."""
+    A subclass owns the expert storage: it implements `start_restore` / `restore_weights` (restore, and through
+    autograd the gradient scatter), `_load_flat` (take this device's part of the full experts) and
+    `gather_expert_weights` (all-gather the full experts back). Dispatch, compute and combine are shared."""
 
     def __init__(self, hidden: int, ffn: int, num_experts: int, top_k: int, slots_per_device: int,
-                 groups: FSEPGroups, placement: Placement | None = None, overlap_restore: bool = True,
-                 device: torch.device | str | None = None, max_block_rows: int | None = None):
+                 groups: FSEPGroups, device: torch.device | str | None = None, max_block_rows: int | None = None):
         super().__init__()
         n = groups.size
         if n * slots_per_device < num_experts:
             raise ValueError(f"N*C = {n}*{slots_per_device} = {n * slots_per_device} slots cannot hold all "
                              f"{num_experts} experts; raise slots_per_device to at least {-(-num_experts // n)}")
         self.hidden, self.ffn, self.num_experts, self.top_k = hidden, ffn, num_experts, top_k
-        self.slots_per_device, self.groups, self.overlap_restore = slots_per_device, groups, overlap_restore
+        self.slots_per_device, self.groups = slots_per_device, groups
         if max_block_rows is not None and max_block_rows < 1:
             raise ValueError(f"max_block_rows must be a positive row count or None, got {max_block_rows}")
         # Rows per expert matmul at most (None: a whole block at once). A tile size: on a CPU a block's [rows, F]
@@ -86,58 +94,38 @@ class FSEPMoE(nn.Module):
         self.max_block_rows = max_block_rows
         self.num_elements = 3 * ffn * hidden  # P
         self.router = Router(hidden, num_experts, top_k).to(device)
-        self._init_expert_storage(device)
-        self.set_placement(placement or default_placement(n, num_experts, slots_per_device))
 
-    # ---- storage ---------------------------------------------------------------------------------------------
-    def _init_expert_storage(self, device):
-        n = self.groups.size
-        self.shard_width = -(-self.num_elements // n)  # S
-        self.expert_shard = nn.Parameter(torch.zeros(self.num_experts, self.shard_width, device=device))
+    # ---- storage (subclass) ----------------------------------------------------------------------------------
+    @abstractmethod
+    def _load_flat(self, flat: torch.Tensor) -> None:
+        """Take this device's part of flat [E, P] experts (w1 | w3 | w2 per row) into the storage."""
 
-    def _flat_experts(self, ref: ReferenceMoE) -> torch.Tensor:
-        """[E, N*S] flat experts (w1 | w3 | w2), zero padded."""
-        flat = torch.cat([ref.w1.detach().flatten(1), ref.w3.detach().flatten(1), ref.w2.detach().flatten(1)], 1)
-        pad = self.groups.size * self.shard_width - self.num_elements
-        return nn.functional.pad(flat, (0, pad))
+    @abstractmethod
+    def gather_expert_weights(self, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Full (w1 [E,F,H], w3 [E,F,H], w2 [E,H,F]) on every rank, or their gradients (communicates: all-gather)."""
 
     @torch.no_grad()
-    def load_reference(self, ref: ReferenceMoE) -> FSEPMoE:
-        """Copy the reference layer's weights in (every device takes its own piece)."""
+    def load_reference(self, ref: ReferenceMoE):
+        """Copy the reference layer's weights in (every device takes its own part). Returns self."""
         if (ref.hidden, ref.ffn, ref.num_experts, ref.top_k) != (self.hidden, self.ffn, self.num_experts, self.top_k):
             raise ValueError("reference layer shape differs from this layer's (hidden, ffn, num_experts, top_k)")
-        dev = self.expert_shard.device
+        dev = self.router.weight.device
         self.router.weight.copy_(ref.router.weight.to(dev))
-        self._load_flat(self._flat_experts(ref).to(dev))
+        flat = torch.cat([ref.w1.detach().flatten(1), ref.w3.detach().flatten(1), ref.w2.detach().flatten(1)], 1)
+        self._load_flat(flat.to(dev))  # [E, P]
         return self
 
-    def _load_flat(self, flat):
-        r, s = self.groups.rank, self.shard_width
-        self.expert_shard.copy_(flat[:, r * s:(r + 1) * s])
+    def _unflatten(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """flat [E, >= P] -> (w1 [E,F,H], w3 [E,F,H], w2 [E,H,F]) (views; columns beyond P are padding)."""
+        e, f, h = self.num_experts, self.ffn, self.hidden
+        return (flat[:, : f * h].reshape(e, f, h), flat[:, f * h: 2 * f * h].reshape(e, f, h),
+                flat[:, 2 * f * h: 3 * f * h].reshape(e, h, f))
 
     # ---- layout ----------------------------------------------------------------------------------------------
-    def set_placement(self, placement: Placement, route_weights: np.ndarray | None = None) -> None:
-        """Use `placement` ([N, C] expert per slot) from the next forward on. route_weights [N, E, N] (optional, a
-        planner's routing): proportions over devices of the tokens from source i for expert j; without it the FSEP
-        rule applies. Moves no parameter, gradient or optimizer value."""
-        n, c, e = self.groups.size, self.slots_per_device, self.num_experts
-        if not isinstance(placement, Placement):
-            raise TypeError(f"set_placement takes a Placement, got {type(placement).__name__}")
-        if placement.slots.shape != (n, c) or placement.num_experts != e:
-            raise ValueError(f"placement is {placement.slots.shape} over {placement.num_experts} experts; this layer "
-                             f"needs [N={n}, C={c}] over E={e}")
-        if route_weights is not None:
-            route_weights = np.asarray(route_weights, dtype=np.float64)
-            if route_weights.shape != (n, e, n) or np.any(route_weights < 0) or not np.all(np.isfinite(route_weights)):
-                raise ValueError(f"route_weights must be finite, non-negative [N, E, N] = [{n}, {e}, {n}], "
-                                 f"got shape {route_weights.shape}")
-            stray = (route_weights > 0) & (placement.holders()[None] == 0)
-            if stray.any():
-                i, j, d = np.argwhere(stray)[0]
-                raise ValueError(f"route_weights send tokens of expert {j} from device {i} to device {d}, "
-                                 f"which holds no replica of it")
-        self.placement, self.route_weights = placement, route_weights
-        dev = self.expert_shard.device
+    def _set_layout(self, placement: Placement, routing_fractions: np.ndarray | None) -> None:
+        """Layout bookkeeping the phases read (placement already checked against this layer's shape)."""
+        self.placement, self.routing_fractions = placement, routing_fractions
+        dev = self.router.weight.device
         self._slots = torch.tensor(placement.slots, device=dev)  # [N, C]
         # Flat slot ids (device-major) sorted by expert: routes sorted by expert map onto this sequence.
         self._slots_by_expert = np.argsort(placement.slots.ravel(), kind="stable")
@@ -150,30 +138,25 @@ class FSEPMoE(nn.Module):
     def slot_counts(self, expert_counts: np.ndarray) -> np.ndarray:
         """[N, C] routes this device sends to each slot, from its own [E] expert counts (its row of the rule)."""
         r = self.groups.rank
-        if self.route_weights is not None:
-            return split_row_by_weights(expert_counts, self.route_weights[r], self.placement, r)
+        if self.routing_fractions is not None:
+            return split_row_by_weights(expert_counts, self.routing_fractions[r], self.placement, r)
         return split_row(expert_counts, self.placement, r, self.groups.devices_per_node)
-
-    # ---- phases ----------------------------------------------------------------------------------------------
-    def start_restore(self) -> PendingRestore | None:
-        """Launch the restore all-to-all asynchronously (communicates)."""
-        return start_restore(self.expert_shard, self._slots, self.groups.ep) if self.overlap_restore else None
-
-    def restore(self, pending: PendingRestore | None = None) -> torch.Tensor:
-        """[C, P] full experts of my slots (communicates: one all_to_all_single, and one in backward)."""
-        return restore_experts(self.expert_shard, self._slots, self.num_elements, self.groups.ep, pending)
 
     def expert_parts(self) -> tuple[tuple[int, int], ...]:
         """Shapes of one expert's matrices in flat order: w1 [F, H], w3 [F, H], w2 [H, F]."""
         f, h = self.ffn, self.hidden
         return (f, h), (f, h), (h, f)
 
+    # ---- phases ----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def start_restore(self) -> PendingRestore | None:
+        """Launch the restore's communication without waiting (None: nothing to launch), so it overlaps routing
+        and dispatch; `restore_weights` finishes it."""
+
+    @abstractmethod
     def restore_weights(self, pending: PendingRestore | None = None) -> list[tuple[torch.Tensor, ...]]:
-        """Per slot (w1, w3, w2) of my restored experts: what compute consumes (communicates as `restore`). Same
-        values as `restore`, whose backward would assemble and permute the [C, P] gradient; this one's writes each
-        matrix's gradient straight into the gradient all-to-all's send buffer."""
-        outs = restore_slot_weights(self.expert_shard, self._slots, self.expert_parts(), self.groups.ep, pending)
-        return [outs[i:i + 3] for i in range(0, len(outs), 3)]
+        """Restore: per slot (w1, w3, w2) of the expert it holds, what compute consumes. Its backward is the gradient
+        scatter into the storage's gradient. Whether either communicates is the storage's (see the subclass)."""
 
     def dispatch(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, DispatchPlan]:
         """x [T, H], idx [T, k] -> received tokens [R, H] in (source, slot) blocks (communicates: counts, tokens).
@@ -225,7 +208,8 @@ class FSEPMoE(nn.Module):
         return torch.cat(outs)
 
     def combine(self, out: torch.Tensor, plan: DispatchPlan, weights: torch.Tensor) -> torch.Tensor:
-        """Send results back and weight each token's k results (communicates: one uneven all_to_all_single)."""
+        """Send results back and weight each token's k results by its [T, k] combine weights (communicates: one
+        uneven all_to_all_single)."""
         back = all_to_all_tokens(out, plan.send_splits, plan.recv_splits, self.groups.ep)  # in send order
         routed = permute_rows(back, plan.send_inv, plan.send_order).view(-1, self.top_k, self.hidden)  # [T, k, H]
         return (routed * weights.unsqueeze(-1)).sum(1)
@@ -242,42 +226,98 @@ class FSEPMoE(nn.Module):
         return y.reshape(shape), aux
 
 
-class EPMoE(FSEPMoE):
+class FSEPMoE(DistributedMoE):
+    """Fully Sharded Expert Parallel: persistent expert state per device is `expert_shard` [E, S] (piece d of every
+    expert on device d), whatever the placement. `set_placement` changes only which experts the next restore builds
+    and where tokens go. Restore and gradient scatter communicate (one all_to_all_single each)."""
+
+    def __init__(self, hidden: int, ffn: int, num_experts: int, top_k: int, slots_per_device: int,
+                 groups: FSEPGroups, placement: Placement | None = None, overlap_restore: bool = True,
+                 device: torch.device | str | None = None, max_block_rows: int | None = None):
+        super().__init__(hidden, ffn, num_experts, top_k, slots_per_device, groups, device, max_block_rows)
+        self.overlap_restore = overlap_restore
+        self.shard_width = -(-self.num_elements // groups.size)  # S
+        self.expert_shard = nn.Parameter(torch.zeros(num_experts, self.shard_width, device=device))
+        self.set_placement(placement or default_placement(groups.size, num_experts, slots_per_device))
+
+    # ---- storage ---------------------------------------------------------------------------------------------
+    def _load_flat(self, flat):
+        r, s = self.groups.rank, self.shard_width
+        padded = nn.functional.pad(flat, (0, self.groups.size * s - self.num_elements))  # [E, N*S], zero padded
+        self.expert_shard.copy_(padded[:, r * s:(r + 1) * s])
+
+    @torch.no_grad()
+    def gather_expert_weights(self, grad: bool = False):
+        src = self.expert_shard.grad if grad else self.expert_shard
+        parts = [torch.empty_like(src) for _ in range(self.groups.size)]
+        dist.all_gather(parts, src.contiguous(), group=self.groups.ep)
+        return self._unflatten(torch.cat(parts, 1))
+
+    # ---- layout ----------------------------------------------------------------------------------------------
+    def set_placement(self, placement: Placement, routing_fractions: np.ndarray | None = None) -> None:
+        """Use `placement` ([N, C] expert per slot) from the next forward on. routing_fractions [N, E, N] (optional,
+        a planner's routing): proportions over devices of the tokens from source i for expert j; without it the FSEP
+        rule applies. Moves no parameter, gradient or optimizer value."""
+        n, c, e = self.groups.size, self.slots_per_device, self.num_experts
+        if not isinstance(placement, Placement):
+            raise TypeError(f"set_placement takes a Placement, got {type(placement).__name__}")
+        if placement.slots.shape != (n, c) or placement.num_experts != e:
+            raise ValueError(f"placement is {placement.slots.shape} over {placement.num_experts} experts; this layer "
+                             f"needs [N={n}, C={c}] over E={e}")
+        if routing_fractions is not None:
+            routing_fractions = np.asarray(routing_fractions, dtype=np.float64)
+            rf = routing_fractions
+            if rf.shape != (n, e, n) or np.any(rf < 0) or not np.all(np.isfinite(rf)):
+                raise ValueError(f"routing_fractions must be finite, non-negative [N, E, N] = [{n}, {e}, {n}], "
+                                 f"got shape {rf.shape}")
+            stray = (rf > 0) & (placement.holders()[None] == 0)
+            if stray.any():
+                i, j, d = np.argwhere(stray)[0]
+                raise ValueError(f"routing_fractions send tokens of expert {j} from device {i} to device {d}, "
+                                 f"which holds no replica of it")
+        self._set_layout(placement, routing_fractions)
+
+    # ---- phases ----------------------------------------------------------------------------------------------
+    def start_restore(self) -> PendingRestore | None:
+        """Launch the restore all-to-all asynchronously (communicates); None when overlap_restore is off."""
+        return start_restore(self.expert_shard, self._slots, self.groups.ep) if self.overlap_restore else None
+
+    def restore_weights(self, pending: PendingRestore | None = None) -> list[tuple[torch.Tensor, ...]]:
+        """Per slot (w1, w3, w2) of my restored experts (communicates: one all_to_all_single, unless `pending`
+        already carries it, and one in backward, the gradient scatter). The backward writes each matrix's gradient
+        straight into the gradient all-to-all's send buffer."""
+        outs = restore_slot_weights(self.expert_shard, self._slots, self.expert_parts(), self.groups.ep, pending)
+        return [outs[i:i + 3] for i in range(0, len(outs), 3)]
+
+
+class EPMoE(DistributedMoE):
     """Expert parallel without padding (Megatron-style dropless): device d permanently holds experts
-    d*E/N .. (d+1)*E/N - 1 whole, so restore needs no communication; dispatch/compute/combine are FSEPMoE's."""
+    d*E/N .. (d+1)*E/N - 1 whole in `local_experts` [E/N, P], so restore and gradient scatter need no communication;
+    the layout is fixed (no set_placement)."""
 
     def __init__(self, hidden, ffn, num_experts, top_k, groups: FSEPGroups, device=None, max_block_rows=None):
         n = groups.size
         if num_experts % n:
             raise ValueError(f"EP needs num_experts divisible by N, got E={num_experts}, N={n}")
-        slots = np.arange(num_experts).reshape(n, -1)
-        super().__init__(hidden, ffn, num_experts, top_k, num_experts // n, groups, Placement(slots, num_experts),
-                         overlap_restore=False, device=device, max_block_rows=max_block_rows)
-
-    def _init_expert_storage(self, device):
-        c = self.num_experts // self.groups.size
-        self.local_experts = nn.Parameter(torch.zeros(c, self.num_elements, device=device))  # [C, P]
+        super().__init__(hidden, ffn, num_experts, top_k, num_experts // n, groups, device, max_block_rows)
+        self.local_experts = nn.Parameter(torch.zeros(num_experts // n, self.num_elements, device=device))  # [C, P]
+        self._set_layout(Placement(np.arange(num_experts).reshape(n, -1), num_experts), None)
 
     def _load_flat(self, flat):
-        c = self.slots_per_device
-        r = self.groups.rank
-        self.local_experts.copy_(flat[r * c:(r + 1) * c, : self.num_elements])
+        c, r = self.slots_per_device, self.groups.rank
+        self.local_experts.copy_(flat[r * c:(r + 1) * c])
 
-    def _flat_experts(self, ref):
-        return torch.cat([ref.w1.detach().flatten(1), ref.w3.detach().flatten(1), ref.w2.detach().flatten(1)], 1)
+    @torch.no_grad()
+    def gather_expert_weights(self, grad: bool = False):
+        src = self.local_experts.grad if grad else self.local_experts
+        parts = [torch.empty_like(src) for _ in range(self.groups.size)]
+        dist.all_gather(parts, src.contiguous(), group=self.groups.ep)
+        return self._unflatten(torch.cat(parts))
 
-    @property
-    def expert_shard(self):  # used for device lookups only
-        return self.local_experts
-
-    def set_placement(self, placement, route_weights=None):
-        if hasattr(self, "placement"):
-            raise RuntimeError("EPMoE has a fixed layout; use FSEPMoE to re-lay experts out")
-        super().set_placement(placement, route_weights)
-
-    def restore(self, pending=None):
-        """No communication: my experts are stored whole."""
-        return self.local_experts
+    def start_restore(self) -> None:
+        """Nothing to launch: my experts are stored whole."""
+        return None
 
     def restore_weights(self, pending=None):
+        """Views of my whole experts (no communication, nor in backward)."""
         return slot_weights(self.local_experts, self.expert_parts())

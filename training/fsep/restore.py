@@ -1,4 +1,5 @@
-"""Restore: [E, S] expert shards -> [C, P] full experts of this device's slots, and its backward, as one autograd op.
+"""Restore: [E, S] expert shards -> the full experts of this device's slots, and its backward (the gradient scatter),
+as one autograd op.
 
 Notation: N devices, E experts, C slots per device, P elements of one expert, S = ceil(P/N) shard width.
 Device d permanently holds piece d (elements d*S .. (d+1)*S - 1 of the zero-padded flat expert) of every expert.
@@ -30,56 +31,17 @@ def start_restore(shard: torch.Tensor, slots: torch.Tensor, group) -> PendingRes
     return PendingRestore(work, recv.view(n, c, -1))
 
 
-class RestoreExperts(torch.autograd.Function):
-    """forward: shard [E, S] -> restored [C, P]. backward: [C, P] gradient -> [E, S] shard gradient.
+class RestoreSlotWeights(torch.autograd.Function):
+    """forward: shard [E, S] -> every slot's weight matrices (views of the restored [C, N*S] buffer, `parts` shapes
+    in flat order, e.g. w1 [F, H], w3 [F, H], w2 [H, F]); slot-major, len(parts) outputs per slot.
+    backward: their gradients -> [E, S] shard gradient (the gradient scatter).
 
     1. Forward: one all_to_all_single (equal splits, C*S elements per peer); piece s of slot c arrives from device s,
-       so the full expert is the concatenation over sources, trimmed to P.
-    2. Backward: cut each slot's gradient into the N pieces, send piece s back to device s (one all_to_all_single);
-       device s receives, from every device r and slot c, the gradient of its piece of expert slots[r, c] and sums
-       the pieces of all replicas of an expert into its shard gradient (index_add over the slot -> expert map).
+       so the full expert is the concatenation over sources (trimmed to P by the views).
+    2. Backward: write each matrix's gradient straight into the [N, C, S] send layout of the gradient all-to-all (one
+       copy, where a [C, P] output's gradient would be assembled by a split/unbind backward and then permuted into
+       that layout: three), then `scatter_gradients`.
     """
-
-    @staticmethod
-    def forward(ctx, shard, slots, num_elements: int, group, pending: PendingRestore | None):
-        n, c = slots.shape
-        if pending is None:
-            pending = start_restore(shard, slots, group)
-        pending.work.wait()
-        ctx.save_for_backward(slots)
-        ctx.num_experts, ctx.num_elements, ctx.group = shard.shape[0], num_elements, group
-        return pending.recv.permute(1, 0, 2).reshape(c, -1)[:, :num_elements]
-
-    @staticmethod
-    def backward(ctx, grad):
-        (slots,) = ctx.saved_tensors
-        n, c = slots.shape
-        width = -(-ctx.num_elements // n)
-        if ctx.num_elements == n * width:  # P divisible by N: no padding to add
-            padded = grad
-        else:
-            padded = grad.new_zeros(c, n * width)
-            padded[:, : ctx.num_elements] = grad
-        send = padded.view(c, n, width).permute(1, 0, 2).contiguous()  # [N, C, S]: piece d goes to device d
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv, send, group=ctx.group)
-        g = grad.new_zeros(ctx.num_experts, width)
-        g.index_add_(0, slots.reshape(-1), recv.view(n * c, width))
-        return g, None, None, None, None
-
-
-def restore_experts(shard, slots, num_elements, group, pending=None) -> torch.Tensor:
-    return RestoreExperts.apply(shard, slots, num_elements, group, pending)
-
-
-class RestoreSlotWeights(torch.autograd.Function):
-    """The restore as the compute consumes it: forward as RestoreExperts, but returning every slot's weight matrices
-    (views of the [C, P] buffer, `parts` shapes in flat order, e.g. w1 [F, H], w3 [F, H], w2 [H, F]); slot-major,
-    len(parts) outputs per slot.
-
-    Backward writes each matrix's gradient straight into the [N, C, S] send layout of the gradient all-to-all: one
-    copy, where gradients of RestoreExperts' [C, P] output would be assembled by the split/unbind backward (two copies)
-    and then permuted into that layout (a third). Then as RestoreExperts: all-to-all, sum over replicas."""
 
     @staticmethod
     def forward(ctx, shard, slots, parts: tuple, group, pending: PendingRestore | None):
@@ -115,11 +77,20 @@ class RestoreSlotWeights(torch.autograd.Function):
                 _write_pieces(send[:, slot], off, None if g is None else g.reshape(-1), a * b)
                 off += a * b
             _write_pieces(send[:, slot], off, None, n * width - off)  # padding
-        recv = torch.empty_like(send)
-        dist.all_to_all_single(recv, send, group=ctx.group)
-        g = send.new_zeros(ctx.num_experts, width)
-        g.index_add_(0, slots.reshape(-1), recv.view(n * c, width))
-        return g, None, None, None, None
+        return scatter_gradients(send, slots, ctx.num_experts, ctx.group), None, None, None, None
+
+
+def scatter_gradients(send: torch.Tensor, slots: torch.Tensor, num_experts: int, group) -> torch.Tensor:
+    """The gradient scatter (communicates: one all_to_all_single). send [N, C, S]: piece d of the gradient of each of
+    my slots, bound for device d. Device s receives, from every device r and slot c, the gradient of its piece of
+    expert slots[r, c] and sums the pieces of all replicas of an expert into its [E, S] shard gradient (index_add over
+    the slot -> expert map)."""
+    n, c, width = send.shape
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    g = send.new_zeros(num_experts, width)
+    g.index_add_(0, slots.reshape(-1), recv.view(n * c, width))
+    return g
 
 
 def _write_pieces(dst: torch.Tensor, offset: int, flat: torch.Tensor | None, length: int) -> None:

@@ -9,8 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.rounding import largest_remainder
 
-def route_weights(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+
+def combine_weights(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """[T, k] combine weights of the chosen experts. k = 1: the router probability (Switch; a renormalised top-1
     weight would be 1 and give the router no gradient); k > 1: renormalised over the k choices (Mixtral, GShard).
     The same convention as DeepSpeed's top-1/top-2 gates, so the baseline can match the reference exactly."""
@@ -24,7 +26,7 @@ def route_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     """logits [T, E] -> (idx [T, k] int64, weights [T, k], probs [T, E])."""
     probs = F.softmax(logits.float(), dim=-1)
     idx = probs.topk(k, dim=-1).indices
-    return idx, route_weights(probs, idx), probs
+    return idx, combine_weights(probs, idx), probs
 
 
 def replay_assignment(target_counts: torch.Tensor | np.ndarray, num_tokens: int, k: int) -> torch.Tensor:
@@ -57,8 +59,7 @@ def scale_counts(row: np.ndarray, total: int, cap: int) -> np.ndarray:
     if cap * row.size < total:
         raise ValueError(f"cannot place {total} routes on {row.size} experts with at most {cap} each")
     ideal = row * total / row.sum()
-    out = np.floor(ideal).astype(np.int64)
-    out[np.argsort(-(ideal - out), kind="stable")[: total - int(out.sum())]] += 1
+    out = largest_remainder(ideal, total)
     excess = int(np.maximum(out - cap, 0).sum())
     out = np.minimum(out, cap)
     while excess:

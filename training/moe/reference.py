@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from training.moe.gating import replay_assignment, route_topk, route_weights, switch_aux_loss
+from training.moe.gating import combine_weights, replay_assignment, route_topk, switch_aux_loss
 
 
 def swiglu(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -39,7 +39,7 @@ class Router(nn.Module):
         else:
             probs = torch.softmax(logits.float(), dim=-1)
             idx = replay_assignment(target_counts, x.shape[0], self.top_k).to(x.device)
-            w = route_weights(probs, idx)
+            w = combine_weights(probs, idx)
         return idx, w.to(x.dtype), switch_aux_loss(probs, idx)
 
 

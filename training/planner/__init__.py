@@ -1,5 +1,5 @@
 """Load-balancing planners for FSEP: pure numpy/scipy policies from per-device expert loads to a frozen `Plan`.
-Their inner loops run compiled with numba when it is installed (`kernels.py`, same plans; `jit=False` for numpy).
+Their inner loops run compiled with numba (`kernels.py`), where that is what keeps them within the paper's solve times.
 
     from training.planner import make_planner
     planner = make_planner("laer", num_devices=N, slots_per_device=C, devices_per_node=G)
@@ -8,9 +8,9 @@ Their inner loops run compiled with numba when it is installed (`kernels.py`, sa
 
 from training.planner.async_planner import AsyncPlanner
 from training.planner.base import Plan, Planner, check_loads
-from training.planner.bound import replica_lower_bound, waterfill_replicas
-from training.planner.cost import PlanCost
+from training.planner.bound import add_replicas, replica_lower_bound, waterfill_replicas
+from training.planner.objective import PlanObjective
 from training.planner.registry import PLANNERS, make_planner
 
-__all__ = ["AsyncPlanner", "Plan", "Planner", "PlanCost", "PLANNERS", "check_loads", "make_planner",
-           "replica_lower_bound", "waterfill_replicas"]
+__all__ = ["AsyncPlanner", "Plan", "Planner", "PlanObjective", "PLANNERS", "add_replicas", "check_loads",
+           "make_planner", "replica_lower_bound", "waterfill_replicas"]

@@ -6,6 +6,7 @@ loads[i, j]: tokens from source device i routed to expert j (integer counts; sum
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -13,20 +14,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-from training.placement import Placement, fsep_expected, fsep_expected_spread, fsep_routing, fsep_summary
-from training.planner import accel
-from training.planner.cost import PlanCost
+from training.placement import Placement
+from training.planner.objective import PlanObjective
+from training.routing import fsep_expected, fsep_routing, fsep_summaries, traffic_summary
 
 
 @dataclass(frozen=True)
 class Plan:
     """One layer's expert layout and token routing for the next step(s)."""
 
-    placement: np.ndarray  # [N, C] int64, expert id restored in each slot
+    layout: Placement  # which expert each slot restores (layout.slots [N, C])
     device_tokens: np.ndarray  # [N] int64, tokens each device computes (= routing.sum((0, 1)))
-    est_time_s: float  # planner cost model: one forward + backward of the layer under this plan
+    est_time_s: float  # the planner objective: one forward + backward of the layer under this plan
     algorithm: str  # registry name of the planner that made it
-    num_experts: int  # E
     gap: float | None = None  # relative MIP gap for `milp` (0: proven optimal); None for heuristics
     # True: routing is the FSEP even-split rule, so the runtime can apply it to any loads; False: routing is explicit
     # per-(source, expert, device) quotas (min-max flow, MILP) that the runtime follows as fractions.
@@ -39,17 +39,13 @@ class Plan:
         """[N, E, N] int64: tokens from source i for expert j computed on device d."""
         return self.routing_fn()
 
-    @property
-    def layout(self) -> Placement:
-        return Placement(self.placement, self.num_experts)
-
 
 class Estimate(NamedTuple):
-    """A layout's cost under the expected (fractional) FSEP split."""
+    """A layout's objective under the expected (fractional) FSEP split."""
 
-    objective: float  # cost-model objective with the fractional split
+    objective: float  # objective with the fractional split
     tokens: np.ndarray  # [N] float, expected tokens per device
-    margin: float  # |exact objective - objective| <= margin (PlanCost.expected_margin), to skip hopeless layouts
+    margin: float  # |exact objective - objective| <= margin (PlanObjective.expected_margin), to skip hopeless layouts
 
 
 def check_loads(loads, num_devices: int, slots_per_device: int) -> np.ndarray:
@@ -78,13 +74,13 @@ def check_loads(loads, num_devices: int, slots_per_device: int) -> np.ndarray:
     return a.astype(np.int64)
 
 
-class Planner:
+class Planner(ABC):
     """Base of every planner: `plan(loads)` checks the input and calls `_plan`; subclasses set `name`."""
 
     name = "base"
 
-    def __init__(self, num_devices: int, slots_per_device: int, devices_per_node: int, cost: PlanCost | None = None,
-                 jit: bool | None = None):
+    def __init__(self, num_devices: int, slots_per_device: int, devices_per_node: int,
+                 objective: PlanObjective | None = None):
         for key, v in (("num_devices", num_devices), ("slots_per_device", slots_per_device),
                        ("devices_per_node", devices_per_node)):
             if int(v) != v or v < 1:
@@ -93,15 +89,14 @@ class Planner:
             raise ValueError(f"{self.name}: num_devices={num_devices} is not a multiple of devices_per_node={devices_per_node}")
         self.n, self.c, self.g = int(num_devices), int(slots_per_device), int(devices_per_node)
         self.k = self.n // self.g
-        self.cost = cost or PlanCost.for_model()
-        # Compiled inner loops (numba) or the numpy path; both give the same plans. None: compiled when installed.
-        self.jit = accel.resolve_jit(jit)
+        self.objective = objective or PlanObjective.for_model()
 
     def plan(self, loads) -> Plan:
         return self._plan(check_loads(loads, self.n, self.c))
 
+    @abstractmethod
     def _plan(self, loads: np.ndarray) -> Plan:
-        raise NotImplementedError
+        """The plan for checked loads [N, E] int64."""
 
     # Shared helpers ---------------------------------------------------------------------------------------------
     def score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:
@@ -109,47 +104,35 @@ class Planner:
         return self.scores(loads, [slots])[0]
 
     def scores(self, loads: np.ndarray, layouts: list[np.ndarray]) -> list[tuple[float, np.ndarray]]:
-        """`score` of several placements [N, C] (one compiled call for all of them when jit)."""
-        if not self.jit:
-            out = []
-            for slots in layouts:
-                tokens, intra, inter = fsep_summary(loads, Placement(slots, loads.shape[1]), self.g)
-                out.append((self.cost.objective(tokens, intra, inter), tokens))
-            return out
-        objs, tokens, _, _ = accel.kernels().exact_costs(loads, np.stack(layouts), self.g, self.cost.kernel_params())
-        return list(zip(objs.tolist(), tokens))
+        """`score` of several placements [N, C], in one compiled call."""
+        tokens, intra, inter = fsep_summaries(loads, np.stack(layouts), self.g)
+        return list(zip(self.objective.objectives(tokens, intra, inter).tolist(), tokens))
 
     def expected_score(self, loads: np.ndarray, slots: np.ndarray) -> Estimate:
         """`score` with the even split taken fractionally: cheaper, for comparing many candidate layouts."""
         return self.expected_scores(loads, [slots])[0]
 
     def expected_scores(self, loads: np.ndarray, layouts: list[np.ndarray]) -> list[Estimate]:
-        """`expected_score` of several placements [N, C] (one compiled call for all of them when jit)."""
-        e = loads.shape[1]
-        if not self.jit:
-            out = []
-            for slots in layouts:
-                tokens, intra, inter = fsep_expected(loads, slots, e, self.g)
-                obj = self.cost.objective(tokens, intra, inter)
-                spread = fsep_expected_spread(loads, slots, e, self.g)
-                out.append(Estimate(obj, tokens, self.cost.expected_margin(spread, self.n, self.c, obj)))
-            return out
-        objs, tokens, _, _, spread = accel.kernels().expected_costs(loads, np.stack(layouts), e, self.g,
-                                                                    self.cost.kernel_params())
-        margins = self.cost.expected_margin(spread, self.n, self.c, objs)
-        return [Estimate(*x) for x in zip(objs.tolist(), tokens, margins.tolist())]
+        """`expected_score` of several placements [N, C], in one compiled call."""
+        return [Estimate(*x) for x in zip(*self.expected_arrays(loads, np.stack(layouts)))]
+
+    def expected_arrays(self, loads: np.ndarray, layouts: np.ndarray) -> tuple[list, np.ndarray, list]:
+        """`expected_scores` of placements layouts [T, N, C] as (objectives [T], tokens [T, N], margins [T])."""
+        traffic, spread = fsep_expected(loads, layouts, loads.shape[1], self.g)
+        objs = self.objective.objectives(*traffic)
+        margins = self.objective.expected_margin(spread, self.n, self.c, objs)
+        return objs.tolist(), traffic.device_tokens, margins.tolist()
 
     def fsep_plan(self, loads: np.ndarray, slots: np.ndarray, score: tuple | None = None) -> Plan:
         """A Plan that routes with the FSEP rule on the given placement."""
-        placement = Placement(slots, loads.shape[1])
-        obj, tokens = score if score is not None else self.score(loads, placement.slots)
+        layout = Placement(slots, loads.shape[1])
+        obj, tokens = score if score is not None else self.score(loads, layout.slots)
         g = self.g
-        return Plan(placement.slots, tokens, obj, self.name, loads.shape[1],
-                    routing_fn=lambda: fsep_routing(loads, placement, g))
+        return Plan(layout, tokens, obj, self.name, routing_fn=lambda: fsep_routing(loads, layout, g))
 
     def routed_plan(self, loads: np.ndarray, slots: np.ndarray, routing: np.ndarray, gap: float | None = None) -> Plan:
         """A Plan with an explicit routing [N, E, N]."""
         routing = np.asarray(routing, dtype=np.int64)
-        summary = self.cost.routing_summary(routing, self.g)
-        return Plan(np.asarray(slots, dtype=np.int64), summary[0], self.cost.objective(*summary), self.name,
-                    loads.shape[1], gap, fsep_routed=False, routing_fn=lambda: routing)
+        traffic = traffic_summary(routing, self.g)
+        return Plan(Placement(slots, loads.shape[1]), traffic.device_tokens, self.objective.objective(*traffic),
+                    self.name, gap, fsep_routed=False, routing_fn=lambda: routing)

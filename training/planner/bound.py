@@ -1,4 +1,4 @@
-"""The replica lower bound: no plan's busiest device computes fewer tokens than
+"""Replica counts by water-filling, and the replica lower bound: no plan's busiest device computes fewer tokens than
 max(mean device tokens, min over replica counts r (sum r = N*C, r_j >= 1) of max_j load_j / r_j).
 
 Notation: N devices, E experts, C slots per device, L_j total tokens for expert j.
@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.planner import accel
+from training.planner import kernels
 
 
-def waterfill_replicas(expert_loads: np.ndarray, total_slots: int, jit: bool | None = None) -> np.ndarray:
+def add_replicas(expert_loads: np.ndarray, replicas: np.ndarray, extra: int) -> np.ndarray:
+    """`extra` times, one more replica to the expert with the largest load per replica L_j / r_j (ties: lower id):
+    the greedy step of water-filling and of EPLB. Returns new counts [E] int64."""
+    w = np.ascontiguousarray(expert_loads, dtype=np.float64)
+    r = np.array(replicas, dtype=np.int64)  # a copy: the kernel updates it in place
+    return kernels.greedy_increments(w, r, int(extra))
+
+
+def waterfill_replicas(expert_loads: np.ndarray, total_slots: int) -> np.ndarray:
     """[E] replica counts r >= 1 with sum r = total_slots minimising max_j L_j / r_j (ties: more to heavier experts).
 
     1. Start from r_j = max(1, floor(L_j / t)) with t = sum L / (slots - E), a feasible threshold.
-    2. Hand the leftover slots one at a time to the expert with the highest L_j / r_j (classic greedy, exact).
-    jit: `accel.resolve_jit` (the compiled greedy gives the same counts).
+    2. Hand the leftover slots one at a time to the expert with the highest L_j / r_j (`add_replicas`, exact).
     """
     w = np.asarray(expert_loads, dtype=float)
     e = w.size
@@ -34,12 +41,8 @@ def waterfill_replicas(expert_loads: np.ndarray, total_slots: int, jit: bool | N
         r = np.maximum(1, np.floor(w * (total_slots - e) / w.sum())).astype(np.int64)
     else:
         r = np.ones(e, dtype=np.int64)
-    # Step 2: at most 2E increments, each to the expert with the highest load per replica.
-    if accel.resolve_jit(jit):
-        return accel.kernels().greedy_increments(w, r, total_slots - int(r.sum()))
-    for _ in range(total_slots - int(r.sum())):
-        r[np.argmax(w / r)] += 1
-    return r
+    # Step 2: at most 2E increments.
+    return add_replicas(w, r, total_slots - int(r.sum()))
 
 
 def replica_lower_bound(loads: np.ndarray, num_devices: int, slots_per_device: int) -> float:

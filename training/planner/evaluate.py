@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.placement import Placement, fsep_routing, fsep_summary
 from training.planner.base import Plan
-from training.planner.cost import PlanCost
+from training.planner.objective import PlanObjective
+from training.rounding import largest_remainder
+from training.routing import fsep_routing, fsep_summary, traffic_summary
 
 
 def quota_routing(plan: Plan, loads: np.ndarray, devices_per_node: int) -> np.ndarray:
@@ -18,12 +19,8 @@ def quota_routing(plan: Plan, loads: np.ndarray, devices_per_node: int) -> np.nd
     loads = np.asarray(loads, dtype=np.int64)
     old = plan.routing
     old_tot = old.sum(2, keepdims=True)
-    frac = np.where(old_tot > 0, old / np.maximum(old_tot, 1), 0.0)  # [N, E, N]
-    want = loads[:, :, None] * frac
-    fl = np.floor(want + 1e-9)
-    short = (loads - fl.sum(2)).round().astype(np.int64)  # [N, E]
-    rank = np.argsort(np.argsort(-(want - fl), axis=2, kind="stable"), axis=2)
-    routing = (fl + (rank < short[:, :, None])).astype(np.int64)
+    routing_fractions = np.where(old_tot > 0, old / np.maximum(old_tot, 1), 0.0)  # [N, E, N]
+    routing = largest_remainder(loads[:, :, None] * routing_fractions, loads)
     missing = old_tot[:, :, 0] == 0
     if missing.any():
         fallback = fsep_routing(np.where(missing, loads, 0), plan.layout, devices_per_node)
@@ -31,11 +28,12 @@ def quota_routing(plan: Plan, loads: np.ndarray, devices_per_node: int) -> np.nd
     return routing
 
 
-def evaluate(plan: Plan, loads: np.ndarray, devices_per_node: int, cost: PlanCost) -> tuple[np.ndarray, float]:
+def evaluate(plan: Plan, loads: np.ndarray, devices_per_node: int, objective: PlanObjective
+             ) -> tuple[np.ndarray, float]:
     """(device_tokens [N], estimated layer time) of `plan` applied to `loads` [N, E]."""
     loads = np.asarray(loads, dtype=np.int64)
     if plan.fsep_routed:
-        tokens, intra, inter = fsep_summary(loads, Placement(plan.placement, plan.num_experts), devices_per_node)
+        tokens, intra, inter = fsep_summary(loads, plan.layout, devices_per_node)
     else:
-        tokens, intra, inter = cost.routing_summary(quota_routing(plan, loads, devices_per_node), devices_per_node)
-    return tokens, cost.objective(tokens, intra, inter)
+        tokens, intra, inter = traffic_summary(quota_routing(plan, loads, devices_per_node), devices_per_node)
+    return tokens, objective.objective(tokens, intra, inter)

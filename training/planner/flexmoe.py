@@ -29,8 +29,7 @@ class FlexMoE(Planner):
             slots = fsdp_ep_placement(self.n, e, self.c).slots.copy()
         else:
             w = loads.sum(0)
-            slots = lpt_place(w, waterfill_replicas(np.ones(e), self.n * self.c, self.jit), self.n, self.c, self.g,
-                              self.jit)
+            slots = lpt_place(w, waterfill_replicas(np.ones(e), self.n * self.c), self.n, self.c, self.g)
         obj, tokens = self.score(loads, slots)
         node_src = loads.reshape(self.k, self.g, e).sum(1)  # [K, E] tokens from each node's sources
         # 2. Per node: move one replica from the least-loaded local expert to the most-loaded one while the

@@ -1,9 +1,9 @@
-"""LAER+ (ours, beyond the paper): the paper's cost model and FSEP routing rule, better replica counts and placement.
+"""LAER+ (ours, beyond the paper): the paper's objective and FSEP routing rule, better replica counts and placement.
 
 Notation: N devices, E experts, C slots per device, G devices per node, K nodes, w [E] tokens per expert,
 w_m [E] tokens from node m's sources.
 
-What it adds to `laer`, each kept only when the cost model says it pays:
+What it adds to `laer`, each kept only when the objective says it pays:
 - replica counts by water-filling in steps of 1 (the paper's queue grows hot experts in steps of #nodes, and at
   C = 4 on 2 nodes leaves no slot for them), and a node-local layout water-filled per node on that node's sources;
 - on small clusters the EPLB and FSDP+EP layouts as extra candidates and a swap/move local search;
@@ -19,7 +19,7 @@ from functools import cache
 import numpy as np
 
 from training.placement import Placement, fsdp_ep_placement
-from training.planner.base import Plan, Planner
+from training.planner.base import Estimate, Plan, Planner
 from training.planner.bound import waterfill_replicas
 from training.planner.eplb import eplb_placement
 from training.planner.laer import laer_counts, place_counts
@@ -27,7 +27,7 @@ from training.planner.lp import minmax_routing
 from training.planner.lpt import lpt_place
 
 
-def node_local_placement(loads: np.ndarray, n: int, c: int, g: int, jit: bool | None = None) -> np.ndarray | None:
+def node_local_placement(loads: np.ndarray, n: int, c: int, g: int) -> np.ndarray | None:
     """Every node holds every expert, with counts water-filled on its own sources' loads, so all dispatch stays inside
     the node. None when a node's G*C slots cannot hold E experts."""
     e = loads.shape[1]
@@ -37,8 +37,8 @@ def node_local_placement(loads: np.ndarray, n: int, c: int, g: int, jit: bool | 
     node_src = loads.reshape(k, g, e).sum(1)  # [K, E]
     slots = np.empty((n, c), dtype=np.int64)
     for m in range(k):
-        r = waterfill_replicas(node_src[m], g * c, jit)
-        slots[m * g:(m + 1) * g] = lpt_place(node_src[m], r, g, c, g, jit)
+        r = waterfill_replicas(node_src[m], g * c)
+        slots[m * g:(m + 1) * g] = lpt_place(node_src[m], r, g, c, g)
     return slots
 
 
@@ -67,20 +67,19 @@ class LaerPlus(Planner):
         w = loads.sum(0)
         # 1. Candidates: the paper's two, water-filled counts (steps of 1) with LPT, the node-local layout and, on
         #    small clusters, the EPLB and FSDP+EP layouts.
-        paper = laer_counts(loads, self.n, self.c, self.g, self.jit)
+        paper = laer_counts(loads, self.n, self.c, self.g)
         n_paper = len({r.tobytes() for r in paper})  # the first n_paper candidates are the paper's
-        cands = place_counts(loads, paper + [waterfill_replicas(w, self.n * self.c, self.jit)], self.n, self.c, self.g,
-                             self.jit)
+        cands = place_counts(loads, paper + [waterfill_replicas(w, self.n * self.c)], self.n, self.c, self.g)
         small = self.n * self.c <= self.search_max_slots
         if small:
             # On small clusters the baselines' layouts are cheap to add, so LAER+ is never worse than them here.
-            cands.append(eplb_placement(loads, self.n, self.c, self.g, jit=self.jit))
+            cands.append(eplb_placement(loads, self.n, self.c, self.g))
             if loads.shape[1] % self.c == 0:
                 cands.append(_fsdp_slots(self.n, loads.shape[1], self.c))
-        local = node_local_placement(loads, self.n, self.c, self.g, self.jit)
+        local = node_local_placement(loads, self.n, self.c, self.g)
         if local is not None:
             cands.append(local)
-        # 2. Rank the candidates by the cost model under the FSEP rule (expected split). The exact integer score goes
+        # 2. Rank the candidates by the objective under the FSEP rule (expected split). The exact integer score goes
         #    to all of them on small clusters, else to the top two and the paper's pick (so never worse than `laer`).
         #    Candidates whose exact objective provably exceeds another's (expected objective and its margin) cannot
         #    be the exact winner, so their exact score is skipped; the winner is the same.
@@ -111,7 +110,7 @@ class LaerPlus(Planner):
         # 4. Min-max flow routing on the top candidates (the runtime then follows plan.routing as quotas).
         if self.n * self.c * self.n <= self.flow_max_vars:  # upper bound on (source, holder) pairs per expert
             for s_ in {id(x): x for x in [slots] + ranked}.values():
-                routing = minmax_routing(loads, Placement(s_, loads.shape[1]).holders(), self.g, self.cost)
+                routing = minmax_routing(loads, Placement(s_, loads.shape[1]).holders(), self.g, self.objective)
                 if routing is None:
                     continue
                 p = self.routed_plan(loads, s_, routing)
@@ -124,7 +123,7 @@ class LaerPlus(Planner):
 
     def _flow_search(self, loads: np.ndarray, best: Plan) -> Plan:
         e = loads.shape[1]
-        slots = best.placement.copy()
+        slots = best.layout.slots.copy()
         solves = 0
         improved = True
         while improved and solves < self.flow_search_max_solves:
@@ -143,7 +142,7 @@ class LaerPlus(Planner):
                         trial[hi, a] = y
                     if any(np.array_equal(np.sort(trial[d]), np.sort(slots[d])) for d in (hi, lo)) and swap:
                         continue
-                    routing = minmax_routing(loads, Placement(trial, e).holders(), self.g, self.cost)
+                    routing = minmax_routing(loads, Placement(trial, e).holders(), self.g, self.objective)
                     solves += 1
                     if routing is not None:
                         p = self.routed_plan(loads, trial, routing)
@@ -163,7 +162,10 @@ class LaerPlus(Planner):
         if hi == lo:
             return None
         counts = np.bincount(slots.ravel(), minlength=e)
-        trials = []
+        # trials[0] is the current layout, trials[1:t] the changed copies.
+        trials = np.empty((1 + 2 * self.c * self.c, *slots.shape), dtype=np.int64)
+        trials[:] = slots
+        t = 1
         tried = set()
         for a in range(self.c):
             for b in range(self.c):
@@ -176,20 +178,20 @@ class LaerPlus(Planner):
                     if (kind, a if kind == "swap" else -1, b, x_, y_) in tried:
                         continue
                     tried.add((kind, a if kind == "swap" else -1, b, x_, y_))
-                    trial = slots.copy()
-                    trial[lo, b] = x_
+                    trials[t, lo, b] = x_
                     if kind == "swap":
-                        trial[hi, a] = y_
-                    trials.append(trial)
-        if not trials:
+                        trials[t, hi, a] = y_
+                    t += 1
+        if t == 1:
             return None
         # All trials scored in one call, behind the current layout (the kernel reuses its sums for the nodes a trial
         # leaves alone); the first strictly best trial wins, as when scoring them one by one.
+        objs, dev_tokens, margins = self.expected_arrays(loads, trials[:t])
         best = None
-        for trial, s in zip(trials, self.expected_scores(loads, [slots] + trials)[1:]):
-            if s.objective < obj * (1 - 1e-12) and (best is None or s.objective < best[1].objective):
-                best = (trial, s)
-        return best
+        for i in range(1, t):
+            if objs[i] < obj * (1 - 1e-12) and (best is None or objs[i] < objs[best]):
+                best = i
+        return None if best is None else (trials[best], Estimate(objs[best], dev_tokens[best], margins[best]))
 
 
 @cache

@@ -17,7 +17,9 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_matrix
 
-from training.planner.cost import PlanCost
+from training.planner.objective import PlanObjective
+from training.rounding import largest_remainder
+from training.routing import traffic_summary
 
 US = 1e6
 
@@ -31,14 +33,14 @@ class LPResult:
     status: int  # scipy.optimize.milp status (0 optimal, 1 limit reached)
 
 
-def _comm_coef(n: int, g: int, cost: PlanCost) -> np.ndarray:
+def _comm_coef(n: int, g: int, cost: PlanObjective) -> np.ndarray:
     node = np.arange(n) // g
     per_token = np.where(node[:, None] == node[None, :], cost.token_bytes / cost.intra_bw, cost.token_bytes / cost.inter_bw)
     np.fill_diagonal(per_token, 0.0)
     return 4.0 * per_token * US  # [N, N] source -> device
 
 
-def solve_placement(loads: np.ndarray, c: int, g: int, cost: PlanCost, time_limit_s: float) -> LPResult:
+def solve_placement(loads: np.ndarray, c: int, g: int, cost: PlanObjective, time_limit_s: float) -> LPResult:
     """The full MILP (placement and routing)."""
     n, e = loads.shape
     src, exp = np.nonzero(loads)  # (i, j) pairs with tokens
@@ -86,10 +88,10 @@ def solve_placement(loads: np.ndarray, c: int, g: int, cost: PlanCost, time_limi
     routing = np.zeros((n, e, n), dtype=np.int64)
     routing[src[pair], exp[pair], d_idx] = x[na:na + ns].astype(np.int64)
     gap = float(getattr(res, "mip_gap", 0.0) or 0.0) if res.status == 0 else float(getattr(res, "mip_gap", np.inf))
-    return LPResult(slots, routing, cost.routing_objective(routing, g), gap, int(res.status))
+    return LPResult(slots, routing, cost.objective(*traffic_summary(routing, g)), gap, int(res.status))
 
 
-def minmax_routing(loads: np.ndarray, holders: np.ndarray, g: int, cost: PlanCost) -> np.ndarray | None:
+def minmax_routing(loads: np.ndarray, holders: np.ndarray, g: int, cost: PlanObjective) -> np.ndarray | None:
     """Optimal routing [N, E, N] for a fixed placement (the LP above with A fixed), rounded to integers by largest
     remainder per (source, expert). holders: [E, N] replicas per device. None if the LP fails."""
     n, e = loads.shape
@@ -110,16 +112,8 @@ def minmax_routing(loads: np.ndarray, holders: np.ndarray, g: int, cost: PlanCos
     res = milp(cobj, constraints=LinearConstraint(a, lo, hi), bounds=Bounds(0, np.inf), integrality=np.zeros(nvar))
     if res.x is None:
         return None
-    x = res.x[:-1]
-    fl = np.floor(x + 1e-9)
-    short = (lod - np.bincount(pair, weights=fl, minlength=p)).round().astype(np.int64)  # tokens left per pair
-    # Largest remainder: within each pair, the variables with the largest fractional parts get one more token.
-    frac = x - fl
-    order = np.lexsort((-frac, pair))
-    first = np.searchsorted(pair[order], np.arange(p))
-    rank = np.arange(pair.size) - first[pair[order]]
-    bump = np.zeros(pair.size)
-    bump[order] = rank < short[pair[order]]
+    shares = np.zeros((p, n))  # [P, N] tokens of each (source, expert) pair per device, 0 off its holders
+    shares[pair, dev] = res.x[:-1]
     routing = np.zeros((n, e, n), dtype=np.int64)
-    routing[src[pair], exp[pair], dev] = (fl + bump).astype(np.int64)
+    routing[src, exp] = largest_remainder(shares, lod)
     return routing

@@ -19,10 +19,10 @@ class MILP(Planner):
         self.time_limit_s = time_limit_s  # HiGHS wall-clock limit per plan
 
     def _plan(self, loads: np.ndarray) -> Plan:
-        res = solve_placement(loads, self.c, self.g, self.cost, self.time_limit_s)
+        res = solve_placement(loads, self.c, self.g, self.objective, self.time_limit_s)
         if res.slots is None:
             # No integer point within the limit: fall back to the best heuristic and say so with an infinite gap.
-            p = LaerPlus(self.n, self.c, self.g, cost=self.cost).plan(loads)
-            return Plan(p.placement, p.device_tokens, p.est_time_s, self.name, p.num_experts, float("inf"), p.fsep_routed,
+            p = LaerPlus(self.n, self.c, self.g, objective=self.objective).plan(loads)
+            return Plan(p.layout, p.device_tokens, p.est_time_s, self.name, float("inf"), p.fsep_routed,
                         routing_fn=p.routing_fn)
         return self.routed_plan(loads, res.slots, res.routing, gap=res.gap)

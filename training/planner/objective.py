@@ -1,4 +1,4 @@
-"""The LAER-MoE planner's cost model: 4 * sum_i T_comm[i] + (3 [+1 with recompute]) * max_i T_comp[i].
+"""The LAER-MoE planner's objective: 4 * sum_i T_comm[i] + (3 [+1 with recompute]) * max_i T_comp[i].
 
 Notation: N devices, E experts, G devices per node.
 T_comm[i] = bytes device i sends to other devices / bandwidth of each link (intra- or inter-node), the dispatch of one
@@ -14,11 +14,12 @@ import numpy as np
 
 from common.costmodel import ComputeModel, swiglu_expert_flops
 from common.topology import ClusterSpec, a100_80g_4x8
+from training.planner import kernels
 
 
 @dataclass(frozen=True)
-class PlanCost:
-    """Numbers the planner objective needs; build one with `PlanCost.for_model`."""
+class PlanObjective:
+    """Numbers the planner objective needs; build one with `PlanObjective.for_model`."""
 
     token_bytes: float  # bytes of one token's hidden state on the wire (2 * H for bf16)
     per_token_s: float  # forward time of one token through one expert
@@ -30,13 +31,13 @@ class PlanCost:
         for key in ("token_bytes", "per_token_s", "intra_bw", "inter_bw"):
             v = getattr(self, key)
             if not (np.isfinite(v) and v > 0):
-                raise ValueError(f"PlanCost.{key} must be finite and > 0, got {v}")
+                raise ValueError(f"PlanObjective.{key} must be finite and > 0, got {v}")
 
     @classmethod
     def for_model(
         cls, cluster: ClusterSpec | None = None, hidden: int = 4096, ffn: int = 14336, recompute: bool = False,
         compute: ComputeModel | None = None, tokens_per_kernel: int = 4096,
-    ) -> PlanCost:
+    ) -> PlanObjective:
         """Token bytes 2*H (bf16); per-token time of a SwiGLU expert at the size of a typical expert kernel."""
         cluster = cluster or a100_80g_4x8()
         compute = compute or ComputeModel(cluster.device.peak_flops)
@@ -47,35 +48,19 @@ class PlanCost:
     def compute_factor(self) -> float:
         return 4.0 if self.recompute else 3.0
 
-    def comm_times(self, sent_intra: np.ndarray, sent_inter: np.ndarray) -> np.ndarray:
-        """[N] T_comm from tokens each device sends inside its node / across nodes."""
-        return self.token_bytes * (np.asarray(sent_intra) / self.intra_bw + np.asarray(sent_inter) / self.inter_bw)
-
     def objective(self, device_tokens: np.ndarray, sent_intra: np.ndarray, sent_inter: np.ndarray) -> float:
-        comm = self.comm_times(sent_intra, sent_inter)
-        return float(4.0 * comm.sum() + self.compute_factor * self.per_token_s * np.max(device_tokens))
+        """The objective of one plan's traffic ([N] each)."""
+        return float(self.objectives(*(np.asarray(x)[None] for x in (device_tokens, sent_intra, sent_inter)))[0])
 
-    def kernel_params(self) -> np.ndarray:
-        """[token_bytes, intra_bw, inter_bw, compute_factor * per_token_s]: what the compiled objective needs
-        (`kernels.objective_from`), the product formed as `objective` forms it."""
-        return np.array([self.token_bytes, self.intra_bw, self.inter_bw, self.compute_factor * self.per_token_s])
+    def objectives(self, device_tokens: np.ndarray, sent_intra: np.ndarray, sent_inter: np.ndarray) -> np.ndarray:
+        """The objective of several plans' traffic, [T, N] arrays each: [T] (compiled, `kernels.objectives`)."""
+        params = np.array([self.token_bytes, self.intra_bw, self.inter_bw, self.compute_factor * self.per_token_s])
+        return kernels.objectives(device_tokens, sent_intra, sent_inter, params)
 
     def expected_margin(self, spread_tokens, num_devices: int, slots_per_device: int, objective):
-        """Bound on |exact objective - expected objective| of a layout (`placement.fsep_expected_spread`): device
+        """Bound on |exact objective - expected objective| of a layout (spread: `training.routing.fsep_expected`): device
         tokens differ by less than spread_tokens; a source keeps within own replicas' count of the split, so the
         tokens sent inside nodes differ by at most N*C in all; inter-node tokens are the same. Plus a 1e-9 relative
         slack for the floating-point sums. Scalars or [T] arrays."""
         return (self.compute_factor * self.per_token_s * spread_tokens
                 + 4.0 * self.token_bytes * num_devices * slots_per_device / self.intra_bw + 1e-9 * np.abs(objective))
-
-    def routing_summary(self, routing: np.ndarray, devices_per_node: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(device_tokens, sent_intra, sent_inter) [N] from an explicit routing [N, E, N]."""
-        traffic = np.asarray(routing).sum(1)  # [N, N] tokens from i computed on d
-        n = traffic.shape[0]
-        node = np.arange(n) // devices_per_node
-        same = node[:, None] == node[None, :]
-        off = ~np.eye(n, dtype=bool)
-        return traffic.sum(0), (traffic * (same & off)).sum(1), (traffic * ~same).sum(1)
-
-    def routing_objective(self, routing: np.ndarray, devices_per_node: int) -> float:
-        return self.objective(*self.routing_summary(routing, devices_per_node))
