@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 
 from common.datapaths import Fallback
 from common.topology import ClusterPreset
+from common.traces import TraceFormat
 from serving.costmodel import CostModelKind
 from serving.scheduler import SchedulerConfig
 from serving.sim import SLO
@@ -61,7 +62,7 @@ class WorkloadConfig:
     # Request trace: a path relative to paths.data_dir (or absolute).
     trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
     # Its format: azure, mooncake or csv.
-    format: str = "azure"
+    format: TraceFormat = TraceFormat.azure
     # Multiply the trace's arrival rate by this (>1: more requests per second).
     rate_scale: float = 1.0
     # Keep only the first this many requests (null: all); tiny runs in tests.

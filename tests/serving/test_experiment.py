@@ -137,6 +137,7 @@ def test_oserve_beats_the_best_homogeneous_deployment_when_types_want_different_
     ("oserve.scheduler.capacity=guess", "oserve.scheduler.capacity"),
     ("oserve.gpu_counts=[eight]", "oserve.gpu_counts"),
     ("oserve.tie_break=latency", "tie_break"),  # moved under oserve.scheduler: no silent acceptance
+    ("workload.format=parquet", "workload.format"),
 ])
 def test_bad_values_fail_when_the_config_is_built(override, key):
     with pytest.raises(ConfigCompositionException) as err:
@@ -147,7 +148,6 @@ def test_bad_values_fail_when_the_config_is_built(override, key):
 
 
 @pytest.mark.parametrize("override, match", [
-    ("workload.format=parquet", "workload.format"),
     ("num_gpus=0", "num_gpus"),
     ("model=bert", "unknown model"),
 ])
