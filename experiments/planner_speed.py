@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import time
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,30 @@ def read_paper_times(path: Path) -> dict[tuple[int, int], float]:
     return out
 
 
-def random_loads(rng: np.random.Generator, n: int, e: int, tokens: int) -> np.ndarray:
-    """[N, E] tokens: each source spreads `tokens` over experts with its own Dirichlet(1) weights."""
-    return np.stack([rng.multinomial(tokens, rng.dirichlet(np.ones(e))) for _ in range(n)])
+class LoadKind(Enum):
+    """Synthetic expert loads."""
+
+    DIRICHLET = "dirichlet"  # the paper's Fig. 11 setting: each source its own Dirichlet(1) weights (near uniform)
+    ZIPF = "zipf"  # skewed: expert popularity ~ 1 / rank^s (a random expert order), each source near it
+
+
+def zipf_weights(rng: np.random.Generator, n: int, e: int, exponent: float = 1.0,
+                 concentration: float = 100.0) -> np.ndarray:
+    """[N, E] per-source routing probabilities: a Zipf popularity over a random expert order, each source's own
+    weights drawn Dirichlet(concentration * popularity) around it (larger concentration: sources agree more)."""
+    popularity = 1.0 / np.arange(1, e + 1) ** exponent
+    popularity = popularity[rng.permutation(e)] / popularity.sum()
+    return np.stack([rng.dirichlet(concentration * popularity + 1e-3) for _ in range(n)])
+
+
+def random_loads(rng: np.random.Generator, n: int, e: int, tokens: int,
+                 kind: LoadKind = LoadKind.DIRICHLET, zipf_exponent: float = 1.0) -> np.ndarray:
+    """[N, E] tokens: each source routes `tokens` to experts by its own weights (`LoadKind`)."""
+    if LoadKind(kind) is LoadKind.ZIPF:
+        p = zipf_weights(rng, n, e, zipf_exponent)
+    else:
+        p = np.stack([rng.dirichlet(np.ones(e)) for _ in range(n)])
+    return np.stack([rng.multinomial(tokens, p[i]) for i in range(n)])
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:

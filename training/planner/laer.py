@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.planner.base import Plan, Planner
+from training.planner.base import Estimate, Plan, Planner
 from training.planner.lpt import PlacementRule, even_replicas, lpt_place, priority_replicas
 
 
@@ -34,12 +34,13 @@ def laer_candidates(loads: np.ndarray, n: int, c: int, g: int) -> list[np.ndarra
     return place_counts(loads, laer_counts(loads, n, c, g), n, c, g)
 
 
-def laer_pick(planner: Planner, loads: np.ndarray, cands: list[np.ndarray]) -> int:
+def laer_pick(planner: Planner, loads: np.ndarray, cands: list[np.ndarray]) -> tuple[int, list[Estimate] | None]:
     """Index of the paper's pick among its candidates: the lower objective under the FSEP rule (expected split; the
-    first on ties, as the paper's strict `<`)."""
+    first on ties, as the paper's strict `<`); and the candidates' estimates (None when there is one candidate)."""
     if len(cands) == 1:
-        return 0
-    return int(np.argmin([est.objective for est in planner.expected_scores(loads, cands)]))
+        return 0, None
+    scored = planner.expected_scores(loads, cands)
+    return int(np.argmin([est.objective for est in scored])), scored
 
 
 class Laer(Planner):
@@ -49,4 +50,4 @@ class Laer(Planner):
         # 1. Candidates; 2. score each with the objective under the FSEP rule (expected even split); 3. keep the
         #    cheaper, and compute its exact integer routing summary.
         cands = laer_candidates(loads, self.n, self.c, self.g)
-        return self.fsep_plan(loads, cands[laer_pick(self, loads, cands)])
+        return self.fsep_plan(loads, cands[laer_pick(self, loads, cands)[0]])
