@@ -25,7 +25,8 @@ def tiny(tmp_path):
     counts = rng.multinomial(64, np.ones(8) / 8, size=(6, 4, 2, 4)).astype(np.uint16)  # [I, R=4, L, M, E=8]
     np.savez(tmp_path / "trace.npz", counts=counts, iterations=np.arange(6, dtype=np.int32) * 10)
     return [f"paths.data_dir={tmp_path}", "planner_quality.expert_trace=trace.npz", "planner_quality.iteration_stride=3",
-            "planner_quality.layer_stride=2", "planner_quality.milp_instances=0", "planner_quality.algorithms=[laer]"]
+            "planner_quality.layer_stride=2", "planner_quality.milp_instances=0", "planner_quality.algorithms=[laer]",
+            "planner_quality.scale_devices=[]"]
 
 
 def test_cluster_keys_set_the_shape():

@@ -39,17 +39,19 @@ from training.planner.lp import minmax_routing
 from training.planner.lpt import PlacementRule, lpt_place
 from training.routing import fsep_summaries
 
-# Predicted cost per unit of work (CPU seconds, thread time, measured with numba on the 2-core x86-64 CI machine):
-# scoring one layout on one micro-batch per (N*E + N*C) cell, exactly and with the expected split; one LPT
-# placement per slot and node (N*C*K); one min-max flow LP (HiGHS), a fixed cost plus one per bound on its
-# variables (N*N*C): 1.6 ms at N*N*C = 32, 12 ms at 2048.
-EXACT_S_PER_CELL = 17e-9
-EXPECTED_S_PER_CELL = 4e-9
-LPT_S_PER_SLOT_NODE = 4e-9
-LP_FIXED_S = 1.5e-3
-LP_S_PER_VAR = 5e-6
-CALL_S = 10e-6  # fixed cost of one compiled call from Python
-CORE_S = 100e-6  # the rest of a plan's fixed cost (input checks, numpy set-up) at N = 64
+# Predicted CPU seconds of each step (thread time with numba on the 2-core x86-64 CI machine, fitted from N = 64 to
+# 1024, E = 32 and 64, C = 1 to 16). cells = N*E + N*C, the work of scoring one layout on one micro-batch.
+CALL_S = 20e-6  # one compiled call from Python, with its numpy set-up
+FIXED_S = 200e-6  # a plan's own fixed cost: input checks, count vectors, the Plan
+EXACT_S_PER_CELL = 20e-9  # exact FSEP score, per layout
+EXPECTED_S_PER_CELL = 2e-9  # expected FSEP score, per layout ...
+EXPECTED_S_PER_LOAD = 2.5e-9  # ... after a set-up per call over the N*E loads
+FREE_S_PER_SLOT = 50e-9  # LPT placement with PlacementRule.FREE_NODES, per slot (N*C)
+PAPER_S_PER_SLOT_DEVICE = 1.5e-9  # LPT placement with PlacementRule.PAPER, per slot and device (N*C*N) at worst
+NODE_LOCAL_S_PER_NODE = 30e-6  # the node-local layout, per node
+LP_FIXED_S = 1.5e-3  # one min-max flow LP (HiGHS): 1.6 ms at N*N*C = 32, 12 ms at 2048
+LP_S_PER_VAR = 5e-6  # ... per bound on its variables (N*N*C)
+QUOTA_APPLY_S = 2e-3  # applying quotas to one micro-batch (largest remainder over [N, E, N]) at N*N*C <= 2048
 # The default budget: the async planner plans step t + 1 while step t trains, one layer after another; a step of the
 # paper's models (24-32 MoE layers, ~1.5-3 s) leaves ~50 ms per layer.
 DEFAULT_BUDGET_S = 0.05
@@ -123,11 +125,13 @@ class LaerPlus(Planner):
         nw = window.shape[0]
         cells = n * e + n * c
         small = n * c <= self.search_max_slots
-        lpt_s = LPT_S_PER_SLOT_NODE * n * c * self.k + CALL_S
-        score_s = (EXPECTED_S_PER_CELL * cells + CALL_S) * nw
-        exact_s = (EXACT_S_PER_CELL * cells + CALL_S) * nw
-        # The paper's plan always runs; the rest of the budget is for our steps.
-        budget = _Budget(self.time_budget_s - (2 * lpt_s + score_s + exact_s + CORE_S))
+        exact_s = (EXACT_S_PER_CELL * cells + CALL_S) * nw  # one more layout in an exact window score
+        expected_s = (EXPECTED_S_PER_CELL * cells + 2e-6) * nw  # one more layout in an expected window score
+        expected_call_s = (EXPECTED_S_PER_LOAD * n * e + CALL_S) * nw
+        free_s = FREE_S_PER_SLOT * n * c + CALL_S
+        paper_s = PAPER_S_PER_SLOT_DEVICE * n * c * n + CALL_S
+        # The paper's plan always runs (two placements, their expected scores, one exact); the rest is for our steps.
+        budget = _Budget(self.time_budget_s - (FIXED_S + 2 * paper_s + expected_call_s + 2 * expected_s + exact_s))
         # 1. The paper's plan (`laer`'s candidates and pick) is candidate 0; its other candidate follows.
         paper_counts = laer_counts(loads, n, c, g)
         paper = place_counts(loads, paper_counts, n, c, g)
@@ -135,17 +139,23 @@ class LaerPlus(Planner):
         cands = [paper[pick]] + [x for i, x in enumerate(paper) if i != pick]
         # 2. Our candidates, most useful first, while the budget affords building and scoring them.
         w = loads.sum(0)
-        builders = [lambda: place_counts(loads, [waterfill_replicas(w, n * c)], n, c, g, PlacementRule.FREE_NODES),
-                    lambda: place_counts(loads, paper_counts, n, c, g, PlacementRule.FREE_NODES),
-                    lambda: [x for x in [node_local_placement(loads, n, c, g)] if x is not None]]
+        # (predicted cost of building one, expected score, exact score as a possible contender) per builder.
+        builders = [(free_s, lambda: place_counts(loads, [waterfill_replicas(w, n * c)], n, c, g,
+                                                  PlacementRule.FREE_NODES)),
+                    (2 * free_s, lambda: place_counts(loads, paper_counts, n, c, g, PlacementRule.FREE_NODES)),
+                    (NODE_LOCAL_S_PER_NODE * self.k, lambda: [x for x in [node_local_placement(loads, n, c, g)]
+                                                              if x is not None])]
         if small:  # on small clusters the baselines' layouts are cheap to add, so LAER+ is never worse than them
-            builders.append(lambda: [eplb_placement(loads, n, c, g)])
+            builders.append((4 * free_s, lambda: [eplb_placement(loads, n, c, g)]))
             if e % c == 0:
-                builders.append(lambda: [_fsdp_slots(n, e, c)])
+                builders.append((CALL_S, lambda: [_fsdp_slots(n, e, c)]))
         n_paper = len(cands)
-        for build in builders:
-            if budget.take(2 * lpt_s + score_s):
+        for i, (cost_s, build) in enumerate(builders):
+            # The first extra also pays for the expected-score call over the window.
+            if budget.take(cost_s + expected_s + exact_s + (expected_call_s if i == 0 else 0.0)):
                 cands += build()
+            else:
+                break
         # 3. Rank by the expected window objective; the exact window objective for the paper's plan, the top two
         #    (all on small clusters, budget permitting) and only those the expected margin lets win.
         if nw == 1 and paper_est is not None:  # the paper's estimates are the window's: score only the rest
@@ -172,7 +182,7 @@ class LaerPlus(Planner):
         # 4. Local search on the winner (expected split on the summed loads): swaps and replica moves between the
         #    busiest and the idlest device; kept if its exact window objective is lower.
         searched = slots
-        round_s = EXPECTED_S_PER_CELL * cells * (1 + 2 * c * c) + CALL_S
+        round_s = EXPECTED_S_PER_LOAD * n * e + EXPECTED_S_PER_CELL * cells * (1 + 2 * c * c) + CALL_S
         if small and self.search_rounds and budget.take(round_s):
             est = Estimate(objs[win], tokens[win], margins[win]) if nw == 1 else self.expected_score(loads, slots)
             for r in range(self.search_rounds):
@@ -192,7 +202,7 @@ class LaerPlus(Planner):
         if self.routing is not RoutingMode.QUOTAS:
             return best
         # 5. Min-max flow quotas on the top layouts, used only where they beat the FSEP rule on the window.
-        lp_s = LP_FIXED_S + LP_S_PER_VAR * n * n * c + (2e-3 * nw if nw > 1 else 0.0)  # + applying the quotas per micro-batch
+        lp_s = LP_FIXED_S + LP_S_PER_VAR * n * n * c + (QUOTA_APPLY_S * nw if nw > 1 else 0.0)
         quota, quota_obj = None, best_obj
         if n * c * n <= self.flow_max_vars:  # upper bound on (source, holder) pairs per expert
             for s_ in {id(x): x for x in ranked}.values():
