@@ -52,6 +52,7 @@ NODE_LOCAL_S_PER_NODE = 30e-6  # the node-local layout, per node
 LP_FIXED_S = 1.5e-3  # one min-max flow LP (HiGHS): 1.6 ms at N*N*C = 32, 12 ms at 2048
 LP_S_PER_VAR = 5e-6  # ... per bound on its variables (N*N*C)
 QUOTA_APPLY_S = 2e-3  # applying quotas to one micro-batch (largest remainder over [N, E, N]) at N*N*C <= 2048
+HEADROOM = 0.85  # the share of the budget planned for: predictions are fits, and the machine may be busy
 # The default budget: the async planner plans step t + 1 while step t trains, one layer after another; a step of the
 # paper's models (24-32 MoE layers, ~1.5-3 s) leaves ~50 ms per layer.
 DEFAULT_BUDGET_S = 0.05
@@ -131,7 +132,7 @@ class LaerPlus(Planner):
         free_s = FREE_S_PER_SLOT * n * c + CALL_S
         paper_s = PAPER_S_PER_SLOT_DEVICE * n * c * n + CALL_S
         # The paper's plan always runs (two placements, their expected scores, one exact); the rest is for our steps.
-        budget = _Budget(self.time_budget_s - (FIXED_S + 2 * paper_s + expected_call_s + 2 * expected_s + exact_s))
+        budget = _Budget(HEADROOM * self.time_budget_s - (FIXED_S + 2 * paper_s + expected_call_s + 2 * expected_s + exact_s))
         # 1. The paper's plan (`laer`'s candidates and pick) is candidate 0; its other candidate follows.
         paper_counts = laer_counts(loads, n, c, g)
         paper = place_counts(loads, paper_counts, n, c, g)
@@ -152,39 +153,46 @@ class LaerPlus(Planner):
         n_paper = len(cands)
         for i, (cost_s, build) in enumerate(builders):
             # The first extra also pays for the expected-score call over the window.
-            if budget.take(cost_s + expected_s + exact_s + (expected_call_s if i == 0 else 0.0)):
+            if budget.take(cost_s + expected_s + (expected_call_s if i == 0 else 0.0)):
                 cands += build()
             else:
                 break
-        # 3. Rank by the expected window objective; the exact window objective for the paper's plan, the top two
-        #    (all on small clusters, budget permitting) and only those the expected margin lets win.
-        if nw == 1 and paper_est is not None:  # the paper's estimates are the window's: score only the rest
-            order_paper = [pick] + [i for i in range(n_paper) if i != pick]
-            head = ([paper_est[i].objective for i in order_paper], [paper_est[i].margin for i in order_paper],
-                    [paper_est[i].tokens for i in order_paper])
-            rest = self._expected_window(window, cands[n_paper:]) if len(cands) > n_paper else ([], [], [])
-            objs, margins, tokens = (np.concatenate([np.asarray(a, dtype=float).reshape(len(a), *np.shape(a)[1:]),
-                                                     np.asarray(b, dtype=float).reshape(len(b), *np.shape(a)[1:])])
-                                     for a, b in zip(head, rest))
-        else:
+        # 3. Rank by the expected window objective. The exact window objective goes to the paper's plan and, as the
+        #    budget affords, to the others (all on small clusters, else the top two), best expected first; only to
+        #    those the expected margin lets win.
+        if len(cands) == n_paper and nw == 1 and paper_est is not None:  # the paper's estimates are the window's
+            at_pick = [pick] + [i for i in range(n_paper) if i != pick]
+            objs = np.array([paper_est[i].objective for i in at_pick])
+            margins = np.array([paper_est[i].margin for i in at_pick])
+            tokens = np.stack([paper_est[i].tokens for i in at_pick])
+        elif len(cands) > 1:
             objs, margins, tokens = self._expected_window(window, cands)
+        else:
+            objs, margins, tokens = np.zeros(1), np.zeros(1), None
         order = np.argsort(objs, kind="stable")
-        everything = small and budget.take(exact_s * len(cands))
-        keep = range(len(cands)) if everything else sorted({0, *order[:2].tolist()})
-        ceiling = min(objs[i] + margins[i] for i in keep)
-        contenders = [i for i in keep if objs[i] - margins[i] <= ceiling]
-        exact, exact_tokens = self._exact_window(window, [cands[i] for i in contenders])
-        at = int(np.argmin(exact))  # the first minimum: the paper's plan on ties
-        win = contenders[at]
-        slots, best_obj = cands[win], float(exact[at])
-        score = (best_obj, exact_tokens[at]) if nw == 1 else None
+        others = [int(i) for i in (order if small else order[:2]) if i != 0]
+        ceiling = objs[0] + margins[0]
+        contenders = [0]
+        for i in others:
+            if objs[i] - margins[i] <= ceiling and budget.take(exact_s):
+                contenders.append(i)
+                ceiling = min(ceiling, objs[i] + margins[i])
+        if len(contenders) == 1 and nw == 1:  # the paper's plan alone: its exact score comes with the Plan
+            win, slots, best_obj, score = 0, cands[0], None, None
+        else:
+            exact, exact_tokens = self._exact_window(window, [cands[i] for i in contenders])
+            at = int(np.argmin(exact))  # the first minimum: the paper's plan on ties
+            win = contenders[at]
+            slots, best_obj = cands[win], float(exact[at])
+            score = (best_obj, exact_tokens[at]) if nw == 1 else None
         ranked = [cands[i] for i in dict.fromkeys([win, 0, *order[:2].tolist()])]
         # 4. Local search on the winner (expected split on the summed loads): swaps and replica moves between the
         #    busiest and the idlest device; kept if its exact window objective is lower.
         searched = slots
         round_s = EXPECTED_S_PER_LOAD * n * e + EXPECTED_S_PER_CELL * cells * (1 + 2 * c * c) + CALL_S
-        if small and self.search_rounds and budget.take(round_s):
-            est = Estimate(objs[win], tokens[win], margins[win]) if nw == 1 else self.expected_score(loads, slots)
+        if small and self.search_rounds and budget.take(round_s + exact_s):
+            est = (Estimate(objs[win], tokens[win], margins[win]) if nw == 1 and tokens is not None
+                   else self.expected_score(loads, slots))
             for r in range(self.search_rounds):
                 if r and not budget.take(round_s):
                     break
@@ -192,7 +200,9 @@ class LaerPlus(Planner):
                 if step is None:
                     break
                 searched, est = step
-        if searched is not slots and budget.take(exact_s):
+        if searched is not slots:
+            if best_obj is None:
+                best_obj = float(self._exact_window(window, [slots])[0][0])
             s_obj, s_tokens = self._exact_window(window, [searched])
             if s_obj[0] < best_obj:
                 slots, best_obj = searched, float(s_obj[0])
@@ -201,6 +211,8 @@ class LaerPlus(Planner):
         best = self.fsep_plan(loads, slots, score)
         if self.routing is not RoutingMode.QUOTAS:
             return best
+        if best_obj is None:
+            best_obj = best.est_time_s  # a window of one micro-batch: the plan's own objective
         # 5. Min-max flow quotas on the top layouts, used only where they beat the FSEP rule on the window.
         lp_s = LP_FIXED_S + LP_S_PER_VAR * n * n * c + (QUOTA_APPLY_S * nw if nw > 1 else 0.0)
         quota, quota_obj = None, best_obj
