@@ -140,7 +140,7 @@ class LaerPlus(Planner):
         cands = [paper[pick]] + [x for i, x in enumerate(paper) if i != pick]
         # 2. Our candidates, most useful first, while the budget affords building and scoring them.
         w = loads.sum(0)
-        # (predicted cost of building one, expected score, exact score as a possible contender) per builder.
+        # (predicted cost of building them, builder), in the order they are worth adding.
         builders = [(free_s, lambda: place_counts(loads, [waterfill_replicas(w, n * c)], n, c, g,
                                                   PlacementRule.FREE_NODES)),
                     (2 * free_s, lambda: place_counts(loads, paper_counts, n, c, g, PlacementRule.FREE_NODES)),
@@ -225,9 +225,10 @@ class LaerPlus(Planner):
                     quota, quota_obj = p, obj
         # 6. Tiny clusters: local search scored with the flow routing itself (first improvement, bounded LP solves).
         if n * c * n <= self.flow_search_max_vars:
-            start = quota or self._quota_plan(loads, slots)
+            lp1_s = LP_FIXED_S + LP_S_PER_VAR * n * n * c
+            start = quota or (self._quota_plan(loads, slots) if budget.take(lp1_s) else None)
             if start is not None:
-                found = self._flow_search(loads, start, budget, LP_FIXED_S + LP_S_PER_VAR * n * n * c)
+                found = self._flow_search(loads, start, budget, lp1_s)
                 if found is not start and (obj := self._quota_window(window, found)) < quota_obj:
                     quota, quota_obj = found, obj
                 elif quota is None and (obj := self._quota_window(window, start)) < quota_obj:
