@@ -13,10 +13,12 @@ What it adds to `laer`, each kept only when the objective says it pays:
   then carries explicit per-(source, expert, device) quotas (`fsep_routed=False`);
 - on tiny clusters a local search scored by that flow LP, which brings it within ~2% of the exact MILP.
 
-The choice: every candidate is scored on each micro-batch of the window it plans from (the mean objective over the
-window), as the runtime will apply it: the FSEP rule, or its quotas as fractions (`evaluate.quota_routing`) where the
-runtime follows quotas. The paper's plan (`laer`'s pick) is candidate 0 and wins ties, so on the window LAER+ is
-never worse than `laer`; a quota plan is used only where it beats the best FSEP-routed one on the window.
+The choice: every candidate is scored on each micro-batch of the window it plans from, as the runtime will apply it:
+the FSEP rule, or its quotas as fractions (`evaluate.quota_routing`) where the runtime follows quotas. The paper's
+plan (`laer`'s pick) is candidate 0; the plan chosen has the lowest mean over the window among those no worse than the
+paper's plan on any of its micro-batches (so never worse than `laer` on the window, and not taken for a gain on the
+window's sum that it loses on some micro-batch); a quota plan is used only where it beats the best FSEP-routed one on
+the window by that rule.
 
 The budget: steps beyond the paper's plan run only while their predicted cost fits in `time_budget_s`. Costs are
 predicted from the instance's size (seconds per unit of work, measured below), not read from a clock, so the plan
@@ -90,7 +92,7 @@ class LaerPlus(Planner):
     name = "laer_plus"
 
     def __init__(self, *args, routing: RoutingMode = RoutingMode.QUOTAS, time_budget_s: float = DEFAULT_BUDGET_S,
-                 search_rounds: int = 2, search_max_slots: int = 128, flow_max_vars: int = 2048,
+                 window_margin: float = 0.05, search_rounds: int = 2, search_max_slots: int = 128, flow_max_vars: int = 2048,
                  flow_search_max_vars: int = 256, flow_search_max_solves: int = 300, **kw):
         super().__init__(*args, **kw)
         if search_rounds < 0:
@@ -104,7 +106,12 @@ class LaerPlus(Planner):
         except ValueError:
             raise ValueError(f"laer_plus: routing must be one of {[m.value for m in RoutingMode]}, got {routing!r}"
                              ) from None
+        if not 0 <= window_margin < 1:
+            raise ValueError(f"laer_plus: window_margin must be in [0, 1), got {window_margin}")
         self.time_budget_s = float(time_budget_s)  # predicted seconds for the steps beyond the paper's plan
+        # Planning from a window of several micro-batches, a plan replaces the paper's only if it is cheaper by this
+        # fraction on every one of them: the margin the next micro-batch may differ by without LAER+ losing to laer.
+        self.window_margin = float(window_margin)
         self.search_rounds = search_rounds  # local-search improvement rounds after choosing a candidate
         # Each round scores 2*C^2 trial layouts at O(N*E + N*C) each: only worth it on small clusters. The baselines'
         # layouts join the candidates under the same limit.
@@ -177,17 +184,25 @@ class LaerPlus(Planner):
             if objs[i] - margins[i] <= ceiling and budget.take(exact_s):
                 contenders.append(i)
                 ceiling = min(ceiling, objs[i] + margins[i])
+        # The choice on the window: the lowest mean among the contenders that are no worse than the paper's plan on
+        # any of the window's micro-batches (the paper's plan always is), so a plan that wins on the window's sum or
+        # mean but loses on some of its micro-batches, and so is likely to lose on the next, is not taken.
+        paper_mb = None  # [W] exact objective of the paper's plan on each micro-batch of the window
         if len(contenders) == 1 and nw == 1:  # the paper's plan alone: its exact score comes with the Plan
             win, slots, best_obj, score = 0, cands[0], None, None
         else:
-            exact, exact_tokens = self._exact_window(window, [cands[i] for i in contenders])
-            at = int(np.argmin(exact))  # the first minimum: the paper's plan on ties
+            per_mb, exact_tokens = self._exact_window(window, [cands[i] for i in contenders])  # [W, T]
+            paper_mb = per_mb[:, 0]
+            ok = self._no_worse(per_mb, paper_mb)
+            ok[0] = True
+            mean = np.where(ok, per_mb.mean(0), np.inf)
+            at = int(np.argmin(mean))  # the first minimum: the paper's plan on ties
             win = contenders[at]
-            slots, best_obj = cands[win], float(exact[at])
+            slots, best_obj = cands[win], float(mean[at])
             score = (best_obj, exact_tokens[at]) if nw == 1 else None
         ranked = [cands[i] for i in dict.fromkeys([win, 0, *order[:2].tolist()])]
         # 4. Local search on the winner (expected split on the summed loads): swaps and replica moves between the
-        #    busiest and the idlest device; kept if its exact window objective is lower.
+        #    busiest and the idlest device; kept if it is chosen over the winner by the same rule.
         searched = slots
         round_s = EXPECTED_S_PER_LOAD * n * e + EXPECTED_S_PER_CELL * cells * (1 + 2 * c * c) + CALL_S
         if small and self.search_rounds and budget.take(round_s + exact_s):
@@ -201,18 +216,20 @@ class LaerPlus(Planner):
                     break
                 searched, est = step
         if searched is not slots:
-            if best_obj is None:
-                best_obj = float(self._exact_window(window, [slots])[0][0])
-            s_obj, s_tokens = self._exact_window(window, [searched])
-            if s_obj[0] < best_obj:
-                slots, best_obj = searched, float(s_obj[0])
+            if paper_mb is None:
+                paper_mb = self._exact_window(window, [slots])[0][:, 0]
+                best_obj = float(paper_mb.mean())
+            s_mb, s_tokens = self._exact_window(window, [searched])
+            if self._no_worse(s_mb, paper_mb)[0] and s_mb[:, 0].mean() < best_obj:
+                slots, best_obj = searched, float(s_mb[:, 0].mean())
                 score = (best_obj, s_tokens[0]) if nw == 1 else None
                 ranked.insert(0, searched)
         best = self.fsep_plan(loads, slots, score)
         if self.routing is not RoutingMode.QUOTAS:
             return best
-        if best_obj is None:
-            best_obj = best.est_time_s  # a window of one micro-batch: the plan's own objective
+        if paper_mb is None:  # a window of one micro-batch, the paper's plan chosen: the plan's own objective
+            paper_mb = np.array([best.est_time_s])
+            best_obj = best.est_time_s
         # 5. Min-max flow quotas on the top layouts, used only where they beat the FSEP rule on the window.
         lp_s = LP_FIXED_S + LP_S_PER_VAR * n * n * c + (QUOTA_APPLY_S * nw if nw > 1 else 0.0)
         quota, quota_obj = None, best_obj
@@ -221,7 +238,7 @@ class LaerPlus(Planner):
                 if not budget.take(lp_s):
                     break
                 p = self._quota_plan(loads, s_)
-                if p is not None and (obj := self._quota_window(window, p)) < quota_obj:
+                if p is not None and (obj := self._quota_choice(window, p, paper_mb)) < quota_obj:
                     quota, quota_obj = p, obj
         # 6. Tiny clusters: local search scored with the flow routing itself (first improvement, bounded LP solves).
         if n * c * n <= self.flow_search_max_vars:
@@ -229,9 +246,9 @@ class LaerPlus(Planner):
             start = quota or (self._quota_plan(loads, slots) if budget.take(lp1_s) else None)
             if start is not None:
                 found = self._flow_search(loads, start, budget, lp1_s)
-                if found is not start and (obj := self._quota_window(window, found)) < quota_obj:
+                if found is not start and (obj := self._quota_choice(window, found, paper_mb)) < quota_obj:
                     quota, quota_obj = found, obj
-                elif quota is None and (obj := self._quota_window(window, start)) < quota_obj:
+                elif quota is None and (obj := self._quota_choice(window, start, paper_mb)) < quota_obj:
                     quota, quota_obj = start, obj
         return quota if quota is not None else best
 
@@ -249,21 +266,28 @@ class LaerPlus(Planner):
         return objs / len(window), margins / len(window), tokens
 
     def _exact_window(self, window: np.ndarray, layouts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """[T] mean over the window of the exact objective of each layout under the FSEP rule, and the device tokens
-        [T, N] on the last micro-batch (on a window of one: the plan's)."""
+        """[W, T] exact objective of each layout under the FSEP rule on each micro-batch of the window, and the
+        device tokens [T, N] on the last micro-batch (on a window of one: the plan's)."""
         stack = np.stack(layouts)
-        total = np.zeros(len(layouts))
-        for x in window:
+        per_mb = np.empty((len(window), len(layouts)))
+        for w, x in enumerate(window):
             traffic = fsep_summaries(x, stack, self.g)
-            total += self.objective.objectives(*traffic)
-        return total / len(window), traffic.device_tokens
+            per_mb[w] = self.objective.objectives(*traffic)
+        return per_mb, traffic.device_tokens
 
-    def _quota_window(self, window: np.ndarray, plan: Plan) -> float:
-        """Mean over the window of the objective of a quota plan applied as the runtime does (fractions per
-        (source, expert)); on a window of one micro-batch that is the plan's own objective."""
-        if len(window) == 1:
-            return plan.est_time_s
-        return float(np.mean([evaluate(plan, x, self.g, self.objective)[1] for x in window]))
+    def _no_worse(self, per_mb: np.ndarray, paper_mb: np.ndarray) -> np.ndarray:
+        """[T] whether each plan's objective [W, T] is no worse than the paper's plan's [W] on every micro-batch:
+        on a window of several, better by `window_margin` on each (the next micro-batch is not in the window)."""
+        factor = 1 + 1e-12 if len(paper_mb) == 1 else 1 - self.window_margin
+        return np.all(per_mb <= paper_mb[:, None] * factor, axis=0)
+
+    def _quota_choice(self, window: np.ndarray, plan: Plan, paper_mb: np.ndarray) -> float:
+        """The window mean of a quota plan's objective applied as the runtime does (fractions per (source, expert);
+        on a window of one micro-batch, the plan's own objective), or inf when it is worse than the paper's plan on
+        some micro-batch of the window."""
+        per_mb = (np.array([plan.est_time_s]) if len(window) == 1
+                  else np.array([evaluate(plan, x, self.g, self.objective)[1] for x in window]))
+        return float(per_mb.mean()) if self._no_worse(per_mb[:, None], paper_mb)[0] else float("inf")
 
     def _quota_plan(self, loads: np.ndarray, slots: np.ndarray) -> Plan | None:
         routing = minmax_routing(loads, Placement(slots, loads.shape[1]).holders(), self.g, self.objective)
