@@ -402,6 +402,20 @@ def _format(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _plain_xticks(ax, xticks: list[int]) -> None:
+    """A log-2 x axis labelled with the plain values (2, 4, 8)."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xticks(xticks)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _draw_order(algorithms: list[str]) -> list[str]:
+    """laer (the reference) last, so that lines equal to it still show it on top, drawn larger."""
+    return [a for a in algorithms if a != "laer"] + (["laer"] if "laer" in algorithms else [])
+
+
 def _plot_trace(rows: list[dict], slots: list[int], n: int, g: int, window: int, preset, path: Path) -> None:
     """Lagged max/mean over the trace's real iterations: one panel per (routing, C), a line per planner."""
     sel_all = [r for r in rows if r["setting"] == "trace" and r["mode"] == "lagged"]
@@ -411,51 +425,58 @@ def _plot_trace(rows: list[dict], slots: list[int], n: int, g: int, window: int,
         len(routings), len(slots), "Planner quality on the SmartMoE trace (lagged: plan from the window, apply to "
         "the next micro-batch)",
         {"N": f"{n} ({n // g} nodes x {g})", "window": window, "cluster": getattr(preset, "value", preset),
-         "y": "max / mean device tokens, mean over sampled layers and micro-batches"}, sharey="row")
+         "y": "max / mean device tokens, mean over sampled layers and micro-batches"})
     for row, routing in enumerate(routings):
         for col, c in enumerate(slots):
             ax = axes[row, col]
             sel = [r for r in sel_all if r["C"] == c and r["routing"] == routing]
-            for i, alg in enumerate(algorithms):
+            for alg in _draw_order(algorithms):
                 its = sorted({r["iteration"] for r in sel if r["algorithm"] == alg})
                 y = [np.mean([r["max_over_mean"] for r in sel if r["algorithm"] == alg and r["iteration"] == it])
                      for it in its]
-                plotting.line(ax, its, y, alg, index=i, markersize=3, linewidth=1.0)
+                big = {"markersize": 7, "linewidth": 1.8, "color": "black", "zorder": 4} if alg == "laer" else {}
+                plotting.line(ax, its, y, "laer (paper)" if alg == "laer" else alg, index=algorithms.index(alg),
+                              **{"markersize": 3.5, "linewidth": 1.0, **big})
             ref = [r for r in sel if r["algorithm"] == algorithms[0]]  # any planner's rows give bound / mean
             its = sorted({r["iteration"] for r in ref})
             yb = [np.mean([r["max_over_mean"] / r["max_over_bound"] for r in ref if r["iteration"] == it]) for it in its]
-            ax.plot(its, yb, color="gray", linestyle=":", linewidth=1.2, label="replica bound")
+            ax.plot(its, yb, color="gray", linestyle=":", linewidth=1.5, label="replica bound", zorder=1)
+            # Panels keep their own linear y range: C = 2 sits near 6, C = 8 within a few percent of 1.
             ax.set(title=f"C = {c}, routing: {routing}", xlabel="training iteration",
-                   ylabel="max / mean device tokens", yscale="log")
+                   ylabel="max / mean device tokens")
             if col == len(slots) - 1:
                 plotting.legend(ax, outside=True)
     plotting.save(fig, path)
 
 
 def _plot_scale(summary: list[dict], path: Path, tolerance: float) -> None:
-    """Larger clusters: mean layer time over laer's per (setting, E), x = C, a line per (planner, N); lagged mode,
-    one row per routing rule."""
+    """Larger clusters: mean layer time over laer's per (setting, E), x = C; colour and marker per planner, solid
+    for the smaller N, dashed for the larger; lagged mode, one row per routing rule."""
     sel_all = [s for s in summary if s["setting"] != "trace" and s["mode"] == "lagged"]
     settings = sorted({(s["setting"], s["E"]) for s in sel_all})
     routings = [m.value for m in RoutingMode]
+    algorithms = sorted({s["algorithm"] for s in sel_all} - {"laer"})
+    sizes = sorted({s["N"] for s in sel_all})
     fig, axes = plotting.figure(
         len(routings), len(settings), "Planner quality on larger clusters, against the paper's planner (laer)",
-        {"mode": "lagged", "y": "layer time / laer's, mean over instances", "tie band": f"±{tolerance:.1%}"},
-        sharey="row")
+        {"mode": "lagged", "y": "layer time / laer's, mean over instances", "lines": "solid N = "
+         + ", dashed N = ".join(map(str, sizes)), "tie band": f"±{tolerance:.1%}"})
     for row, routing in enumerate(routings):
         for col, (setting, e) in enumerate(settings):
             ax = axes[row, col]
             sel = [s for s in sel_all if s["setting"] == setting and s["E"] == e and s["routing"] == routing]
-            keys = sorted({(s["algorithm"], s["N"]) for s in sel if s["algorithm"] != "laer"})
-            for i, (alg, n) in enumerate(keys):
-                pts = sorted((s["C"], s["mean_est_time_ms"]) for s in sel if s["algorithm"] == alg and s["N"] == n)
-                ref = {s["C"]: s["mean_est_time_ms"] for s in sel if s["algorithm"] == "laer" and s["N"] == n}
-                pts = [(c, v / ref[c]) for c, v in pts if c in ref]
-                plotting.line(ax, [c for c, _ in pts], [v for _, v in pts], f"{alg} N={n}", index=i)
-            plotting.hline(ax, 1.0, "laer")
+            for i, alg in enumerate(algorithms):
+                for k, n in enumerate(sizes):
+                    pts = sorted((s["C"], s["mean_est_time_ms"]) for s in sel if s["algorithm"] == alg and s["N"] == n)
+                    ref = {s["C"]: s["mean_est_time_ms"] for s in sel if s["algorithm"] == "laer" and s["N"] == n}
+                    pts = [(c, v / ref[c]) for c, v in pts if c in ref]
+                    if pts:
+                        plotting.line(ax, [c for c, _ in pts], [v for _, v in pts], f"{alg} N={n}", index=i,
+                                      color=f"C{i}", linestyle=plotting.LINESTYLES[k % 2])
+            ax.axhspan(1 - tolerance, 1 + tolerance, color="gray", alpha=0.25, label="tie with laer")
             ax.set(title=f"{setting}, E = {e}, routing: {routing}", xlabel="slots per device C",
-                   ylabel="layer time / laer", yscale="log")
-            ax.set_xscale("log", base=2)
+                   ylabel="layer time / laer", xscale="log")
+            _plain_xticks(ax, sorted({s["C"] for s in sel}))
             if col == len(settings) - 1:
                 plotting.legend(ax, outside=True)
     plotting.save(fig, path)

@@ -15,10 +15,10 @@ What it adds to `laer`, each kept only when the objective says it pays:
 
 The choice: every candidate is scored on each micro-batch of the window it plans from, as the runtime will apply it:
 the FSEP rule, or its quotas as fractions (`evaluate.quota_routing`) where the runtime follows quotas. The paper's
-plan (`laer`'s pick) is candidate 0; the plan chosen has the lowest mean over the window among those no worse than the
-paper's plan on any of its micro-batches (so never worse than `laer` on the window, and not taken for a gain on the
-window's sum that it loses on some micro-batch); a quota plan is used only where it beats the best FSEP-routed one on
-the window by that rule.
+plan (`laer`'s pick) is candidate 0 and is kept unless another plan is cheaper than it on every micro-batch of the
+window, by `window_margin` when the window has several (the next micro-batch is not among them: a plan that wins on
+the window's sum but not on each of its micro-batches is likely to lose on the next one); among those, the lowest
+mean over the window wins. A quota plan is used only where it beats the best FSEP-routed one by that rule.
 
 The budget: steps beyond the paper's plan run only while their predicted cost fits in `time_budget_s`. Costs are
 predicted from the instance's size (seconds per unit of work, measured below), not read from a clock, so the plan
