@@ -120,8 +120,9 @@ class PlannerQualityConfig:
     # twice, told that the runtime routes by the FSEP rule or follows its quotas; wins and losses are counted against laer
     # (when it is in the list).
     algorithms: list[str] = field(default_factory=lambda: ["static_ep", "fsdp_ep", "laer", "laer_plus", "flexmoe", "eplb"])
-    # Also run laer_plus with this time budget (its fast path) as `laer_plus_fast`; null: not.
-    fast_budget_s: Optional[float] = 0.0005
+    # Also run laer_plus with this time budget (its fast path; 1 ms: the paper's solve time at N = 64, C = 8) as
+    # `laer_plus_fast`; null: not.
+    fast_budget_s: Optional[float] = 0.001
     # Expert slots per device to sweep.
     slots: list[int] = field(default_factory=lambda: [2, 4, 8])
     # Devices per node (the trace's 16 source ranks become 16 / devices_per_node nodes).

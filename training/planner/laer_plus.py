@@ -134,8 +134,8 @@ class LaerPlus(Planner):
         cells = n * e + n * c
         small = n * c <= self.search_max_slots
         exact_s = (EXACT_S_PER_CELL * cells + CALL_S) * nw  # one more layout in an exact window score
-        expected_s = (EXPECTED_S_PER_CELL * cells + 2e-6) * nw  # one more layout in an expected window score
-        expected_call_s = (EXPECTED_S_PER_LOAD * n * e + CALL_S) * nw
+        expected_s = EXPECTED_S_PER_CELL * cells + 2e-6  # one more layout in the expected score of the summed loads
+        expected_call_s = EXPECTED_S_PER_LOAD * n * e + CALL_S
         free_s = FREE_S_PER_SLOT * n * c + CALL_S
         paper_s = PAPER_S_PER_SLOT_DEVICE * n * c * n + CALL_S
         # The paper's plan always runs (two placements, their expected scores, one exact); the rest is for our steps.
@@ -164,16 +164,17 @@ class LaerPlus(Planner):
                 cands += build()
             else:
                 break
-        # 3. Rank by the expected window objective. The exact window objective goes to the paper's plan and, as the
-        #    budget affords, to the others (all on small clusters, else the top two), best expected first; only to
-        #    those the expected margin lets win.
-        if len(cands) == n_paper and nw == 1 and paper_est is not None:  # the paper's estimates are the window's
+        # 3. Rank by the expected objective of the summed loads (cheap: one call whatever the window). The exact
+        #    objective on each micro-batch of the window goes to the paper's plan and, as the budget affords, to the
+        #    others (all on small clusters, else the top two), best expected first; only to those the expected
+        #    margin lets win.
+        if len(cands) == n_paper and paper_est is not None:  # the paper's pick already scored them
             at_pick = [pick] + [i for i in range(n_paper) if i != pick]
             objs = np.array([paper_est[i].objective for i in at_pick])
             margins = np.array([paper_est[i].margin for i in at_pick])
             tokens = np.stack([paper_est[i].tokens for i in at_pick])
         elif len(cands) > 1:
-            objs, margins, tokens = self._expected_window(window, cands)
+            objs, tokens, margins = (np.asarray(x) for x in self.expected_arrays(loads, np.stack(cands)))
         else:
             objs, margins, tokens = np.zeros(1), np.zeros(1), None
         order = np.argsort(objs, kind="stable")
@@ -184,9 +185,8 @@ class LaerPlus(Planner):
             if objs[i] - margins[i] <= ceiling and budget.take(exact_s):
                 contenders.append(i)
                 ceiling = min(ceiling, objs[i] + margins[i])
-        # The choice on the window: the lowest mean among the contenders that are no worse than the paper's plan on
-        # any of the window's micro-batches (the paper's plan always is), so a plan that wins on the window's sum or
-        # mean but loses on some of its micro-batches, and so is likely to lose on the next, is not taken.
+        # The choice on the window: the lowest mean among the paper's plan and the contenders cheaper than it on each
+        # of the window's micro-batches (by window_margin on a window of several, `_no_worse`).
         paper_mb = None  # [W] exact objective of the paper's plan on each micro-batch of the window
         if len(contenders) == 1 and nw == 1:  # the paper's plan alone: its exact score comes with the Plan
             win, slots, best_obj, score = 0, cands[0], None, None
@@ -206,7 +206,7 @@ class LaerPlus(Planner):
         searched = slots
         round_s = EXPECTED_S_PER_LOAD * n * e + EXPECTED_S_PER_CELL * cells * (1 + 2 * c * c) + CALL_S
         if small and self.search_rounds and budget.take(round_s + exact_s):
-            est = (Estimate(objs[win], tokens[win], margins[win]) if nw == 1 and tokens is not None
+            est = (Estimate(objs[win], tokens[win], margins[win]) if tokens is not None
                    else self.expected_score(loads, slots))
             for r in range(self.search_rounds):
                 if r and not budget.take(round_s):
@@ -253,18 +253,6 @@ class LaerPlus(Planner):
         return quota if quota is not None else best
 
     # Scoring on the window ------------------------------------------------------------------------------------------
-    def _expected_window(self, window: np.ndarray, layouts: list[np.ndarray]):
-        """Mean over the window's micro-batches of the expected objective of each layout, with its margin ([T] each),
-        and the expected device tokens on the first micro-batch ([T, N])."""
-        stack = np.stack(layouts)
-        objs, margins, tokens = np.zeros(len(layouts)), np.zeros(len(layouts)), None
-        for x in window:
-            o, t, m = self.expected_arrays(x, stack)
-            objs += o
-            margins += m
-            tokens = t if tokens is None else tokens
-        return objs / len(window), margins / len(window), tokens
-
     def _exact_window(self, window: np.ndarray, layouts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """[W, T] exact objective of each layout under the FSEP rule on each micro-batch of the window, and the
         device tokens [T, N] on the last micro-batch (on a window of one: the plan's)."""
