@@ -159,7 +159,7 @@ class LaerPlus(Planner):
                 builders.append((CALL_S, lambda: [_fsdp_slots(n, e, c)]))
         n_paper = len(cands)
         for i, (cost_s, build) in enumerate(builders):
-            # The first extra also pays for the expected-score call over the window.
+            # The first extra also pays for the call that scores the extras (expected split, summed loads).
             if budget.take(cost_s + expected_s + (expected_call_s if i == 0 else 0.0)):
                 cands += build()
             else:
