@@ -128,7 +128,9 @@ def _plot(rows, paper, slots, num_experts: int, loads: str, path: Path) -> None:
     for ax, c in zip(axes.flat, slots):
         for i, alg in enumerate(algorithms):
             sel = [r for r in rows if r["algorithm"] == alg and r["C"] == c]
-            plotting.line(ax, [r["N"] for r in sel], [r["cpu_s"] * 1e3 for r in sel], f"{alg} (CPU time)", index=i)
+            fast = any(r["budget_s"] != "" for r in sel)  # laer_plus on its fast path
+            label = f"{alg}, fast path (CPU time)" if fast else f"{alg} (CPU time)"
+            plotting.line(ax, [r["N"] for r in sel], [r["cpu_s"] * 1e3 for r in sel], label, index=i)
         ref = sorted((n, t) for (n, cc), t in paper.items() if cc == c)
         plotting.reference(ax, [n for n, _ in ref], [t * 1e3 for _, t in ref], "paper (C++)")
         ax.set(xscale="log", yscale="log", title=f"C = {c} slots per device", xlabel="devices N",
