@@ -10,6 +10,7 @@ maps each task to it. Library code never sees these: entry points turn them into
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
@@ -102,6 +103,13 @@ class OServeConfig:
     plan_rate_quantile: Optional[float] = None
 
 
+class LoadKind(Enum):
+    """Synthetic expert loads of the planner studies (`experiments.planner_speed.random_loads`)."""
+
+    dirichlet = "dirichlet"  # the paper's Fig. 11 setting: each source its own Dirichlet(1) weights (near uniform)
+    zipf = "zipf"  # skewed: expert popularity ~ 1 / rank^s over a random expert order, each source near it
+
+
 @dataclass
 class OServeBenchConfig:
     # The Azure conv hour (19,366 requests), relative to paths.data_dir: replayed for speed and for the peer check.
@@ -129,8 +137,13 @@ class OServeBenchConfig:
 class PlannerQualityConfig:
     # Expert-load trace (SmartMoE npz), relative to paths.data_dir.
     expert_trace: str = "smartmoe_expert_trace/smartmoe_counts.npz"
-    # Planners to compare (names in training.planner.PLANNERS; static_ep runs only where C = E / N).
+    # Planners to compare (names in training.planner.PLANNERS; static_ep runs only where C = E / N). laer_plus runs
+    # twice, told that the runtime routes by the FSEP rule or follows its quotas; wins and losses are counted against laer
+    # (when it is in the list).
     algorithms: list[str] = field(default_factory=lambda: ["static_ep", "fsdp_ep", "laer", "laer_plus", "flexmoe", "eplb"])
+    # Also run laer_plus with this time budget (its fast path; 1 ms: the paper's solve time at N = 64, C = 8) as
+    # `laer_plus_fast`; null: not.
+    fast_budget_s: Optional[float] = 0.001
     # Expert slots per device to sweep.
     slots: list[int] = field(default_factory=lambda: [2, 4, 8])
     # Devices per node (the trace's 16 source ranks become 16 / devices_per_node nodes).
@@ -140,6 +153,16 @@ class PlannerQualityConfig:
     # Replay every k-th sampled iteration / layer; 1 and 1 is the full trace (501 x 24 x 4 micro-batches).
     iteration_stride: int = 25
     layer_stride: int = 3
+    # Larger clusters (devices_per_node per node): the trace with each of its source ranks split evenly over
+    # N / ranks devices, and Zipf-skewed synthetic loads with each expert count; scale_instances samples per (N, C)
+    # (trace: (iteration, layer) spread over the trace; Zipf: one random popularity each).
+    scale_devices: list[int] = field(default_factory=lambda: [32, 64])
+    scale_instances: int = 20
+    zipf_experts: list[int] = field(default_factory=lambda: [32, 64])
+    zipf_exponent: float = 1.0
+    zipf_tokens_per_device: int = 4096
+    # A planner wins (loses) against laer on an instance when its layer time is lower (higher) by more than this.
+    tolerance: float = 0.005
     # Expert shape for the cost model (token bytes 2*H, SwiGLU compute per token).
     hidden: int = 4096
     ffn: int = 14336
@@ -166,8 +189,12 @@ class PlannerSpeedConfig:
     slots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     # Random load matrices per (N, C); the reported time is the median over them (after one warm-up plan).
     repeats: int = 5
-    # Tokens per source device (random loads: multinomial over experts with Dirichlet(1) weights).
+    # Tokens per source device: multinomial over experts with each source's weights (`loads`).
     tokens_per_device: int = 4096
+    loads: LoadKind = LoadKind.dirichlet
+    zipf_exponent: float = 1.0
+    # laer_plus's time budget (its fast path); null: the paper's time at each (N, C), i.e. told to keep within it.
+    laer_plus_budget_s: Optional[float] = None
     seed: int = 0
 
 

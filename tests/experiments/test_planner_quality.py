@@ -25,7 +25,8 @@ def tiny(tmp_path):
     counts = rng.multinomial(64, np.ones(8) / 8, size=(6, 4, 2, 4)).astype(np.uint16)  # [I, R=4, L, M, E=8]
     np.savez(tmp_path / "trace.npz", counts=counts, iterations=np.arange(6, dtype=np.int32) * 10)
     return [f"paths.data_dir={tmp_path}", "planner_quality.expert_trace=trace.npz", "planner_quality.iteration_stride=3",
-            "planner_quality.layer_stride=2", "planner_quality.milp_instances=0", "planner_quality.algorithms=[laer]"]
+            "planner_quality.layer_stride=2", "planner_quality.milp_instances=0", "planner_quality.algorithms=[laer]",
+            "planner_quality.scale_devices=[]"]
 
 
 def test_cluster_keys_set_the_shape():
@@ -63,3 +64,21 @@ def test_results_written_per_c_and_logged(tmp_path, tiny, caplog):
     summary = list(csv.DictReader(open(out / "summary.csv")))
     assert rows and {r["C"] for r in rows} == {"2"} and {r["C"] for r in summary} == {"2"}
     assert str(out) in caplog.text and "C=2 done" in caplog.text
+
+
+def test_wins_ties_losses_against_laer():
+    from experiments.planner_quality import summarise, wins_ties_losses
+
+    def row(alg, k, est, routing="fsep"):
+        return {"setting": "zipf", "N": 32, "E": 64, "C": 2, "instance": k, "iteration": -1, "microbatch": k,
+                "layer": -1, "algorithm": alg, "mode": "lagged", "routing": routing, "quotas": False,
+                "max_over_mean": 1.0, "max_over_bound": 1.0, "est_time_s": est, "solve_s": 0.0, "gap": ""}
+
+    # laer 1.0 everywhere; x: 0.99 (win), 1.004 (tie within 0.5%), 0.996 (tie), 1.01 (loss); under quotas: a win.
+    rows = [row("laer", k, 1.0) for k in range(4)] + [row("x", k, v) for k, v in enumerate([0.99, 1.004, 0.996, 1.01])]
+    rows += [row("laer", 0, 2.0, "quotas"), row("x", 0, 1.0, "quotas")]
+    summary = {(s["algorithm"], s["routing"]): s for s in summarise(rows, 0.005)}
+    s = summary[("x", "fsep")]
+    assert (s["wins"], s["ties"], s["losses"]) == (1, 2, 1) and s["worst_over_laer"] == pytest.approx(1.01)
+    assert (summary[("laer", "fsep")]["ties"], summary[("x", "quotas")]["wins"]) == (4, 1)
+    assert wins_ties_losses(list(summary.values())) == {"x": [2, 2, 1]}

@@ -9,7 +9,7 @@ import pytest
 
 from training.placement import Placement
 from training.planner import PLANNERS, AsyncPlanner, Plan, Planner, PlanObjective, make_planner, replica_lower_bound
-from training.planner.lpt import priority_replicas
+from training.planner.lpt import PlacementRule, lpt_place, priority_replicas
 
 HEURISTICS = ["fsdp_ep", "laer", "laer_plus", "flexmoe", "eplb"]
 
@@ -44,6 +44,53 @@ def test_priority_queue_matches_paper_rule():
     np.testing.assert_array_equal(priority_replicas(np.array([100, 10, 5]), 8, 2), [4, 2, 2])
     # 4 slots < 2 nodes * 3 experts: start at 1 each, then +1 to the hottest.
     np.testing.assert_array_equal(priority_replicas(np.array([100, 10, 5]), 4, 2), [2, 1, 1])
+
+
+# 3 nodes of 2 devices, C = 2 (12 slots), 8 experts: 3 * 8 = 24 > 12, so every expert starts with 1 (4 left).
+CAP_LOADS = np.array([700, 100, 90, 80, 70, 60, 50, 40])
+
+
+def test_priority_queue_cap_binds_three_nodes():
+    # By the paper's rule (load per replica in brackets):
+    #   e0 [700] has 1 < 3 replicas: +1 -> 2, 3 left;  e0 [350]: +1 -> 3, 2 left;
+    #   e0 [233] has 3 >= 3: its +3 does not fit in 2, so e0 stops growing at 3;
+    #   e1 [100] is next: 1 < 3, +1 -> 2, 1 left;  e2 [90] beats e1 [50]: +1 -> 2, 0 left.
+    # (Capping e0's step instead would give [5, 1, 1, 1, 1, 1, 1, 1].)
+    np.testing.assert_array_equal(priority_replicas(CAP_LOADS, 12, 3), [3, 2, 2, 1, 1, 1, 1, 1])
+
+
+def test_laer_three_nodes_cap_and_placement_by_hand():
+    # The plan of the case above: 12 % 8 != 0, so the priority queue is the only candidate. Placement by the paper's
+    # rule, load per replica: e0 233.3 x3, e3 80, e4 70, e5 60, e1 50 x2, e6 50, e2 45 x2, e7 40 (ties: lower id).
+    # Nodes n0 = {d0, d1}, n1 = {d2, d3}, n2 = {d4, d5}.
+    #   e0: d0; then n1, n2 have no copy: d2; then n2: d4          (d0 = d2 = d4 = 233.3)
+    #   e3 -> d1 (80), e4 -> d3 (70), e5 -> d5 (60): the empty devices in id order
+    #   e1: d5 (60, lightest); then n0, n1 have no copy: d3 (70) -> d3, d5 full
+    #   e6: lightest free is d1 (80) -> d1 full
+    #   e2: d0 (233.3, lowest id of three ties); then n1, n2: d2;  e7: d4, the last free slot
+    loads = np.zeros((6, 8), dtype=np.int64)
+    loads[0] = CAP_LOADS  # only the expert totals matter for the layout
+    plan = make_planner("laer", 6, 2, 2).plan(loads)
+    np.testing.assert_array_equal(plan.layout.slots, [[0, 2], [3, 6], [0, 2], [4, 1], [0, 7], [5, 1]])
+
+
+def test_paper_placement_node_fallback_three_nodes():
+    # 3 nodes of one device each, C = 5; experts and replicas: e0 (200, 1), e1 (100, 1), e2..e6 (10, 1 each),
+    # e7 (30, 6 -> 5 per replica), e8 (2, 2 -> 1 per replica).
+    #   e0 -> d0 (200); e1 -> d1 (100); e2..e6 -> d2 (always the lightest: 0..40), so d2 is full with no e7.
+    #   e7, paper rule (fewest copies over all nodes; if all of those are full, the lightest free device):
+    #     #1: no copies anywhere, lightest free d1 (105); #2: n0 and n2 have none, n2 full: d0 (205);
+    #     #3..#5: only full n2 has the fewest (0): fallback to the lightest free device: d1 110, 115, 120 (d1 full);
+    #     #6: fallback, d0 (210).
+    #   e8: #1: no copies, d0 is the only free device; #2: n1, n2 have none but are full: fallback d0.
+    w = np.array([200, 100, 10, 10, 10, 10, 10, 30, 2])
+    r = np.array([1, 1, 1, 1, 1, 1, 1, 6, 2])
+    paper = lpt_place(w, r, 3, 5, 1, PlacementRule.PAPER)
+    np.testing.assert_array_equal(paper, [[0, 7, 7, 8, 8], [1, 7, 7, 7, 7], [2, 3, 4, 5, 6]])
+    # Ours (fewest copies among the nodes with a free slot): e7 #1 d1; then copies (d0, d1) 0-1 -> d0, 1-1 -> the
+    # lighter d1, 1-2 -> d0, 2-2 -> d1 (115), 2-3 -> d0 (215); e8: no copies, the lighter d1 then d0.
+    ours = lpt_place(w, r, 3, 5, 1, PlacementRule.FREE_NODES)
+    np.testing.assert_array_equal(ours, [[0, 7, 7, 7, 8], [1, 7, 7, 7, 8], [2, 3, 4, 5, 6]])
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -46,6 +46,7 @@ def test_planner_quality_runs_tiny(tmp_path):
         "planner_quality.devices_per_node=2", "planner_quality.slots=[2,4]", "planner_quality.iteration_stride=3",
         "planner_quality.layer_stride=2", "planner_quality.milp_instances=1", "planner_quality.milp_time_limit_s=5",
         "planner_quality.milp_devices=2", "planner_quality.milp_devices_per_node=1", "planner_quality.milp_experts=4",
+        "planner_quality.scale_devices=[8]", "planner_quality.scale_instances=2", "planner_quality.zipf_experts=[8]",
     ])
     out = run(cfg, tmp_path / "out")
     rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))

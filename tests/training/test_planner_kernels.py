@@ -14,7 +14,7 @@ from training.placement import Placement
 from training.planner import PlanObjective, add_replicas, make_planner
 from training.planner.eplb import balanced_packing, eplb_placement
 from training.planner.kernels import warm_up
-from training.planner.lpt import lpt_place, priority_replicas
+from training.planner.lpt import PlacementRule, lpt_place, priority_replicas
 from training.routing import fsep_expected, fsep_routing, fsep_summaries, fsep_summary, numpy_sum, traffic_summary
 
 
@@ -36,6 +36,7 @@ def _instance(rng, kind):
     return n, c, g, e, loads
 
 
+FREE = PlacementRule.FREE_NODES
 KINDS = ["random", "zero", "hot_expert", "hot_source", "ties"]
 
 
@@ -54,14 +55,32 @@ def add_replicas_reference(w, r, extra):
 
 
 def lpt_reference(w, r, n, c, g):
-    """Instance by instance over all devices, heaviest load per replica first (stable), key (copies of the expert on
-    the device's node, device load, device id)."""
+    """`PlacementRule.FREE_NODES`: instance by instance over all devices, heaviest load per replica first (stable),
+    key (copies of the expert on the device's node, device load, device id) over the free devices."""
     per_rep = np.asarray(w, dtype=float) / np.maximum(r, 1)
     load, free, slots = [0.0] * n, [c] * n, [[] for _ in range(n)]
     for j in np.argsort(-per_rep, kind="stable"):
         copies = [0] * (n // g)
         for _ in range(int(r[j])):
             d = min((copies[d // g], load[d], d) for d in range(n) if free[d])[2]
+            slots[d].append(int(j))
+            copies[d // g] += 1
+            load[d] += per_rep[j]
+            free[d] -= 1
+    return np.array(slots)
+
+
+def lpt_paper_reference(w, r, n, c, g):
+    """`PlacementRule.PAPER` read literally: instance by instance, heaviest load per replica first (stable); the free
+    devices on the nodes whose copies of the expert equal the minimum over all nodes, else every free device; the
+    least-loaded of them, lower id on ties."""
+    per_rep = np.asarray(w, dtype=float) / np.maximum(r, 1)
+    load, free, slots = [0.0] * n, [c] * n, [[] for _ in range(n)]
+    for j in np.argsort(-per_rep, kind="stable"):
+        copies = [0] * (n // g)
+        for _ in range(int(r[j])):
+            fewest = [d for d in range(n) if free[d] and copies[d // g] == min(copies)]
+            d = min(fewest or [d for d in range(n) if free[d]], key=lambda d: (load[d], d))
             slots[d].append(int(j))
             copies[d // g] += 1
             load[d] += per_rep[j]
@@ -147,7 +166,8 @@ def test_greedy_steps_equal_plain_loops(seed):
     w = loads.sum(0).astype(float)
     r = add_replicas(w, np.ones(e), n * c - e)
     np.testing.assert_array_equal(r, add_replicas_reference(w, np.ones(e), n * c - e))
-    np.testing.assert_array_equal(lpt_place(w, r, n, c, g), lpt_reference(w, r, n, c, g))
+    np.testing.assert_array_equal(lpt_place(w, r, n, c, g, FREE), lpt_reference(w, r, n, c, g))
+    np.testing.assert_array_equal(lpt_place(w, r, n, c, g), lpt_paper_reference(w, r, n, c, g))
     np.testing.assert_array_equal(eplb_placement(loads, n, c, g), eplb_reference(loads, n, c, g))
     items = rng.integers(0, 5, 4 * n).astype(float)  # ties on purpose
     np.testing.assert_array_equal(balanced_packing(items, n), packing_reference(items, n))
@@ -162,19 +182,27 @@ def test_lpt_equals_plain_loop_small(seed):
         c = -(-e // n)
     w = rng.integers(0, 100, e).astype(float)
     r = add_replicas_reference(w, np.ones(e), n * c - e)
-    np.testing.assert_array_equal(lpt_place(w, r, n, c, g), lpt_reference(w, r, n, c, g))
+    np.testing.assert_array_equal(lpt_place(w, r, n, c, g, FREE), lpt_reference(w, r, n, c, g))
+    np.testing.assert_array_equal(lpt_place(w, r, n, c, g), lpt_paper_reference(w, r, n, c, g))
 
 
 @pytest.mark.parametrize("seed", range(20))
 def test_priority_queue_equals_linear_scan(seed):
-    # The paper's queue as a heap against the rule read literally: grow the argmax of load per replica.
+    # The paper's queue against its rule read literally: grow the argmax of load per replica among the experts still
+    # in the queue, +1 below #nodes replicas, else +#nodes, and drop an expert whose +#nodes no longer fits.
     rng = np.random.default_rng(300 + seed)
     n, c, g, e, loads = _instance(rng, KINDS[seed % len(KINDS)])
     w, k = loads.sum(0).astype(float), n // g
     r = np.full(e, k if k * e <= n * c else 1)
+    queue = list(range(e))
     while (left := n * c - r.sum()) > 0:
-        j = int(np.argmax(w / r))
-        r[j] += min(k if r[j] >= k else 1, left)
+        j = max(queue, key=lambda q: (w[q] / r[q], -q))
+        if r[j] < k:
+            r[j] += 1
+        elif k <= left:
+            r[j] += k
+        else:
+            queue.remove(j)
     np.testing.assert_array_equal(priority_replicas(w, n * c, k), r)
 
 

@@ -7,10 +7,10 @@ Their inner loops run compiled with numba (`kernels.py`), where that is what kee
 """
 
 from training.planner.async_planner import AsyncPlanner
-from training.planner.base import Plan, Planner, check_loads
+from training.planner.base import Plan, Planner, RoutingMode, check_loads
 from training.planner.bound import add_replicas, replica_lower_bound, waterfill_replicas
 from training.planner.objective import PlanObjective
 from training.planner.registry import PLANNERS, make_planner
 
-__all__ = ["AsyncPlanner", "Plan", "Planner", "PlanObjective", "PLANNERS", "add_replicas", "check_loads",
+__all__ = ["AsyncPlanner", "Plan", "Planner", "PlanObjective", "PLANNERS", "RoutingMode", "add_replicas", "check_loads",
            "make_planner", "replica_lower_bound", "waterfill_replicas"]

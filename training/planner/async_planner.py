@@ -26,7 +26,8 @@ class AsyncPlanner:
         self._thread.start()
 
     def submit(self, step: int, loads) -> None:
-        """Queue loads [N, E] observed up to `step`; returns at once. Bad loads raise here, not in the worker."""
+        """Queue loads [N, E] observed up to `step` (or the window [W, N, E] of micro-batches they sum, which LAER+
+        scores its candidates on); returns at once. Bad loads raise here, not in the worker."""
         loads = check_loads(loads, self.planner.n, self.planner.c).copy()
         with self._cv:
             if self._closed:

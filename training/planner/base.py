@@ -2,6 +2,8 @@
 
 Notation: N devices, E experts, C slots per device, G devices per node, K = N / G nodes.
 loads[i, j]: tokens from source device i routed to expert j (integer counts; sum a window rather than average it).
+A planner also takes a window [W, N, E] of micro-batches: it plans from their sum, and planners that choose between
+candidates by what the runtime will see (LAER+) score them on each micro-batch of the window.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import cached_property
 from typing import NamedTuple
 
@@ -17,6 +20,13 @@ import numpy as np
 from training.placement import Placement
 from training.planner.objective import PlanObjective
 from training.routing import fsep_expected, fsep_routing, fsep_summaries, traffic_summary
+
+
+class RoutingMode(Enum):
+    """How the runtime routes tokens over a plan's layout."""
+
+    FSEP = "fsep"  # always the FSEP even-split rule (`training.routing.split_row`), whatever the plan carries
+    QUOTAS = "quotas"  # a plan's explicit per-(source, expert) quotas when it has them (fsep_routed=False), else FSEP
 
 
 @dataclass(frozen=True)
@@ -49,24 +59,24 @@ class Estimate(NamedTuple):
 
 
 def check_loads(loads, num_devices: int, slots_per_device: int) -> np.ndarray:
-    """loads as int64 [N, E], or a ValueError saying what is wrong with them."""
+    """loads as int64 [N, E] (or a window [W, N, E]), or a ValueError saying what is wrong with them."""
     a = np.asarray(loads)
-    if a.ndim != 2 or a.shape[0] != num_devices:
-        raise ValueError(f"loads must be [N={num_devices}, E], got shape {a.shape}")
-    if a.shape[1] < 1:
+    if a.ndim not in (2, 3) or a.shape[-2] != num_devices or (a.ndim == 3 and a.shape[0] < 1):
+        raise ValueError(f"loads must be [N={num_devices}, E] (or a window [W, N, E]), got shape {a.shape}")
+    if a.shape[-1] < 1:
         raise ValueError("loads must have at least one expert column")
     kind = a.dtype.kind  # i/u integer, f float; the dtype kind is cheaper to test than np.issubdtype (per plan)
     if kind not in "iuf":
         raise ValueError(f"loads must be real numbers, got dtype {a.dtype}")
     if kind == "f" and not np.all(np.isfinite(a)):
-        i, j = np.argwhere(~np.isfinite(a))[0]
-        raise ValueError(f"loads must be finite; loads[{i}, {j}] = {a[i, j]}")
+        at = tuple(np.argwhere(~np.isfinite(a))[0].tolist())
+        raise ValueError(f"loads must be finite; loads[{', '.join(map(str, at))}] = {a[at]}")
     if kind != "u" and np.any(a < 0):
-        i, j = np.argwhere(a < 0)[0]
-        raise ValueError(f"loads must be non-negative; loads[{i}, {j}] = {a[i, j]}")
+        at = tuple(np.argwhere(a < 0)[0].tolist())
+        raise ValueError(f"loads must be non-negative; loads[{', '.join(map(str, at))}] = {a[at]}")
     if kind == "f" and not np.all(np.equal(np.mod(a, 1), 0)):
         raise ValueError("loads must be integer token counts (sum a window of micro-batches rather than average it)")
-    e = a.shape[1]
+    e = a.shape[-1]
     if num_devices * slots_per_device < e:
         raise ValueError(
             f"N*C = {num_devices}*{slots_per_device} = {num_devices * slots_per_device} slots cannot hold E={e} experts"
@@ -92,11 +102,17 @@ class Planner(ABC):
         self.objective = objective or PlanObjective.for_model()
 
     def plan(self, loads) -> Plan:
-        return self._plan(check_loads(loads, self.n, self.c))
+        """The plan for loads [N, E], or for a window [W, N, E] of micro-batches (planned from their sum)."""
+        a = check_loads(loads, self.n, self.c)
+        return self._plan(a) if a.ndim == 2 else self._plan_window(a)
 
     @abstractmethod
     def _plan(self, loads: np.ndarray) -> Plan:
         """The plan for checked loads [N, E] int64."""
+
+    def _plan_window(self, window: np.ndarray) -> Plan:
+        """The plan for a checked window [W, N, E] int64: by default the plan of its sum."""
+        return self._plan(window.sum(0))
 
     # Shared helpers ---------------------------------------------------------------------------------------------
     def score(self, loads: np.ndarray, slots: np.ndarray) -> tuple[float, np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 from training.placement import fsdp_ep_placement
 from training.planner.base import Plan, Planner
 from training.planner.bound import waterfill_replicas
-from training.planner.lpt import lpt_place
+from training.planner.lpt import PlacementRule, lpt_place
 
 
 class FlexMoE(Planner):
@@ -29,7 +29,8 @@ class FlexMoE(Planner):
             slots = fsdp_ep_placement(self.n, e, self.c).slots.copy()
         else:
             w = loads.sum(0)
-            slots = lpt_place(w, waterfill_replicas(np.ones(e), self.n * self.c), self.n, self.c, self.g)
+            slots = lpt_place(w, waterfill_replicas(np.ones(e), self.n * self.c), self.n, self.c, self.g,
+                              PlacementRule.FREE_NODES)
         obj, tokens = self.score(loads, slots)
         node_src = loads.reshape(self.k, self.g, e).sum(1)  # [K, E] tokens from each node's sources
         # 2. Per node: move one replica from the least-loaded local expert to the most-loaded one while the

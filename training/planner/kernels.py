@@ -38,18 +38,32 @@ def max_load_per_replica(w: np.ndarray, r: np.ndarray) -> int:
 @compiled
 def priority_counts(w: np.ndarray, total: int, k: int) -> np.ndarray:
     """`lpt.priority_replicas` (the paper's priority queue): a linear scan over E experts per step in place of a heap;
-    the max of load per replica with ties to the lower expert id is what the heap of (-w_j / r_j, j) pops."""
+    the max of load per replica with ties to the lower expert id is what the heap of (-w_j / r_j, j) pops. An expert
+    whose +K step no longer fits leaves the queue for good (`done`)."""
     e = w.size
     start = k if k * e <= total else 1
     r = np.full(e, start, dtype=np.int64)
+    done = np.zeros(e, dtype=np.bool_)
     left = total - start * e
+    # Terminates: an expert with r < K always grows by 1, and not every expert can hold >= K replicas while slots
+    # are left (start = K leaves a multiple of K; start = 1 means K * E > total).
     while left > 0:
-        j = max_load_per_replica(w, r)
-        step = k if r[j] >= k else 1
-        if step > left:
-            step = left
-        r[j] += step
-        left -= step
+        j = -1
+        best = 0.0
+        for q in range(e):
+            if not done[q]:
+                v = w[q] / r[q]
+                if j < 0 or v > best:
+                    best = v
+                    j = q
+        if r[j] < k:
+            r[j] += 1
+            left -= 1
+        elif k <= left:
+            r[j] += k
+            left -= k
+        else:
+            done[j] = True
     return r
 
 
@@ -113,6 +127,39 @@ def lpt_slots(per_rep: np.ndarray, r: np.ndarray, n: int, c: int, g: int) -> np.
                 load[d] += wj
                 copies[m] += 1
             left -= take
+    return slots
+
+
+@compiled
+def lpt_slots_paper(per_rep: np.ndarray, r: np.ndarray, n: int, c: int, g: int) -> np.ndarray:
+    """`lpt.lpt_place` with `PlacementRule.PAPER`: replica instances of each expert (heaviest per replica first, a
+    stable sort, so ties keep expert order and an expert's instances stay together) one by one: the nodes with the
+    fewest copies of the expert over all nodes, full ones included; the least-loaded free device on them (ties: lower
+    device id); if they are all full, the least-loaded free device anywhere."""
+    k = n // g
+    load = np.zeros(n)
+    free = np.full(n, c, dtype=np.int64)
+    slots = np.empty((n, c), dtype=np.int64)
+    copies = np.zeros(k, dtype=np.int64)
+    for j in np.argsort(-per_rep, kind="mergesort"):
+        wj = per_rep[j]
+        copies[:] = 0
+        for _ in range(r[j]):
+            cmin = copies.min()
+            best = -1
+            for m in range(k):
+                if copies[m] == cmin:
+                    for d in range(m * g, (m + 1) * g):
+                        if free[d] > 0 and (best < 0 or load[d] < load[best]):
+                            best = d
+            if best < 0:  # every node with the fewest copies is full: the fallback
+                for d in range(n):
+                    if free[d] > 0 and (best < 0 or load[d] < load[best]):
+                        best = d
+            slots[best, c - free[best]] = j
+            free[best] -= 1
+            load[best] += wj
+            copies[best // g] += 1
     return slots
 
 
@@ -187,6 +234,7 @@ def warm_up() -> float:
     r = priority_counts(w, 8, 2)
     greedy_increments(w, np.ones(4, dtype=np.int64), 4)
     slots = lpt_slots(w / r, r, 4, 2, 2)
+    lpt_slots_paper(w / r, r, 4, 2, 2)
     exact = fsep_summaries(np.ones((4, 4), dtype=np.int64), slots[None], 2)
     expected, _ = fsep_expected(np.ones((4, 4), dtype=np.int64), slots[None], 4, 2)
     objectives(*exact, np.ones(4))
