@@ -193,3 +193,22 @@ def test_full_queue_is_429(router):
     finally:
         for r in reps:
             r.step_s = 0.002
+
+
+def test_loadgen_records_every_request(router):
+    from common.traces import RequestTrace
+    from serving.loadgen import LoadSpec, fit_trace, replay, summary
+
+    srv, _, _ = router
+    rng = np.random.default_rng(0)
+    trace = RequestTrace(np.cumsum(rng.exponential(0.01, 20)), rng.integers(50, 3000, 20), rng.integers(5, 500, 20))
+    # arrivals ~50 ms apart, requests ~40 ms long: within the fixture's queue bound
+    spec = LoadSpec(num_requests=12, time_scale=5.0, length_scale=0.05, max_input=100, max_output=20)
+    fit = fit_trace(trace, spec)
+    assert fit.input_tokens.max() <= 100 and fit.output_tokens.max() <= 20 and fit.arrival_s[0] == 0
+    recs = asyncio.run(replay(srv.url + "/v1", "tiny", fit, spec))
+    assert [r.error for r in recs] == [""] * 12
+    assert [r.output_tokens for r in recs] == fit.output_tokens.tolist()
+    assert all(0 < r.ttft_s <= r.e2e_s for r in recs)
+    s = summary(recs)
+    assert s["answered"] == 12 and s["p50_e2e_s"] <= s["p99_e2e_s"]
