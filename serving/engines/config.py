@@ -13,9 +13,10 @@ class Device(Enum):
     gpu = "gpu"  # the CUDA wheel: one bundle per GPU (tp * pp); TP/PP workers are Ray tasks in the replica's group
 
 
-@dataclass(frozen=True)
+# Not frozen: the Hydra schema nests this class, and OmegaConf makes a frozen dataclass read-only (no overrides).
+@dataclass
 class EngineConfig:
-    model: str  # local Hugging Face directory or hub name, passed to vLLM as is
+    model: str = ""  # local Hugging Face directory or hub name, passed to vLLM as is ("": the tiny local model)
     device: Device = Device.cpu
     dtype: str = "float32"  # bf16 with enforce_eager dies with SIGILL on this machine's AMX CPU
     max_model_len: int = 1024  # prompt + output tokens a request may hold
