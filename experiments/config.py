@@ -251,6 +251,20 @@ class ServeConfig:
     trace_format: TraceFormat = TraceFormat.azure
 
 
+@dataclass
+class BenchEnginesConfig:
+    # The engine on both sides (serving.engines.EngineConfig; engine.model "" = the tiny local model).
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_model_len=512))
+    # The replayed slice (serving.loadgen.LoadSpec): its lengths; its arrivals are replaced by Poisson at rate_rps.
+    loadgen: LoadSpec = field(default_factory=lambda: LoadSpec(num_requests=40))
+    rate_rps: float = 2.0
+    trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
+    trace_format: TraceFormat = TraceFormat.azure
+    # Local Ray cluster size, and how long vLLM's own server may take to become healthy.
+    num_cpus: int = 2
+    start_timeout_s: float = 600.0
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Per-experiment schemas: the common keys, then the sections that experiment reads.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -301,6 +315,11 @@ class OServeServeExperiment(ExperimentConfig):
 
 
 @dataclass
+class OServeBenchEnginesExperiment(ExperimentConfig):
+    bench_engines: BenchEnginesConfig = field(default_factory=BenchEnginesConfig)
+
+
+@dataclass
 class BenchFsepExperiment(ExperimentConfig):
     bench_fsep: BenchFsepConfig = field(default_factory=BenchFsepConfig)
 
@@ -311,6 +330,7 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "oserve_spatial": OServeSpatialExperiment,
     "oserve_bench": OServeBenchExperiment,
     "oserve_serve": OServeServeExperiment,
+    "oserve_bench_engines": OServeBenchEnginesExperiment,
     "planner_quality": PlannerQualityExperiment,
     "planner_speed": PlannerSpeedExperiment,
     "bench_fsep": BenchFsepExperiment,

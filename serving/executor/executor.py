@@ -110,6 +110,11 @@ class Executor:
             except Exception as e:
                 log.warning("stopping failed replica %s: %s", name, e)
 
+    async def settle(self) -> None:
+        """Wait for pending failure replacements."""
+        while self.replacing:
+            await asyncio.gather(*list(self.replacing), return_exceptions=True)
+
     async def stop(self) -> None:
         """Stop every replica (after pending replacements)."""
         for t in list(self.replacing):

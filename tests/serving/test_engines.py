@@ -99,7 +99,8 @@ def load(url, n, seed, out=(16, 48)):
     from serving.loadgen import LoadSpec, replay
 
     rng = np.random.default_rng(seed)
-    trace = RequestTrace(np.cumsum(rng.exponential(0.25, n)) - 0.25, rng.integers(4, 200, n), rng.integers(*out, n))
+    arr = np.cumsum(rng.exponential(0.25, n))
+    trace = RequestTrace(arr - arr[0], rng.integers(4, 200, n), rng.integers(*out, n))
     return trace, asyncio.run(replay(url + "/v1", "tiny", trace, LoadSpec(num_requests=n)))
 
 
@@ -137,8 +138,10 @@ def test_killed_replica_loses_nothing(service):
         while True:
             victim = max(svc.executor.replicas, key=lambda r: svc.dispatcher.queue[r.name])
             held = svc.dispatcher.queue[victim.name]
-            if held >= 2 or (held and asyncio.get_running_loop().time() - t0 > 60):
+            waited = asyncio.get_running_loop().time() - t0
+            if held >= 2 or (held and waited > 60):
                 break
+            assert waited < 300 and th.is_alive(), "the load ended (or never began) before any replica was busy"
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.2)  # let its streams get tokens out
         victim.kill()
@@ -149,5 +152,5 @@ def test_killed_replica_loses_nothing(service):
     trace, recs = box["recs"]
     assert_all_answered_once(trace, recs, svc, served)
     assert any(d.attempt > 0 for d in svc.dispatcher.history)  # its requests were re-dispatched
-    run(asyncio.gather(*svc.executor.replacing))
+    run(svc.executor.settle())
     assert victim not in [r.name for r in svc.executor.replicas]  # and it was replaced

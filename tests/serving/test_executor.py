@@ -55,7 +55,7 @@ def under_load(event, n=40):
             return [t for c in [c async for c in disp.stream(r)] for t in c.token_ids]
 
         out = await asyncio.gather(event(ex), *[one(i, r) for i, r in enumerate(reqs)])
-        await asyncio.gather(*ex.replacing)
+        await ex.settle()
         return reqs, out[1:]
 
     reqs, outs = asyncio.run(main())
