@@ -93,6 +93,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from serving.tinymodel import default_cache_root
 
     b = cfg.bench_engines
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     cpu0 = time.process_time()
     engine = with_model(OmegaConf.to_object(b.engine), default_cache_root(os.environ))
     spec = OmegaConf.to_object(b.loadgen)

@@ -36,13 +36,13 @@ from serving.scheduler.plan import DeploymentPlan
 log = logging.getLogger(__name__)
 
 
-def plan_from_config(replicas, num_types: int) -> DeploymentPlan:
-    """A DeploymentPlan from the experiment file's replica list (tp, pp, devices, dispatch x_kj)."""
+def plan_from_config(replicas, num_types: int, key: str = "serve.replicas") -> DeploymentPlan:
+    """A DeploymentPlan from the experiment file's replica list (tp, pp, devices, dispatch x_kj) at `key`."""
     if not replicas:
-        raise ValueError("serve.replicas: the plan needs at least one replica")
+        raise ValueError(f"{key}: the plan needs at least one replica")
     for k, r in enumerate(replicas):
         if len(r.dispatch) != num_types:
-            raise ValueError(f"serve.replicas.{k}.dispatch: {len(r.dispatch)} rates for {num_types} request types")
+            raise ValueError(f"{key}.{k}.dispatch: {len(r.dispatch)} rates for {num_types} request types")
     x = np.array([[float(v) for v in r.dispatch] for r in replicas])
     rates = x.sum(axis=0)
     return DeploymentPlan(
@@ -58,11 +58,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     from serving.tinymodel import default_cache_root
 
     s = cfg.serve
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     engine = with_model(OmegaConf.to_object(s.engine) if OmegaConf.is_config(s.engine) else EngineConfig(**s.engine),
                         default_cache_root(os.environ))
     types = RequestTypes(np.log1p(np.array([[float(a), float(b)] for a, b in s.types])))
     plan = plan_from_config(s.replicas, types.num_types)
-    nxt = plan_from_config(s.switch_to, types.num_types) if s.switch_to else None
+    nxt = plan_from_config(s.switch_to, types.num_types, "serve.switch_to") if s.switch_to else None
     spec: LoadSpec = OmegaConf.to_object(s.loadgen)
     trace = None
     if spec.num_requests > 0:

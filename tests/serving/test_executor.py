@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from serving.costmodel.iteration import ReplicaConfig
 from serving.executor import Executor, diff_plans
 from serving.router.dispatcher import Dispatcher, Request
@@ -92,3 +94,18 @@ def test_killed_replica_is_replaced_and_loses_nothing():
     assert_exact(reqs, outs, disp)
     assert any(d.attempt > 0 for d in disp.history)  # some requests were re-dispatched
     assert len(made) == 3 and ex.replicas[1] is made[2]  # a replacement took the dead one's place
+
+
+def test_experiment_plan_from_config():
+    from omegaconf import OmegaConf
+
+    from experiments.config import ServeReplica
+    from experiments.oserve_serve import plan_from_config
+
+    reps = OmegaConf.structured({"r": [ServeReplica(tp=2, devices=[0, 1], dispatch=[2.0, 0.0]),
+                                       ServeReplica(devices=[2], dispatch=[0.0, 1.0])]}).r
+    p = plan_from_config(reps, 2)
+    assert p.replicas == (ReplicaConfig(2), ReplicaConfig(1)) and p.devices == ((0, 1), (2,))
+    assert p.dispatch == ((2.0, 0.0), (0.0, 1.0)) and p.type_rates == (2.0, 1.0)
+    with pytest.raises(ValueError, match=r"serve.replicas.1.dispatch"):
+        plan_from_config(reps, 3)
