@@ -107,5 +107,5 @@ def test_experiment_plan_from_config():
     p = plan_from_config(reps, 2)
     assert p.replicas == (ReplicaConfig(2), ReplicaConfig(1)) and p.devices == ((0, 1), (2,))
     assert p.dispatch == ((2.0, 0.0), (0.0, 1.0)) and p.type_rates == (2.0, 1.0)
-    with pytest.raises(ValueError, match=r"serve.replicas.1.dispatch"):
+    with pytest.raises(ValueError, match=r"serve\.replicas\.0\.dispatch: 2 rates for 3"):
         plan_from_config(reps, 3)
