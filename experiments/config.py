@@ -19,6 +19,8 @@ from common.datapaths import Fallback
 from common.topology import ClusterPreset
 from common.traces import TraceFormat
 from serving.costmodel import CostModelKind
+from serving.engines.config import EngineConfig
+from serving.loadgen import LoadSpec
 from serving.scheduler import SchedulerConfig
 from serving.sim import SLO
 
@@ -233,6 +235,63 @@ class BenchFsepConfig:
     keep_freed_memory: bool = True
 
 
+@dataclass
+class ServeReplica:
+    # Tensor- and pipeline-parallel degrees of one replica.
+    tp: int = 1
+    pp: int = 1
+    # Device ids it occupies (GPU ids on a cluster; on CPU a label: a replica on other devices is a new one).
+    devices: list[int] = field(default_factory=lambda: [0])
+    # x_kj: requests/s of each request type j this replica takes under the plan (the router uses their ratios).
+    dispatch: list[float] = field(default_factory=lambda: [1.0, 0.0])
+
+
+@dataclass
+class ServeConfig:
+    # The engine every replica runs (serving.engines.EngineConfig): engine.model ("" = the tiny local model, built
+    # and cached), engine.max_model_len, engine.dtype, engine.device (cpu or gpu), engine.cpus_per_replica, ...
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_model_len=512))
+    # Name clients send as `model` and /v1/models lists.
+    model_name: str = "tiny"
+    # The plan: one entry per replica (its x_kj per request type).
+    replicas: list[ServeReplica] = field(default_factory=lambda: [
+        ServeReplica(devices=[0], dispatch=[1.0, 0.0]), ServeReplica(devices=[1], dispatch=[0.0, 1.0])])
+    # Request types: (input tokens, output tokens) centers; a request takes the nearest (in log1p space).
+    types: list[list[float]] = field(default_factory=lambda: [[16.0, 16.0], [200.0, 64.0]])
+    # A plan switched to live, serve.switch_after_s after the router is up (empty: none).
+    switch_to: list[ServeReplica] = field(default_factory=list)
+    switch_after_s: float = 10.0
+    # Where the router listens (the loopback interface only) and its queue bound (beyond it: 429).
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_in_flight: int = 64
+    # Ray: join this cluster (null: start a local one of num_cpus CPUs).
+    ray_address: Optional[str] = None
+    num_cpus: int = 2
+    # Stop after this many seconds (0: no limit) or answered requests (0: no limit); with neither and no load
+    # generator, serve until Ctrl-C.
+    duration_s: float = 0.0
+    max_requests: int = 0
+    # Replay a trace slice against the router (serving.loadgen.LoadSpec; num_requests 0: off), then stop.
+    loadgen: LoadSpec = field(default_factory=lambda: LoadSpec(num_requests=0))
+    trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
+    trace_format: TraceFormat = TraceFormat.azure
+
+
+@dataclass
+class BenchEnginesConfig:
+    # The engine on both sides (serving.engines.EngineConfig; engine.model "" = the tiny local model).
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_model_len=512))
+    # The replayed slice (serving.loadgen.LoadSpec): its lengths; its arrivals are replaced by Poisson at rate_rps.
+    loadgen: LoadSpec = field(default_factory=lambda: LoadSpec(num_requests=40))
+    rate_rps: float = 2.0
+    trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
+    trace_format: TraceFormat = TraceFormat.azure
+    # Local Ray cluster size, and how long vLLM's own server may take to become healthy.
+    num_cpus: int = 2
+    start_timeout_s: float = 600.0
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Per-experiment schemas: the common keys, then the sections that experiment reads.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -278,6 +337,16 @@ class PlannerSpeedExperiment(ExperimentConfig):
 
 
 @dataclass
+class OServeServeExperiment(ExperimentConfig):
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+@dataclass
+class OServeBenchEnginesExperiment(ExperimentConfig):
+    bench_engines: BenchEnginesConfig = field(default_factory=BenchEnginesConfig)
+
+
+@dataclass
 class BenchFsepExperiment(ExperimentConfig):
     bench_fsep: BenchFsepConfig = field(default_factory=BenchFsepConfig)
 
@@ -287,6 +356,8 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "quickstart": QuickstartExperiment,
     "oserve_spatial": OServeSpatialExperiment,
     "oserve_bench": OServeBenchExperiment,
+    "oserve_serve": OServeServeExperiment,
+    "oserve_bench_engines": OServeBenchEnginesExperiment,
     "planner_quality": PlannerQualityExperiment,
     "planner_speed": PlannerSpeedExperiment,
     "bench_fsep": BenchFsepExperiment,

@@ -1,0 +1,9 @@
+"""vLLM replicas as Ray actors: one engine per replica, each with its own tensor/pipeline degrees.
+
+The only part of `serving` (with `serving.router` and `serving.executor`) that uses vllm and ray; both are imported
+inside functions, so `import serving.engines` loads neither.
+"""
+
+from serving.engines.config import Chunk, Device, EngineConfig, ReplicaStats, engine_env
+
+__all__ = ["Chunk", "Device", "EngineConfig", "ReplicaStats", "engine_env"]
