@@ -35,14 +35,6 @@ from training.routing import fsep_summary
 
 
 @dataclass(frozen=True)
-class PlannerConfig:
-    # Registry name (training.planner.PLANNERS) of the planner that lays the FSEP layers out.
-    name: str = "laer_plus"
-    # Plan each layer from the sum of its last `window` micro-batches (the LAER-MoE paper's W = 5).
-    window: int = 5
-
-
-@dataclass(frozen=True)
 class StepLoads:
     """What one step's gather tells the logs."""
 

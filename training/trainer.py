@@ -23,7 +23,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 import torch
@@ -32,49 +31,7 @@ from torch import nn
 
 from training.fsep.layer import DistributedMoE
 from training.loads import LoadBalancer, StepLoads
-
-
-class Precision(Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-class LRSchedule(Enum):
-    constant = "constant"  # lr throughout
-    warmup_cosine = "warmup_cosine"  # linear warm-up over warmup_steps, then cosine down to lr * min_lr_ratio
-
-
-@dataclass(frozen=True)
-class TrainerConfig:
-    # ---- length and batch ----
-    # Optimizer steps.
-    steps: int = 200
-    # Micro-batches per optimizer step (gradient accumulation M).
-    micro_batches: int = 1
-    # ---- optimizer (AdamW) ----
-    lr: float = 3e-3
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    # ---- schedule ----
-    schedule: LRSchedule = LRSchedule.warmup_cosine
-    warmup_steps: int = 10
-    # Final learning rate of the cosine as a fraction of lr.
-    min_lr_ratio: float = 0.1
-    # ---- numerics ----
-    # Clip the global gradient norm to this (0: no clipping).
-    grad_clip: float = 1.0
-    precision: Precision = Precision.fp32
-    # ZeRO stage for the dense parameters: 0 (plain data parallel), 1 (optimizer state) or 2 (+ gradients) sharded.
-    zero_stage: int = 0
-
-    def __post_init__(self):
-        if self.steps < 1 or self.micro_batches < 1:
-            raise ValueError(f"trainer.steps and trainer.micro_batches must be >= 1, got {self.steps}, "
-                             f"{self.micro_batches}")
-        if self.zero_stage not in (0, 1, 2):
-            raise ValueError(f"trainer.zero_stage must be 0, 1 or 2 (ZeRO-3 would shard the expert storage too), "
-                             f"got {self.zero_stage}")
+from training.train_config import LRSchedule, Precision, TrainerConfig
 
 
 def ds_config(cfg: TrainerConfig, micro_batch_size: int, world_size: int) -> dict:
@@ -84,7 +41,7 @@ def ds_config(cfg: TrainerConfig, micro_batch_size: int, world_size: int) -> dic
         "gradient_accumulation_steps": cfg.micro_batches,
         "train_batch_size": micro_batch_size * cfg.micro_batches * world_size,
         # torch's AdamW: DeepSpeed's fused Adam needs a compiled op (and a GPU); the maths is the same.
-        "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "betas": list(cfg.betas), "eps": cfg.eps,
+        "optimizer": {"type": "AdamW", "params": {"lr": cfg.lr, "betas": [cfg.beta1, cfg.beta2], "eps": cfg.eps,
                                                   "weight_decay": cfg.weight_decay, "torch_adam": True}},
         "gradient_clipping": cfg.grad_clip if cfg.zero_stage > 0 else 0.0,  # stage 0: Trainer.clip (module doc)
         "bf16": {"enabled": cfg.precision is Precision.bf16},
