@@ -100,6 +100,18 @@ def _expert_group(world_size: int) -> nn.Module:
     return _ExpertGroup()
 
 
+def _leave_deepspeed_groups(model: nn.Module) -> None:
+    """DeepSpeed-MoE layers built before the engine (training.fsep.deepspeed_ep joins its groups at construction, so
+    it runs without one) are joined again by `deepspeed.initialize`, and DeepSpeed's gate refuses a second group.
+    Clear it: the engine sets the same group (same name, same ranks) right away."""
+    from deepspeed.moe.sharded_moe import MOELayer
+
+    for m in model.modules():
+        if isinstance(m, MOELayer):
+            m.ep_group = None
+            m.gate.ep_group = None
+
+
 class _TrainModule(nn.Module):
     """What the engine wraps: the model, its loss, and the expert-group declaration."""
 
@@ -151,6 +163,7 @@ class Trainer:
         self.world_size = dist.get_world_size()
         deepspeed.init_distributed(dist_backend=dist.get_backend(), verbose=False)
         self.expert_params = declare_expert_params(model, self.world_size)
+        _leave_deepspeed_groups(model)
         self.module = _TrainModule(model, loss_fn, self.world_size)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.module, model_parameters=list(self.module.parameters()),
