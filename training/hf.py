@@ -79,6 +79,19 @@ def reference_view(block: MixtralSparseMoeBlock) -> ReferenceMoE:
     return ref
 
 
+def hook_new_blocks(model: nn.Module) -> None:
+    """transformers installs its output-recording hooks once, at the first forward that records anything; a model
+    converted after that has taps without hooks, and its router logits would silently go missing. Hook those taps
+    the same way (the router_logits recorder: output index 0)."""
+    from transformers.utils.output_capturing import install_output_capuring_hook
+
+    for owner in model.modules():
+        if getattr(owner, "_output_capturing_hooks_installed", False):
+            for tap in owner.modules():
+                if isinstance(tap, RouterLogitsTap) and not tap._forward_hooks:
+                    install_output_capuring_hook(tap, "router_logits", 0)
+
+
 def convert_block(block: nn.Module, build: Callable[[ReferenceMoE], nn.Module]) -> HFMoEBlock | None:
     """HFMoEBlock around build(the block's weights) if `block` is a MixtralSparseMoeBlock, else None."""
     if not isinstance(block, MixtralSparseMoeBlock):

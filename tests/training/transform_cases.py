@@ -210,7 +210,27 @@ def hf_reference(tokens, seed=0):
     return model, logits, losses, auxes
 
 
-def case_hf_mixtral_fsep(rank, n):
+def hf_expert_grads(blk, e):
+    """(gate_up_proj, down_proj)-shaped full expert gradients of an HFMoEBlock's layer, on every rank."""
+    if hasattr(blk.moe, "gather_expert_weights"):
+        w1, w3, w2 = blk.moe.gather_expert_weights(grad=True)
+        return torch.cat([w1, w3], 1), w2
+    # DeepSpeed-MoE: each rank holds whole experts; sum the ranks' zero-padded pieces.
+    ds = blk.moe.moe.deepspeed_moe
+    f, h = ds.experts.deepspeed_experts[0].w1.shape
+    gate_up, down = torch.zeros(e, 2 * f, h), torch.zeros(e, h, f)
+    for local, j in enumerate(blk.moe.local_expert_ids()):
+        ex = ds.experts.deepspeed_experts[local]
+        gate_up[j], down[j] = torch.cat([ex.w1.grad, ex.w3.grad]), ex.w2.grad
+    dist.all_reduce(gate_up)
+    dist.all_reduce(down)
+    return gate_up, down
+
+
+def case_hf_mixtral(rank, n):
+    """MixtralForCausalLM after apply_fsep (random layout with replicas), apply_ep and apply_deepspeed_moe: logits,
+    LM loss, load-balancing loss (from the recorded router logits) and every gradient as before it in one process.
+    The FSEP model runs once before its transform, so transformers' recording hooks are already in place."""
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
     from training.hf import HFMoEBlock
@@ -218,22 +238,32 @@ def case_hf_mixtral_fsep(rank, n):
     groups = FSEPGroups(dist.group.WORLD)
     tokens = batch(tiny_config(), n, seed=6)
     ref_model, ref_logits, ref_losses, ref_aux = hf_reference(tokens)
-    model = apply_fsep(hf_model(), groups, 3, random_placement(np.random.default_rng(3), n, 4, 3))
-    blocks = [m for m in model.modules() if isinstance(m, HFMoEBlock)]
-    assert len(blocks) == 2 and not any(isinstance(m, MixtralSparseMoeBlock) for m in model.modules())
-    out = model(input_ids=tokens[rank], labels=tokens[rank])
-    out.loss.backward()
-    assert rel(out.logits.detach(), ref_logits[rank]) < TOL, f"logits rel err {rel(out.logits.detach(), ref_logits[rank])}"
-    assert abs(float(out.loss) - float(ref_losses[rank])) <= TOL * float(ref_losses[rank])
-    assert abs(float(out.aux_loss) - float(ref_aux[rank])) <= TOL * float(ref_aux[rank]), "router logits not recorded"
-    dense = check_dense(ref_model, model)
-    assert dense == len([n_ for n_, _ in ref_model.named_parameters() if ".mlp." not in n_])
     ref_blocks = [m for m in ref_model.modules() if isinstance(m, MixtralSparseMoeBlock)]
-    for i, (blk, ref) in enumerate(zip(blocks, ref_blocks)):
-        assert rel(summed_grad(blk.moe.router.weight), ref.gate.weight.grad) < TOL, f"layer {i} router"
-        w1, w3, w2 = blk.moe.gather_expert_weights(grad=True)
-        assert rel(torch.cat([w1, w3], 1), ref.experts.gate_up_proj.grad) < TOL, f"layer {i} gate_up_proj"
-        assert rel(w2, ref.experts.down_proj.grad) < TOL, f"layer {i} down_proj"
+    transforms = {
+        "fsep": lambda m: apply_fsep(m, groups, 3, random_placement(np.random.default_rng(3), n, 4, 3)),
+        "ep": lambda m: apply_ep(m, groups),
+        "deepspeed": lambda m: apply_deepspeed_moe(m, n),
+    }
+    for name, transform in transforms.items():
+        model = hf_model()
+        if name == "fsep":
+            model(input_ids=tokens[rank])  # installs the router-logit hooks before the conversion
+        model = transform(model)
+        blocks = [m for m in model.modules() if isinstance(m, HFMoEBlock)]
+        assert len(blocks) == 2 and not any(isinstance(m, MixtralSparseMoeBlock) for m in model.modules())
+        out = model(input_ids=tokens[rank], labels=tokens[rank])
+        out.loss.backward()
+        err = rel(out.logits.detach(), ref_logits[rank])
+        assert err < TOL, f"{name}: logits rel err {err}"
+        assert abs(float(out.loss) - float(ref_losses[rank])) <= TOL * float(ref_losses[rank]), name
+        assert abs(float(out.aux_loss) - float(ref_aux[rank])) <= TOL * float(ref_aux[rank]), f"{name}: aux loss"
+        dense = check_dense(ref_model, model)
+        assert dense == len([n_ for n_, _ in ref_model.named_parameters() if ".mlp." not in n_])
+        for i, (blk, ref) in enumerate(zip(blocks, ref_blocks)):
+            assert rel(summed_grad(blk.router_weight()), ref.gate.weight.grad) < TOL, f"{name}: layer {i} router"
+            gate_up, down = hf_expert_grads(blk, ref.experts.num_experts)
+            assert rel(gate_up, ref.experts.gate_up_proj.grad) < TOL, f"{name}: layer {i} gate_up_proj"
+            assert rel(down, ref.experts.down_proj.grad) < TOL, f"{name}: layer {i} down_proj"
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}

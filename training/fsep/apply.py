@@ -5,7 +5,9 @@ gradients, as DDP or DeepSpeed would).
 Each transform accepts one `ReferenceMoE` (returns the layer), a `training.model.MoEDecoder`, or any module that
 contains MoE blocks, including a Hugging Face `MixtralForCausalLM` (its `MixtralSparseMoeBlock`s become
 `training.hf.HFMoEBlock` adapters around the distributed layer). A whole model is changed in place and returned.
-The model must be identical on every device (same seed): each device takes its own part of the same weights.
+The model must be identical on every device (same seed): each device takes its own part of the same weights. Move
+the model to its device before the transform: a distributed layer is built where its block's weights are (or on
+`device` when given) and keeps layout tensors that a later `model.to(...)` would not move.
 """
 
 from __future__ import annotations
@@ -26,24 +28,26 @@ from training.placement import Placement, fsdp_ep_placement
 LayerBuilder = Callable[[ReferenceMoE], nn.Module]
 
 
-def _hf_adapter(block: nn.Module, build: LayerBuilder) -> nn.Module | None:
-    """The adapter replacing a Hugging Face MoE block, or None when `block` is not one. transformers is imported
-    only when the caller already has (a model holding its modules cannot exist otherwise)."""
+def _hf():
+    """training.hf when transformers is loaded, else None. It is imported only when the caller already has: a model
+    holding transformers' modules cannot exist otherwise, and `import training` must not need transformers."""
     if "transformers" not in sys.modules:
         return None
     from training import hf
 
-    return hf.convert_block(block, build)
+    return hf
 
 
 def replace_moe_blocks(model: nn.Module, build: LayerBuilder) -> nn.Module:
     """Replace every MoE block under `model` (depth first, in module order) by `build` of its weights; `model` itself
     when it is a block. Raises when there is none, so a transform never silently leaves a model unsharded."""
 
+    hf = _hf()
+
     def convert(module: nn.Module) -> nn.Module | None:
         if isinstance(module, ReferenceMoE):
             return build(module)
-        return _hf_adapter(module, build)
+        return None if hf is None else hf.convert_block(module, build)
 
     root = convert(model)
     if root is not None:
@@ -63,7 +67,14 @@ def replace_moe_blocks(model: nn.Module, build: LayerBuilder) -> nn.Module:
     walk(model)
     if not found:
         raise ValueError(f"{type(model).__name__} holds no MoE block (ReferenceMoE or a Hugging Face sparse MoE block)")
+    if hf is not None:
+        hf.hook_new_blocks(model)
     return model
+
+
+def _device(ref: ReferenceMoE, device) -> torch.device:
+    """Where the distributed layer lives: `device` if given, else where the block's weights are."""
+    return torch.device(device) if device is not None else ref.router.weight.device
 
 
 def distributed_layers(model: nn.Module) -> list[DistributedMoE]:
@@ -78,7 +89,7 @@ def apply_fsep(model: nn.Module, groups: FSEPGroups, slots_per_device: int, plac
 
     def build(ref: ReferenceMoE) -> FSEPMoE:
         layer = FSEPMoE(ref.hidden, ref.ffn, ref.num_experts, ref.top_k, slots_per_device, groups, placement,
-                        overlap_restore=overlap_restore, device=device, max_block_rows=max_block_rows)
+                        overlap_restore=overlap_restore, device=_device(ref, device), max_block_rows=max_block_rows)
         return layer.load_reference(ref)
 
     return replace_moe_blocks(model, build)
@@ -91,7 +102,7 @@ def apply_fsdp_ep(model: nn.Module, groups: FSEPGroups, slots_per_device: int, d
     def build(ref: ReferenceMoE) -> FSEPMoE:
         placement = fsdp_ep_placement(groups.size, ref.num_experts, slots_per_device)
         layer = FSEPMoE(ref.hidden, ref.ffn, ref.num_experts, ref.top_k, slots_per_device, groups, placement,
-                        device=device, max_block_rows=max_block_rows)
+                        device=_device(ref, device), max_block_rows=max_block_rows)
         return layer.load_reference(ref)
 
     return replace_moe_blocks(model, build)
@@ -101,7 +112,7 @@ def apply_ep(model: nn.Module, groups: FSEPGroups, device=None, max_block_rows: 
     """Expert parallel without padding: whole experts E/N per device, exactly the routed tokens computed."""
 
     def build(ref: ReferenceMoE) -> EPMoE:
-        return EPMoE(ref.hidden, ref.ffn, ref.num_experts, ref.top_k, groups, device=device,
+        return EPMoE(ref.hidden, ref.ffn, ref.num_experts, ref.top_k, groups, device=_device(ref, device),
                      max_block_rows=max_block_rows).load_reference(ref)
 
     return replace_moe_blocks(model, build)
