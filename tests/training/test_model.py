@@ -224,3 +224,26 @@ def test_schema_rejects_bad_values():
         dataclasses.replace(load("tiny_mixtral"), num_heads=128)
     with pytest.raises(ValueError, match="max_seq_len"):
         MoEDecoder(tiny())(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_model_group_composes_under_hydra(tmp_path):
+    """conf/model as a Hydra group under a schema holding ModelSchema: select a file, override a key, reject a typo."""
+    import shutil
+    from dataclasses import field
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+
+    @dataclasses.dataclass
+    class Probe:
+        model: ModelSchema = field(default_factory=ModelSchema)
+
+    ConfigStore.instance().store(name="model_probe_schema", node=Probe)
+    shutil.copytree(CONF, tmp_path / "model")
+    (tmp_path / "probe.yaml").write_text("defaults:\n  - model_probe_schema\n  - model: tiny_mixtral\n  - _self_\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        assert model_config(compose("probe", overrides=["model.num_layers=2"]).model) == \
+            dataclasses.replace(load("tiny_mixtral"), num_layers=2)
+        assert model_config(compose("probe", overrides=["model=qwen_8x7b_e8k2"]).model) == load("qwen_8x7b_e8k2")
+        with pytest.raises(Exception, match="model.bogus"):
+            compose("probe", overrides=["model.bogus=1"])
