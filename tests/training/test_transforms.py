@@ -11,15 +11,25 @@ from tests.training.distributed import run_distributed
 from tests.training.transform_cases import CASES, all_cases
 from training.fsep import apply_fsep
 
-_RESULTS: list = []
+_RESULTS: dict[int, list] = {}
+
+
+def check(case, n):
+    if n not in _RESULTS:
+        _RESULTS[n] = run_distributed(all_cases, n, timeout_s=300)
+    errors = [f"rank {r}:\n{res[case]}" for r, res in enumerate(_RESULTS[n]) if res[case]]
+    assert not errors, "\n".join(errors)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_transform_case(case):
-    if not _RESULTS:
-        _RESULTS.extend(run_distributed(all_cases, 2, timeout_s=300))
-    errors = [f"rank {r}:\n{res[case]}" for r, res in enumerate(_RESULTS) if res[case]]
-    assert not errors, "\n".join(errors)
+    check(case, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_transform_case_4_ranks(case):
+    check(case, 4)
 
 
 def test_model_without_moe_is_refused():

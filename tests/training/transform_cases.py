@@ -91,7 +91,7 @@ def check_decoder(model, ref_model, ref_logits, ref_losses, tokens, rank, target
     loss = lm_loss(out.logits, tokens[rank]) + out.aux_loss
     loss.backward()
     assert rel(out.logits.detach(), ref_logits[rank]) < TOL, f"logits rel err {rel(out.logits.detach(), ref_logits[rank])}"
-    assert abs(float(loss) - float(ref_losses[rank])) <= TOL * abs(float(ref_losses[rank])), (float(loss), ref_losses)
+    assert abs(loss.item() - float(ref_losses[rank])) <= TOL * abs(float(ref_losses[rank])), (loss.item(), ref_losses)
     dense = check_dense(ref_model, model)
     moe_free = [n for n, _ in ref_model.named_parameters() if ".moe." not in n]
     assert dense == len(moe_free), (dense, len(moe_free))
@@ -255,8 +255,8 @@ def case_hf_mixtral(rank, n):
         out.loss.backward()
         err = rel(out.logits.detach(), ref_logits[rank])
         assert err < TOL, f"{name}: logits rel err {err}"
-        assert abs(float(out.loss) - float(ref_losses[rank])) <= TOL * float(ref_losses[rank]), name
-        assert abs(float(out.aux_loss) - float(ref_aux[rank])) <= TOL * float(ref_aux[rank]), f"{name}: aux loss"
+        assert abs(out.loss.item() - float(ref_losses[rank])) <= TOL * float(ref_losses[rank]), name
+        assert abs(out.aux_loss.item() - float(ref_aux[rank])) <= TOL * float(ref_aux[rank]), f"{name}: aux loss"
         dense = check_dense(ref_model, model)
         assert dense == len([n_ for n_, _ in ref_model.named_parameters() if ".mlp." not in n_])
         for i, (blk, ref) in enumerate(zip(blocks, ref_blocks)):
