@@ -51,21 +51,16 @@ class RunSpec:
 
 
 def distribute(model, parallel: Parallel, groups, slots_per_device: int):
-    """Swap every block's MoE for the distributed layer of `parallel` (same weights)."""
-    from training.fsep import apply_ep, apply_fsdp_ep, apply_fsep
-    from training.fsep.deepspeed_ep import DeepSpeedEP
+    """Swap every block's MoE for the distributed layer of `parallel` (same weights; training.fsep.apply)."""
+    from training.fsep.apply import apply_deepspeed_moe, apply_ep, apply_fsdp_ep, apply_fsep
 
-    for block in model.blocks:
-        ref = block.moe
-        if parallel is Parallel.fsep:
-            block.moe = apply_fsep(ref, groups, slots_per_device)
-        elif parallel is Parallel.fsdp_ep:
-            block.moe = apply_fsdp_ep(ref, groups, slots_per_device)
-        elif parallel is Parallel.ep:
-            block.moe = apply_ep(ref, groups)
-        else:
-            block.moe = DeepSpeedEP(ref, groups, drop_tokens=False)
-    return model
+    if parallel is Parallel.fsep:
+        return apply_fsep(model, groups, slots_per_device)
+    if parallel is Parallel.fsdp_ep:
+        return apply_fsdp_ep(model, groups, slots_per_device)
+    if parallel is Parallel.ep:
+        return apply_ep(model, groups)
+    return apply_deepspeed_moe(model, groups.size)
 
 
 def build(spec: RunSpec, rank: int, world: int):
@@ -75,17 +70,19 @@ def build(spec: RunSpec, rank: int, world: int):
 
     from training.data import TokenBatches, TraceReplay
     from training.fsep import FSEPGroups
-    from training.loads import LoadBalancer, layers_of
+    from training.fsep.apply import distributed_layers
+    from training.loads import LoadBalancer
     from training.model import MoEDecoder, lm_loss, model_config
     from training.planner import make_planner
-    from training.trainer import Trainer
+    from training.trainer import Trainer, device_for
 
     mcfg = model_config(spec.model)
-    model = MoEDecoder(mcfg, seed=spec.seed)
+    # On its device before the transform: the distributed layers keep layout tensors where their weights are.
+    model = MoEDecoder(mcfg, seed=spec.seed).to(device_for(int(os.environ.get("LOCAL_RANK", rank))))
     if world > 1:
         model = distribute(model, spec.parallel, FSEPGroups(dist.group.WORLD, spec.devices_per_node),
                            spec.slots_per_device)
-    layers = layers_of(model)
+    layers = distributed_layers(model)
     balancer = None
     if layers:
         planner = None

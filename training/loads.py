@@ -60,11 +60,6 @@ class _TimedPlanner:
         return plan
 
 
-def layers_of(model: torch.nn.Module) -> list[DistributedMoE]:
-    """The model's distributed MoE layers in module order (the order every rank sees)."""
-    return [m for m in model.modules() if isinstance(m, DistributedMoE)]
-
-
 class LoadBalancer:
     """Records every layer's expert counts, gathers them once per step and keeps the FSEP layers' layouts planned.
 

@@ -16,7 +16,8 @@ import torch.distributed as dist
 from experiments.train import distribute
 from training import checkpoint
 from training.fsep import FSEPGroups
-from training.loads import LoadBalancer, layers_of
+from training.fsep.apply import distributed_layers
+from training.loads import LoadBalancer
 from training.model import ModelConfig, MoEDecoder, lm_loss
 from training.planner import make_planner
 from training.train_config import LRSchedule, Parallel, TrainerConfig
@@ -40,30 +41,32 @@ def rank_rows(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return batch[rank * per:(rank + 1) * per]
 
 
-def trainer_cfg(steps: int) -> TrainerConfig:
-    return TrainerConfig(steps=steps, micro_batches=M, lr=LR, schedule=LRSchedule.constant, grad_clip=CLIP)
+def trainer_cfg(steps: int, zero_stage: int = 0, clip: float = CLIP) -> TrainerConfig:
+    return TrainerConfig(steps=steps, micro_batches=M, lr=LR, schedule=LRSchedule.constant, grad_clip=clip,
+                         zero_stage=zero_stage)
 
 
-def make(parallel: Parallel | None, rank: int, world: int, planner: str | None = "laer_plus", window: int = 2):
+def make(parallel: Parallel | None, rank: int, world: int, planner: str | None = "laer_plus", window: int = 2,
+         tcfg: TrainerConfig | None = None):
     """(trainer, balancer) of a fresh seeded model, distributed by `parallel` (None: one process, no transform)."""
     from training.trainer import Trainer
 
     model = MoEDecoder(NO_AUX if parallel is Parallel.deepspeed_ep else CFG, seed=0)
     if parallel is not None:
         model = distribute(model, parallel, FSEPGroups(dist.group.WORLD), C)
-    layers = layers_of(model)
+    layers = distributed_layers(model)
     balancer = None
     if layers:
         plan = make_planner(planner, world, C, 1) if parallel is Parallel.fsep and planner else None
         balancer = LoadBalancer(layers, dist.group.WORLD, plan, window)
-    return Trainer(model, trainer_cfg(100), B * 2 // world, lm_loss, balancer), balancer
+    return Trainer(model, tcfg or trainer_cfg(100), B * 2 // world, lm_loss, balancer), balancer
 
 
 def train(trainer, batches: torch.Tensor, rank: int, world: int, steps: range) -> list:
     return [trainer.step([(rank_rows(batches[s, i], rank, world), None) for i in range(M)]) for s in steps]
 
 
-def reference_losses(batches: torch.Tensor, n: int, cfg: ModelConfig = CFG) -> list[float]:
+def reference_losses(batches: torch.Tensor, n: int, cfg: ModelConfig = CFG, clip: float = CLIP) -> list[float]:
     model = MoEDecoder(cfg, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
     losses = []
@@ -76,7 +79,7 @@ def reference_losses(batches: torch.Tensor, n: int, cfg: ModelConfig = CFG) -> l
                 lm = lm_loss(out.logits, rank_rows(micro, r, n))
                 ((lm + out.aux_loss) / (M * n)).backward()
                 total += lm.item() / (M * n)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         losses.append(total)
     return losses
@@ -90,9 +93,9 @@ def case_shards_survive_initialize(rank, n, ctx):
     from training.trainer import Trainer
 
     model = distribute(MoEDecoder(CFG, seed=0), Parallel.fsep, FSEPGroups(dist.group.WORLD), C)
-    before = [m.expert_shard.detach().clone() for m in layers_of(model)]
+    before = [m.expert_shard.detach().clone() for m in distributed_layers(model)]
     Trainer(model, trainer_cfg(1), B, lm_loss)
-    for b, m in zip(before, layers_of(model)):
+    for b, m in zip(before, distributed_layers(model)):
         assert torch.equal(b, m.expert_shard.detach()), "deepspeed.initialize changed this rank's shard"
         others = [torch.empty_like(b) for _ in range(n)]
         dist.all_gather(others, b)
@@ -135,6 +138,20 @@ def case_ep_equals_single_process(rank, n, ctx):
 
 def case_deepspeed_moe_equals_single_process(rank, n, ctx):
     _equal_to_reference(rank, n, ctx, Parallel.deepspeed_ep, ctx["steps"])
+
+
+def case_zero_1_and_2_equal_single_process(rank, n, ctx):
+    """ZeRO shards the dense parameters' optimizer state (1) and gradients (2); the expert storage stays per rank.
+    Clipping off: under ZeRO DeepSpeed's own clipping runs, whose norm averages per-rank norms (trainer doc)."""
+    batches = data(3, n)
+    ref = reference_losses(batches, n, clip=1e9)
+    for stage in (1, 2):
+        trainer, bal = make(Parallel.fsep, rank, n, tcfg=trainer_cfg(100, zero_stage=stage, clip=1e9))
+        losses = [m.loss for m in train(trainer, batches, rank, n, range(3))]
+        bal.close()
+        assert type(trainer.engine.optimizer).__name__ == "DeepSpeedZeroOptimizer"
+        err = rel(losses, ref)
+        assert err < 1e-5, f"ZeRO-{stage}: losses differ from single-process by {err:.2e} relative"
 
 
 def case_kill_and_resume_is_exact(rank, n, ctx):
