@@ -45,8 +45,8 @@ class RunSpec:
     checkpoint_every: int
     resume: str | None
     log_every: int
-    trace_path: str | None = None
     tokens: object = None  # [T] int64 token stream (loaded once in the parent)
+    replay: object = None  # training.data.TraceReplay, or None: the routers route
     extra: dict = field(default_factory=dict)
 
 
@@ -64,11 +64,11 @@ def distribute(model, parallel: Parallel, groups, slots_per_device: int):
 
 
 def build(spec: RunSpec, rank: int, world: int):
-    """(trainer, balancer, batches, replay) of this rank."""
+    """(trainer, balancer, batches) of this rank."""
     import torch
     import torch.distributed as dist
 
-    from training.data import TokenBatches, TraceReplay
+    from training.data import TokenBatches
     from training.fsep import FSEPGroups
     from training.fsep.apply import distributed_layers
     from training.loads import LoadBalancer
@@ -91,14 +91,8 @@ def build(spec: RunSpec, rank: int, world: int):
         balancer = LoadBalancer(layers, dist.group.WORLD, planner, spec.planner.window)
     batches = TokenBatches(spec.tokens, spec.data.seq_len, spec.data.global_batch, rank, world, spec.data.seed)
     trainer = Trainer(model, spec.trainer, batches.batch_per_rank, lm_loss, balancer)
-    replay = None
-    if spec.trace_path is not None:
-        from common.traces import load_expert_trace
-
-        replay = TraceReplay(load_expert_trace(spec.trace_path), mcfg.num_layers, mcfg.num_experts, mcfg.top_k,
-                             rank, world)
     torch.manual_seed(spec.seed + rank)
-    return trainer, balancer, batches, replay
+    return trainer, balancer, batches
 
 
 def row_of(m) -> dict:
@@ -121,7 +115,8 @@ def _rank_main(rank: int, world: int, spec: RunSpec) -> list[dict]:
 
     from training import checkpoint
 
-    trainer, balancer, batches, replay = build(spec, rank, world)
+    trainer, balancer, batches = build(spec, rank, world)
+    replay = spec.replay
     if spec.resume:
         path = Path(spec.resume)
         found = path if (path / "meta.json").is_file() else checkpoint.latest(path)
@@ -138,7 +133,7 @@ def _rank_main(rank: int, world: int, spec: RunSpec) -> list[dict]:
             for i in range(m_per_step):
                 g = trainer.step_count * m_per_step + i
                 tokens = batches(g)
-                micro.append((tokens, None if replay is None else replay(g, tokens.numel())))
+                micro.append((tokens, None if replay is None else replay(g, rank, tokens.numel())))
             row = row_of(trainer.step(micro))
             rows.append(row)
             bar.update(1)
@@ -206,18 +201,22 @@ def spec_of(cfg, out_dir: Path) -> RunSpec:
     data = OmegaConf.to_object(cfg.data)
     if data.vocab_size > model["vocab_size"]:
         raise ValueError(f"data.vocab_size = {data.vocab_size} exceeds model.vocab_size = {model['vocab_size']}")
-    trace = None
+    replay = None
     if tc.trace_replay:
         from common.datapaths import ensure_files, locate_data_dir
+        from common.traces import load_expert_trace
+        from training.data import TraceReplay
 
         files = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [tc.expert_trace], cfg.paths.fallback,
                              synthetic_dir=out_dir / "synthetic_data")
-        trace = str(files.path(tc.expert_trace))
+        trainer = cfg.trainer
+        replay = TraceReplay(load_expert_trace(files.path(tc.expert_trace)), model["num_layers"], e, model["top_k"],
+                             world, trainer.steps * trainer.micro_batches)
     return RunSpec(model=model, parallel=cfg.parallel, planner=planner, trainer=OmegaConf.to_object(cfg.trainer),
                    data=data, slots_per_device=tc.slots_per_device, devices_per_node=tc.devices_per_node,
                    seed=cfg.seed, out_dir=str(out_dir),
                    checkpoint_dir=tc.checkpoint_dir or str(out_dir / "checkpoints"),
-                   checkpoint_every=tc.checkpoint_every, resume=tc.resume, log_every=tc.log_every, trace_path=trace)
+                   checkpoint_every=tc.checkpoint_every, resume=tc.resume, log_every=tc.log_every, replay=replay)
 
 
 def run(cfg, out_dir: Path) -> dict:

@@ -123,29 +123,32 @@ class TokenBatches:
 
 
 class TraceReplay:
-    """Per-layer target counts from an expert-load trace (the trace-replay switch): micro-batch g of rank r in layer l
-    replays trace position g (iteration-major micro-batches, wrapping) of trace layer l mod L_trace, source r after
-    merging the trace's ranks into N, experts merged into E consecutive groups, scaled to this rank's B*S*k routes
-    with at most B*S per expert (a token takes an expert once)."""
+    """Per-layer target counts from an expert-load trace (the trace-replay switch): global micro-batch g in layer l
+    replays trace position g mod `positions` (iteration-major micro-batches) of trace layer l mod L_trace, the trace's
+    source ranks merged into N, its experts merged into E consecutive groups; each rank's row is scaled to that
+    rank's B*S*k routes with at most B*S per expert (a token takes an expert once).
 
-    def __init__(self, trace, num_layers: int, num_experts: int, top_k: int, rank: int, world_size: int):
+    Built once (in the launching process): it keeps only the [positions, L, N, E] counts the run replays, small
+    enough to send to every rank, where the trace itself is hundreds of MB."""
+
+    def __init__(self, trace, num_layers: int, num_experts: int, top_k: int, world_size: int, positions: int):
         if trace.num_ranks % world_size:
             raise ValueError(f"trace has {trace.num_ranks} source ranks, not divisible by the {world_size} ranks")
         if trace.num_experts % num_experts:
             raise ValueError(f"trace has {trace.num_experts} experts, not a multiple of model.num_experts = "
                              f"{num_experts}")
-        self.trace, self.num_layers, self.num_experts, self.top_k = trace.merge_ranks(world_size), num_layers, \
-            num_experts, top_k
-        self.rank = rank
-        self.length = trace.num_iterations * trace.num_microbatches
+        merged = trace.merge_ranks(world_size)
+        positions = min(positions, trace.num_iterations * trace.num_microbatches)
+        table = np.stack([np.stack([merged.microbatch(layer % trace.num_layers, t) for layer in range(num_layers)])
+                          for t in range(positions)])  # [P, L, N, E_trace]
+        self.counts = table.reshape(table.shape[:3] + (num_experts, -1)).sum(-1)  # [P, L, N, E]
+        self.top_k = top_k
 
-    def __call__(self, g: int, tokens_per_rank: int) -> list[torch.Tensor]:
+    def __call__(self, g: int, rank: int, tokens_per_rank: int) -> list[torch.Tensor]:
         from training.moe.gating import scale_counts
 
         out = []
-        for layer in range(self.num_layers):
-            row = self.trace.microbatch(layer % self.trace.num_layers, g % self.length)[self.rank]  # [E_trace]
-            row = row.reshape(self.num_experts, -1).sum(1)
+        for row in self.counts[g % len(self.counts), :, rank]:  # [E] per layer
             if row.sum() == 0:
                 row = np.ones_like(row)
             out.append(torch.from_numpy(scale_counts(row, tokens_per_rank * self.top_k, tokens_per_rank)))

@@ -7,22 +7,28 @@ Per step (`LoadBalancer`):
   1. after every micro-batch `record()` stacks each layer's [E] `expert_counts` (left by DistributedMoE.dispatch)
   2. `end_step()`: one all_gather of this rank's [M, L, E] counts, so every rank holds the same [M, L, N, E]; they
      join the history of the last W micro-batches
-  3. the plans submitted at the end of the previous step (planned in the background during this step) are taken,
-     waiting only if one is still running (the wait is the planner time on the critical path, measured), and set
-     on the layers: they apply from the next step's restore on. A layout is therefore built from loads that end
-     one full step before the step that uses it (a one-step lag)
-  4. each layer's window sum [N, E] goes to its AsyncPlanner.
+  3. rank 0 takes the plans of the previous step's submission (planned in the background during this step),
+     waiting only if they are still running (the wait is the planner time on the critical path, measured), and
+     broadcasts their layouts; every rank sets them on its layers, from the next step's restore on. A layout is
+     therefore built from loads that end one full step before the step that uses it (a one-step lag)
+  4. rank 0 submits every layer's window sum [N, E] to its planner process.
 
-Plans are identical on every rank because every rank runs the same deterministic planner on identical inputs (the
-gathered history) and takes the plan of a fixed submission (the previous step's), never "whatever finished first",
-which would depend on each rank's timing. `layout_digest` lets a test (or a paranoid run) check it across ranks.
+Plans are identical on every rank because one rank plans and broadcasts them (`layout_digest` lets a test check it).
+The planner runs in a separate process (`PlannerProcess`), not a thread: a thread would hold the interpreter lock
+while it plans and stall the training step; planning once rather than on every rank leaves the other ranks' CPUs
+to training.
 """
 
 from __future__ import annotations
 
+import os
+import pickle
+import subprocess
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +36,7 @@ import torch.distributed as dist
 
 from training.fsep.layer import DistributedMoE, FSEPMoE
 from training.placement import Placement
-from training.planner import AsyncPlanner, Planner
+from training.planner import Planner
 from training.routing import fsep_summary
 
 
@@ -40,24 +46,64 @@ class StepLoads:
 
     counts: np.ndarray  # [M, L, N, E] routes from source device i to expert j, per micro-batch and layer
     device_tokens: np.ndarray  # [L, N] routes each device computed in this step (FSEP rule on the layout used)
-    wait_s: float  # time this step waited for the previous step's plans (planner time on the critical path)
-    solve_s: float  # planner time of the plans taken this step, summed over layers (spent in the background)
+    wait_s: float  # time rank 0 waited for the previous step's plans (planner time on the critical path; 0 elsewhere)
+    solve_s: float  # planner CPU time of the plans taken this step, all layers (in the background; 0 off rank 0)
     plan_lag: int | None  # steps between the newest loads a layout in force next step saw and that step (None: no plan)
 
 
-class _TimedPlanner:
-    """A planner that remembers the thread CPU time of its last plan (it runs on the AsyncPlanner's worker thread, so
-    thread time is its own solve time, undistorted by the training step on the other threads)."""
+class PlannerProcess:
+    """A planner in its own Python process (this module run as a script), fed over a pipe: `submit(step, loads)` with
+    loads [L, N, E] returns at once; `wait()` returns (step, [(slots [N, C], routing fractions [N, E, N] or None)] per
+    layer, solve CPU seconds) of the oldest submission not yet collected. A subprocess rather than
+    multiprocessing: ranks launched by common.launch are daemonic and may not start multiprocessing children."""
 
     def __init__(self, planner: Planner):
-        self.planner, self.name, self.n, self.c = planner, planner.name, planner.n, planner.c
-        self.last_solve_s = 0.0
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root] + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
+        self._proc = subprocess.Popen([sys.executable, "-m", "training.loads"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, env=env)
+        self._send(planner)
 
-    def plan(self, loads):
-        t0 = time.thread_time()
-        plan = self.planner.plan(loads)
-        self.last_solve_s = time.thread_time() - t0
-        return plan
+    def _send(self, obj) -> None:
+        pickle.dump(obj, self._proc.stdin)
+        self._proc.stdin.flush()
+
+    def submit(self, step: int, loads: np.ndarray) -> None:
+        self._send((int(step), np.asarray(loads, dtype=np.int64)))
+
+    def wait(self) -> tuple[int, list, float]:
+        try:
+            reply = pickle.load(self._proc.stdout)
+        except EOFError:
+            raise RuntimeError(f"planner process exited (code {self._proc.wait()}); its error is on stderr") from None
+        if isinstance(reply, BaseException):
+            raise RuntimeError("planner failed") from reply
+        return reply
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            try:
+                self._send(None)
+                self._proc.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+            self._proc.wait(timeout=10)
+
+
+def _serve(stdin, stdout) -> None:
+    """The planner process: a pickled Planner, then (step, loads [L, N, E]) until None."""
+    planner = pickle.load(stdin)
+    while (msg := pickle.load(stdin)) is not None:
+        step, loads = msg
+        t0 = time.process_time()
+        try:
+            plans = [planner.plan(x) for x in loads]
+            out = (step, [(p.layout.slots, None if p.fsep_routed else p.routing.astype(np.float64)) for p in plans],
+                   time.process_time() - t0)
+        except Exception as err:  # the trainer raises it
+            out = err
+        pickle.dump(out, stdout)
+        stdout.flush()
 
 
 class LoadBalancer:
@@ -73,8 +119,8 @@ class LoadBalancer:
         self.layers, self.group, self.window = layers, group, window
         self.history: deque[np.ndarray] = deque(maxlen=window)  # [L, N, E] per micro-batch, newest last
         self._micro: list[np.ndarray] = []  # this step's [L, E] per micro-batch (this rank only)
-        self._timed = [_TimedPlanner(planner) for _ in layers] if planner is not None else []
-        self._planners = [AsyncPlanner(t) for t in self._timed]
+        self.planning = planner is not None
+        self._process = PlannerProcess(planner) if self.planning and dist.get_rank(group) == 0 else None
         self._submitted: int | None = None  # step whose window the planners are working on
         self._plan_step: int | None = None  # step whose window the layouts in force were planned from
 
@@ -93,22 +139,48 @@ class LoadBalancer:
         tokens = self._device_tokens(counts)  # on the layouts this step used
         self.history.extend(counts)
         wait_s, solve_s = 0.0, 0.0
-        if self._planners:
+        if self.planning:
             if self._submitted is not None:  # Step 3
-                t0 = time.perf_counter()
-                plans = [p.wait() for p in self._planners]
-                wait_s = time.perf_counter() - t0
-                for layer, (planned_step, plan) in zip(self.layers, plans):
-                    assert planned_step == self._submitted, "a plan of another step came back"
-                    layer.set_placement(plan.layout, None if plan.fsep_routed else plan.routing)
-                solve_s = sum(t.last_solve_s for t in self._timed)
+                layouts, solve_s, wait_s = self._collect()
+                for layer, (slots, fractions) in zip(self.layers, layouts):
+                    layer.set_placement(Placement(slots, layer.num_experts), fractions)
                 self._plan_step = self._submitted
-            window = np.sum(self.history, axis=0)  # [L, N, E]  Step 4
-            for p, loads in zip(self._planners, window):
-                p.submit(step, loads)
-            self._submitted = step
+            self._submit(step)  # Step 4
         lag = None if self._plan_step is None else step + 1 - self._plan_step
         return StepLoads(counts, tokens, wait_s, solve_s, lag)
+
+    def _submit(self, step: int) -> None:
+        if self._process is not None:
+            self._process.submit(step, np.sum(self.history, axis=0))  # [L, N, E]
+        self._submitted = step
+
+    def _collect(self) -> tuple[list, float, float]:
+        """Rank 0 waits for the submitted plans; every rank receives their layouts (communicates: broadcasts).
+        Returns (layouts, solve CPU seconds, seconds rank 0 waited for the planner; 0 on the other ranks)."""
+        n, c = self.layers[0].placement.slots.shape
+        e, dev = self.layers[0].num_experts, self.layers[0].router.weight.device
+        header = torch.zeros(len(self.layers) * n * c + 1, dtype=torch.int64)
+        solve_s, wait_s, plans = 0.0, 0.0, None
+        if self._process is not None:
+            t0 = time.perf_counter()
+            step, plans, solve_s = self._process.wait()
+            wait_s = time.perf_counter() - t0
+            assert step == self._submitted, "a plan of another step came back"
+            header[:-1] = torch.from_numpy(np.stack([slots for slots, _ in plans]).ravel())
+            header[-1] = int(plans[0][1] is not None)
+        header = header.to(dev)
+        dist.broadcast(header, src=dist.get_global_rank(self.group, 0), group=self.group)
+        header = header.cpu().numpy()
+        slots = header[:-1].reshape(len(self.layers), n, c)
+        fractions = [None] * len(self.layers)
+        if header[-1]:
+            buf = torch.zeros(len(self.layers), n, e, n, dtype=torch.float64)
+            if plans is not None:
+                buf[:] = torch.from_numpy(np.stack([f for _, f in plans]))
+            buf = buf.to(dev)
+            dist.broadcast(buf, src=dist.get_global_rank(self.group, 0), group=self.group)
+            fractions = list(buf.cpu().numpy())
+        return list(zip(slots, fractions)), solve_s, wait_s
 
     def _gather(self) -> np.ndarray:
         mine = torch.from_numpy(np.stack(self._micro))  # [M, L, E]
@@ -134,31 +206,32 @@ class LoadBalancer:
 
     # ---- checkpoint ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """History, layouts in force and the pending submission: enough to resume with the same layouts and plans.
-        Layout-free of N only through the history's source axis, so `load_state_dict` on another N re-plans."""
+        """History, layouts in force and the pending submission: enough to resume with the same layouts and plans."""
         return {"history": [h.copy() for h in self.history], "submitted": self._submitted,
                 "plan_step": self._plan_step,
                 "layouts": [(m.placement.slots.copy(), getattr(m, "routing_fractions", None)) for m in self.layers]}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a saved state. Same N: layouts and the pending plan exactly as saved. Another N: the saved
-        history's sources are merged or split evenly is not defined, so the history restarts and layouts stay default
-        until the new run's first plan (training is still exact: a layout never changes the maths)."""
+        """Restore a saved state. Same N: history, layouts and the pending plan exactly as saved. Another N: the
+        saved history's source axis does not fit, so the history restarts empty and the layouts stay the default
+        until the new run's first plan (a layout never changes the maths, so training stays exact)."""
         n = dist.get_world_size(self.group)
         history = state["history"]
         if history and history[0].shape[1] != n:
             return
         self.history.clear()
         self.history.extend(history)
-        if self._planners:
+        if self.planning:
             for m, (slots, fractions) in zip(self.layers, state["layouts"]):
                 m.set_placement(Placement(slots, m.num_experts), fractions)
             self._plan_step = state["plan_step"]
-            self._submitted = state["submitted"]
-            if self._submitted is not None and self.history:  # re-submit the pending window: same plan, same step
-                for p, loads in zip(self._planners, np.sum(self.history, axis=0)):
-                    p.submit(self._submitted, loads)
+            if state["submitted"] is not None and self.history:  # re-submit the pending window: same plan, same step
+                self._submit(state["submitted"])
 
     def close(self) -> None:
-        for p in self._planners:
-            p.close()
+        if self._process is not None:
+            self._process.close()
+
+
+if __name__ == "__main__":  # the planner process of PlannerProcess
+    _serve(sys.stdin.buffer, sys.stdout.buffer)

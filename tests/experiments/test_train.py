@@ -62,7 +62,9 @@ def _rows(path: Path) -> list[dict]:
 
 def _train_and_checkpoint(tmp_path, corpus):
     ckpt = tmp_path / "ckpt"
-    common = TINY + corpus + [f"train.checkpoint_dir={ckpt}", "train.checkpoint_every=2"]
+    # Trace replay on: the routers follow the SmartMoE trace (a synthetic stand-in where the data is absent).
+    common = TINY + corpus + [f"train.checkpoint_dir={ckpt}", "train.checkpoint_every=2", "train.trace_replay=true",
+                              "paths.fallback=synthetic"]
     res = experiments.run.run(_compose(common + ["trainer.steps=4"]), tmp_path / "a")
     rows = _rows(tmp_path / "a" / "train.csv")
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3] and (tmp_path / "a" / "train.png").is_file()
@@ -73,7 +75,8 @@ def _train_and_checkpoint(tmp_path, corpus):
 
 
 def test_trains_tiny_and_checkpoints(tmp_path, corpus):
-    """2 spawned ranks, FSEP + laer_plus: loss falls, one CSV row per step, the plan lag, checkpoints every 2 steps."""
+    """2 spawned ranks, FSEP + laer_plus under trace replay: loss falls, one CSV row per step, the plan lag,
+    checkpoints every 2 steps."""
     _train_and_checkpoint(tmp_path, corpus)
 
 

@@ -77,16 +77,17 @@ def test_trace_replay_follows_the_trace():
     counts = rng.integers(0, 50, size=(3, 4, 2, 2, 8))  # [I, R, L, M, E]
     counts[..., 0] = 400  # a hot expert pair (0, 1) after merging 8 -> 4 experts
     trace = ExpertLoadTrace(counts, np.arange(3))
-    replay = TraceReplay(trace, num_layers=3, num_experts=4, top_k=2, rank=1, world_size=2)
+    replay = TraceReplay(trace, num_layers=3, num_experts=4, top_k=2, world_size=2, positions=100)
+    assert replay.counts.shape == (6, 3, 2, 4)  # the trace has 6 positions: the table stops there and wraps
     tokens = 96
     for g in (0, 5, 13):  # 13 wraps (3 iterations x 2 micro-batches)
-        out = replay(g, tokens)
+        out = replay(g, 1, tokens)
         assert len(out) == 3
         for layer, c in enumerate(out):
             assert int(c.sum()) == tokens * 2 and int(c.max()) <= tokens
             src = trace.merge_ranks(2).microbatch(layer % 2, g % 6)[1].reshape(4, 2).sum(1)
             assert int(np.argmax(c.numpy())) == int(np.argmax(src)) == 0
     with pytest.raises(ValueError, match="not divisible by the 3 ranks"):
-        TraceReplay(trace, 1, 4, 2, 0, 3)
+        TraceReplay(trace, 1, 4, 2, 3, 10)
     with pytest.raises(ValueError, match="not a multiple of model.num_experts = 3"):
-        TraceReplay(trace, 1, 3, 2, 0, 2)
+        TraceReplay(trace, 1, 3, 2, 2, 10)
