@@ -24,7 +24,7 @@ from training.train_config import DataConfig, Parallel, PlannerConfig, TrainerCo
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["step", "loss", "aux_loss", "lr", "grad_norm", "step_s", "tokens_per_s", "max_device_tokens",
+COLUMNS = ["step", "loss", "aux_loss", "lr", "grad_norm", "step_s", "step_cpu_s", "tokens_per_s", "max_device_tokens",
            "mean_device_tokens", "imbalance", "planner_solve_s", "planner_wait_s", "plan_lag"]
 
 
@@ -98,7 +98,7 @@ def build(spec: RunSpec, rank: int, world: int):
 def row_of(m) -> dict:
     """One CSV row from StepMetrics."""
     row = {"step": m.step, "loss": m.loss, "aux_loss": m.aux_loss, "lr": m.lr, "grad_norm": m.grad_norm,
-           "step_s": m.step_s, "tokens_per_s": m.tokens_per_s}
+           "step_s": m.step_s, "step_cpu_s": m.step_cpu_s, "tokens_per_s": m.tokens_per_s}
     if m.loads is not None:
         tok = m.loads.device_tokens  # [L, N]
         row.update(max_device_tokens=float(tok.max(1).mean()), mean_device_tokens=float(tok.mean()),

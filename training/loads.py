@@ -59,7 +59,8 @@ class PlannerProcess:
 
     def __init__(self, planner: Planner):
         root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root] + os.environ.get("PYTHONPATH", "").split(os.pathsep))}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root] + os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+               "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}  # one core's worth: the ranks need the others
         self._proc = subprocess.Popen([sys.executable, "-m", "training.loads"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, env=env)
         self._send(planner)

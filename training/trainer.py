@@ -136,6 +136,7 @@ class StepMetrics:
     lr: float  # learning rate used by this step
     grad_norm: float  # global gradient norm before clipping (nan where DeepSpeed clips)
     step_s: float  # wall-clock seconds of the step on this rank
+    step_cpu_s: float  # CPU seconds of this rank's process in the step (wall time is distorted on a shared machine)
     tokens_per_s: float  # tokens of the global batch / step_s
     loads: StepLoads | None  # expert loads, device tokens and planner timings (None: no distributed MoE layer)
 
@@ -201,7 +202,7 @@ class Trainer:
         if len(micro_batches) != self.cfg.micro_batches:
             raise ValueError(f"step got {len(micro_batches)} micro-batches, trainer.micro_batches is "
                              f"{self.cfg.micro_batches}")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         lr = self.engine.get_lr()[0]
         sums = torch.zeros(2, device=self.device)
         grad_norm, tokens = float("nan"), 0
@@ -220,7 +221,7 @@ class Trainer:
         dist.all_reduce(sums)
         sums = (sums / (self.world_size * len(micro_batches))).tolist()
         step_s = time.perf_counter() - t0
-        metrics = StepMetrics(self.step_count, sums[0], sums[1], lr, grad_norm, step_s,
+        metrics = StepMetrics(self.step_count, sums[0], sums[1], lr, grad_norm, step_s, time.process_time() - c0,
                               tokens * self.world_size / step_s, loads)
         self.step_count += 1
         return metrics
