@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sysconfig
 from pathlib import Path
 
@@ -81,12 +82,14 @@ def load_corpus(cfg: DataConfig):
         ids.append(eot)
     arr = np.asarray(ids, dtype=np.int32)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"tokens.{np.random.randint(1 << 30)}.tmp.npy"  # write then rename: a crash leaves no half file
-    np.save(tmp, arr)
-    bpe.save(str(folder / "tokenizer.tmp.json"))
+    # Write then rename, under this process's own names: a crash leaves no half file, and ranks started together by
+    # torchrun may each build the cache at once (the renames are atomic; the last one wins, all equal).
+    tmp_ids, tmp_tok = folder / f"tokens.{os.getpid()}.tmp.npy", folder / f"tokenizer.{os.getpid()}.tmp.json"
+    np.save(tmp_ids, arr)
+    bpe.save(str(tmp_tok))
     (folder / "files.json").write_text(json.dumps([str(p) for p in files]))
-    tmp.rename(ids_path)
-    (folder / "tokenizer.tmp.json").rename(tok_path)
+    tmp_ids.rename(ids_path)
+    tmp_tok.rename(tok_path)
     return Tokenizer.from_file(str(tok_path)), torch.from_numpy(arr.astype(np.int64))
 
 
