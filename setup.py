@@ -15,6 +15,8 @@ setup(
     description="Load-adaptive MoE training (LAER-MoE) and LLM serving (OServe) research framework",
     python_requires=">=3.10",
     packages=find_packages(include=["common*", "training*", "serving*", "experiments*"]),
+    # Published reference figures the experiments print verdicts against, and the measured CPU profile.
+    package_data={"experiments.reference": ["*.json"], "common": ["profiles/*.json"]},
     # torch is pinned: an unpinned torch pulls a multi-GB CUDA build on a CPU machine.
     install_requires=[
         "torch==2.13.0",

@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,17 @@ import numpy as np
 MAX_REPORTED = 10
 
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
-REQUEST_FORMATS = ("azure", "mooncake", "csv")
+
+
+class TraceFormat(str, Enum):
+    """Request-trace file formats `load_request_trace` reads."""
+
+    azure = "azure"  # Azure LLM inference 2023 CSV: TIMESTAMP,ContextTokens,GeneratedTokens
+    mooncake = "mooncake"  # Mooncake JSONL: timestamp (ms), input_length, output_length
+    csv = "csv"  # any CSV, with load_csv_trace's column mapping
+
+
+REQUEST_FORMATS = tuple(f.value for f in TraceFormat)
 
 
 class TraceError(ValueError):
@@ -428,8 +439,9 @@ def load_mooncake_trace(path: str | Path) -> RequestTrace:
     return _finish(path, np.array(t), np.array(line_nos), inp, out, TIME_UNITS["ms"])
 
 
-def load_request_trace(path: str | Path, format: str, **columns) -> RequestTrace:
+def load_request_trace(path: str | Path, format: str | TraceFormat, **columns) -> RequestTrace:
     """Dispatch on `format` ("azure", "mooncake", "csv"); "csv" takes load_csv_trace's column mapping keywords."""
+    format = format.value if isinstance(format, TraceFormat) else format
     if format != "csv" and columns:
         raise ValueError(f"load_request_trace: column mapping {sorted(columns)} only applies to format 'csv'")
     if format == "azure":

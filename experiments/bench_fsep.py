@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from common.traces import ExpertLoadTrace
+from experiments import plotting
 from training.placement import Placement
 
 log = logging.getLogger(__name__)
@@ -333,33 +334,30 @@ def format_table(rows: list[dict], agg: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], agg: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+def plot(rows: list[dict], agg: dict, bc: BenchConfig, path: Path) -> None:
+    settings = {"ranks": f"{bc.ranks} gloo", "T": bc.tokens, "H": bc.hidden, "F": bc.ffn, "E": bc.experts,
+                "k": bc.top_k, "C": bc.slots, "planner": bc.planner}
+    fig, axes = plotting.figure(1, 2, "FSEP layer vs baselines on the SmartMoE trace (forward + backward)", settings,
+                                panel_size=(6.0, 3.8))
+    a, b = axes[0]
     names = METHODS[:-1]
     xs = np.arange(len(names))
     a.bar(xs - 0.2, [agg["median"][f"{n}_s"] for n in names], 0.4, label="wall (shared machine)")
-    a.bar(xs + 0.2, [agg["median"][f"{n}_cpu_s"] for n in names], 0.4, label="max-rank CPU")
+    a.bar(xs + 0.2, [agg["median"][f"{n}_cpu_s"] for n in names], 0.4, label="slowest rank's CPU time")
     a.set_xticks(xs, names)
-    a.set_ylabel("median fwd+bwd step (s)")
-    a.set_yscale("log")
-    a.set_title("MoE layer step, median over samples")
-    a.legend()
-    xs = range(len(rows))
-    b.plot(xs, [r["ep_imbalance"] for r in rows], "o-", label="EP rank imbalance")
-    b.plot(xs, [r["ep_over_fsep_cpu"] for r in rows], "s-", label="ep / fsep (CPU)")
-    b.plot(xs, [r["fsep_over_balanced_cpu"] for r in rows], "^-", label="fsep / balanced (CPU)")
-    b.plot(xs, [r["ep_over_fsep"] for r in rows], "s:", alpha=0.5, label="ep / fsep (wall)")
-    b.axhline(1.1, color="grey", ls=":")
-    b.set_xlabel("sample (spread over training)")
-    b.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    a.set(ylabel="median step (s)", yscale="log", title="MoE layer step, median over samples")
+    plotting.legend(a)
+    samples = [f"{r['iteration_index']}/{r['layer']}" for r in rows]
+    xs = np.arange(len(rows))
+    series = [("ep_imbalance", "EP rank imbalance (max/mean)"), ("ep_over_fsep_cpu", "ep / fsep (CPU)"),
+              ("fsep_over_balanced_cpu", "fsep / balanced routing (CPU)"), ("ep_over_fsep", "ep / fsep (wall)")]
+    for i, (key, label) in enumerate(series):
+        plotting.line(b, xs, [r[key] for r in rows], label, index=i)
+    plotting.hline(b, 1.0)
+    b.set_xticks(xs, samples, rotation=60, fontsize=7)
+    b.set(xlabel="sample: trace iteration index / layer", ylabel="ratio", title="Per sample")
+    plotting.legend(b)
+    plotting.save(fig, path)
 
 
 def bench_config(section, trace: Path, seed: int) -> BenchConfig:
@@ -415,7 +413,7 @@ def run(cfg, out_dir: Path) -> dict:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    plot(rows, agg, out_dir / "bench_fsep.png")
+    plot(rows, agg, bc, out_dir / "bench_fsep.png")
     log.info("%s", format_table(rows, agg))
     log.info("wrote %s and %s", out_dir / "bench_fsep.csv", out_dir / "bench_fsep.png")
     return result

@@ -16,6 +16,10 @@ from hydra.core.config_store import ConfigStore
 
 from common.datapaths import Fallback
 from common.topology import ClusterPreset
+from common.traces import TraceFormat
+from serving.costmodel import CostModelKind
+from serving.scheduler import SchedulerConfig
+from serving.sim import SLO
 from training.train_config import DataConfig, Parallel, PlannerConfig, TrainerConfig
 
 
@@ -59,7 +63,7 @@ class WorkloadConfig:
     # Request trace: a path relative to paths.data_dir (or absolute).
     trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
     # Its format: azure, mooncake or csv.
-    format: str = "azure"
+    format: TraceFormat = TraceFormat.azure
     # Multiply the trace's arrival rate by this (>1: more requests per second).
     rate_scale: float = 1.0
     # Keep only the first this many requests (null: all); tiny runs in tests.
@@ -71,38 +75,55 @@ class WorkloadConfig:
 @dataclass
 class OServeConfig:
     # Cost model: measured (Splitwise table, interpolated) or roofline (analytic, any model).
-    costmodel: str = "measured"
+    costmodel: CostModelKind = CostModelKind.measured
     # The measured table, relative to paths.data_dir.
     perf_table: str = "splitwise_sim_perf_model/perf_model.csv"
     # Longest request (prompt + output) a replica must hold; longer prompts are cut.
     max_model_len: int = 8192
     # Extra traces compared beside workload.trace_path ("mix" = it merged with the first extra trace).
-    extra_traces: list = field(default_factory=lambda: ["azure_llm_inference_2023/AzureLLMInferenceTrace_code.csv", "mix"])
+    extra_traces: list[str] = field(
+        default_factory=lambda: ["azure_llm_inference_2023/AzureLLMInferenceTrace_code.csv", "mix"])
     # GPU counts of the comparison grid (num_gpus is the headline one).
-    gpu_counts: list = field(default_factory=lambda: [8, 16, 32])
+    gpu_counts: list[int] = field(default_factory=lambda: [8, 16, 32])
     # Request-rate points (x workload.rate_scale x num_gpus / 8, so the load per GPU is alike at every size).
-    rate_points: list = field(default_factory=lambda: [0.5, 0.75, 1.0])
+    rate_points: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0])
     # Spatial-sensitivity sweep: share of long requests mixed into short ones (0 = short only).
-    sensitivity_mix: list = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
+    sensitivity_mix: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
     # Requests per sensitivity point.
     sensitivity_requests: int = 4000
-    # SLO: time to first token and time per output token.
-    slo_ttft_s: float = 5.0
-    slo_tpot_s: float = 0.2
-    # Upper-level search patience (steps without improvement).
-    patience: int = 20
-    # Final dispatch among equal-rate solutions: latency (toward faster replicas, up to headroom load) or balance.
-    tie_break: str = "latency"
-    headroom: float = 0.0
-    # Time per output token the scheduler's capacity estimate keeps to (prefill stalls included). ~ slo_tpot_s / 3: the
-    # simulated P99 TPOT runs about twice the median, so planning at a third keeps the tail inside the SLO.
-    tpot_target_s: float = 0.07
+    # SLO a request meets (serving.sim.SLO): slo.ttft_s time to first token, slo.tpot_s time per output token.
+    # With capacity simulated, a profiled rate must keep P90 TTFT within slo.ttft_s / 2.
+    slo: SLO = field(default_factory=SLO)
+    # The two-level scheduler (serving.scheduler.SchedulerConfig): scheduler.patience, scheduler.tie_break
+    # (latency or balance), scheduler.headroom, scheduler.tpot_target_s, scheduler.capacity (analytic or simulated).
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # TP of the fixed vLLM-style baseline deployment (N / fixed_tp replicas of TP fixed_tp).
     fixed_tp: int = 4
-    # Capacities n_kj: analytic (cost-model formula) or simulated (profiled per type in the simulator, slower).
-    capacity: str = "analytic"
     # Plan for this quantile of the per-minute type rates (null: the trace's mean rates); 0.9 plans for bursts.
     plan_rate_quantile: Optional[float] = None
+
+
+@dataclass
+class OServeBenchConfig:
+    # The Azure conv hour (19,366 requests), relative to paths.data_dir: replayed for speed and for the peer check.
+    trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
+    # The measured cost table, relative to paths.data_dir.
+    perf_table: str = "splitwise_sim_perf_model/perf_model.csv"
+    # Served model for the speed runs (the peer check takes its model from the reference file).
+    model: str = "llama2-70b"
+    # Scheduler speed: GPU counts planned (H100 nodes of 8); brute force runs at the smallest for its optimality gap.
+    scheduler_gpus: list[int] = field(default_factory=lambda: [8, 16, 32])
+    # Conv-hour rate multiplier at the largest scheduler_gpus (scaled down with the GPU count).
+    rate_scale: float = 4.0
+    # Request types for the speed runs.
+    num_types: int = 4
+    # Keep only the first this many requests of each trace (null: all); tiny runs in tests.
+    max_requests: Optional[int] = None
+    # Peer numbers with their source and setting, relative to experiments/reference/ (or absolute).
+    reference: str = "vidur.json"
+    # Cost models replayed in the peer check.
+    peer_costmodels: list[CostModelKind] = field(
+        default_factory=lambda: [CostModelKind.measured, CostModelKind.roofline])
 
 
 @dataclass
@@ -238,6 +259,11 @@ class OServeSpatialExperiment(ExperimentConfig):
 
 
 @dataclass
+class OServeBenchExperiment(ExperimentConfig):
+    bench: OServeBenchConfig = field(default_factory=OServeBenchConfig)
+
+
+@dataclass
 class PlannerQualityExperiment(ExperimentConfig):
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     planner_quality: PlannerQualityConfig = field(default_factory=PlannerQualityConfig)
@@ -269,6 +295,7 @@ class TrainExperiment(ExperimentConfig):
 SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "quickstart": QuickstartExperiment,
     "oserve_spatial": OServeSpatialExperiment,
+    "oserve_bench": OServeBenchExperiment,
     "planner_quality": PlannerQualityExperiment,
     "planner_speed": PlannerSpeedExperiment,
     "bench_fsep": BenchFsepExperiment,

@@ -1,39 +1,39 @@
 """OServe spatial experiment: the heterogeneous plan vs. the best static homogeneous deployment.
 
-    python -m experiments.run experiment=oserve/spatial
+    loadwise experiment=oserve/spatial
 
 For every (trace, GPU count, request rate): OServe's two-level plan with its x_kj dispatch ("oserve"), the same
 deployment with round-robin ("oserve_rr"), and the best homogeneous deployment (every replica alike, picked by P99 in
 the same simulator at the middle rate) with round-robin ("static_vllm"), and a fixed vLLM-style deployment of
 TP=oserve.fixed_tp replicas with round-robin ("static_tp<N>", when that config fits). Then a spatial-sensitivity sweep mixing short
-and long requests at rising length CV. Writes results.json, results.csv, sensitivity.csv, p99_vs_rate.png.
+and long requests at rising length CV. Returns the results (experiments.run writes results.json) and writes
+results.csv, sensitivity.csv, p99_vs_rate.png.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import time
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from common.datapaths import ensure_files, locate_data_dir
+from common.topology import get_cluster
+from common.traces import RequestTrace, load_request_trace
+from experiments import plotting, reference
+from serving.costmodel import CostModel, CostModelKind, ReplicaConfig, get_model, load_perf_table
+from serving.scheduler import Capacity, Problem, SchedulerConfig, homogeneous_candidates, oserve_search
+from serving.sim import SLO, Dispatcher, SimulatedProfiler, simulate
+from serving.workload import build_workload, length_cv, mix_types
 
-from common.datapaths import ensure_files, locate_data_dir  # noqa: E402
-from common.topology import get_cluster  # noqa: E402
-from common.traces import RequestTrace, load_request_trace  # noqa: E402
-from serving.costmodel import CostModel, ReplicaConfig, get_model, load_perf_table  # noqa: E402
-from serving.scheduler import Problem, SchedulerConfig, homogeneous_candidates, oserve_search  # noqa: E402
-from serving.sim import SLO, simulate  # noqa: E402
-from serving.workload import build_workload, length_cv, mix_types  # noqa: E402
+log = logging.getLogger(__name__)
 
-PAPER = {"p99_speedup_max": 2.0, "p99_speedup_mean": 1.5, "sensitivity": {"0.112": 1.14, "0.688": 2.66},
-         "scheduler_s_16_gpus": 12.0}
+PAPER = reference.load("oserve_paper.json")  # the paper's claims, with their source
 
 
 def _data_path(data_dir: Path, rel: str) -> Path:
@@ -42,9 +42,7 @@ def _data_path(data_dir: Path, rel: str) -> Path:
 
 
 def load_traces(cfg: DictConfig, data_dir: Path) -> dict[str, RequestTrace]:
-    fmt = cfg.workload.format
-    if fmt not in ("azure", "mooncake", "csv"):
-        raise ValueError(f"config key 'workload.format': unknown format {fmt!r}; use azure, mooncake or csv")
+    fmt = cfg.workload.format  # a TraceFormat, checked when the config was built
     if not cfg.workload.rate_scale > 0:
         raise ValueError(f"config key 'workload.rate_scale' must be > 0, got {cfg.workload.rate_scale}")
     names = [cfg.workload.trace_path] + list(cfg.oserve.extra_traces)
@@ -73,9 +71,9 @@ def build_cost(cfg: DictConfig, data_dir: Path, num_gpus: int) -> CostModel:
     if num_gpus > cluster.num_devices:
         raise ValueError(f"config key 'num_gpus': {num_gpus} > {cluster.num_devices} devices in cluster {cluster.name}")
     cluster = cluster.with_shape(-(-num_gpus // cluster.devices_per_node))
-    table = load_perf_table(_data_path(data_dir, cfg.oserve.perf_table)) if cfg.oserve.costmodel == "measured" else None
-    cm = CostModel(get_model(cfg.model), cluster, kind=cfg.oserve.costmodel, table=table,
-                   max_model_len=int(cfg.oserve.max_model_len))
+    kind = cfg.oserve.costmodel
+    table = load_perf_table(_data_path(data_dir, cfg.oserve.perf_table)) if kind is CostModelKind.measured else None
+    cm = CostModel(get_model(cfg.model), cluster, kind=kind, table=table, max_model_len=int(cfg.oserve.max_model_len))
     need = cm.min_gpus()  # a clear error now if the model cannot fit
     if need > num_gpus:
         raise ValueError(f"config key 'num_gpus': model {cfg.model} does not fit on {num_gpus} GPUs "
@@ -83,18 +81,27 @@ def build_cost(cfg: DictConfig, data_dir: Path, num_gpus: int) -> CostModel:
     return cm
 
 
-def run_policy(trace, labels, cm, replicas, dispatch, weights, cfg) -> dict:
+def library_config(node, cls):
+    """The library dataclass a schema section nests (OmegaConf rebuilds it with the Enums already checked)."""
+    obj = OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
+    return obj if isinstance(obj, cls) else cls(**obj)
+
+
+def run_policy(trace, labels, cm, replicas, dispatch: Dispatcher, weights, cfg) -> dict:
     res = simulate(trace.arrival_s, trace.input_tokens, trace.output_tokens, labels, [cm.cost(c) for c in replicas],
                    dispatch, weights=weights, max_model_len=int(cfg.oserve.max_model_len),
-                   slo=SLO(cfg.oserve.slo_ttft_s, cfg.oserve.slo_tpot_s))
+                   slo=library_config(cfg.oserve.slo, SLO))
     return {**res.summary, "preemptions": int(res.preemptions.sum())}
 
 
-def scheduler_config(cfg: DictConfig) -> SchedulerConfig:
-    return SchedulerConfig(
-        patience=int(cfg.oserve.patience), tie_break=cfg.oserve.tie_break, headroom=float(cfg.oserve.headroom),
-        tpot_target_s=float(cfg.oserve.tpot_target_s), capacity=cfg.oserve.capacity,
-        ttft_target_s=float(cfg.oserve.slo_ttft_s) / 2)
+def scheduler_problem(cm, wl, cfg) -> Problem:
+    """The scheduler's problem for one workload; with capacity simulated, the simulator profiles n_kj (passed in)."""
+    sched = library_config(cfg.oserve.scheduler, SchedulerConfig)
+    profiler = None
+    if sched.capacity is Capacity.simulated:
+        profiler = SimulatedProfiler(ttft_target_s=float(cfg.oserve.slo.ttft_s) / 2, tpot_target_s=sched.tpot_target_s,
+                                     max_batched_tokens=sched.max_batched_tokens, max_model_len=cm.max_model_len)
+    return Problem.from_workload(cm, wl, sched, profiler=profiler)
 
 
 def compare(trace, cm, gpus, cfg, static_dep=None) -> tuple[dict, tuple, object]:
@@ -102,21 +109,21 @@ def compare(trace, cm, gpus, cfg, static_dep=None) -> tuple[dict, tuple, object]
     q = cfg.oserve.plan_rate_quantile
     wl = build_workload(trace, int(cfg.workload.num_types), seed=int(cfg.seed),
                         rate_quantile=None if q is None else float(q))
-    prob = Problem.from_workload(cm, wl, scheduler_config(cfg))
+    prob = scheduler_problem(cm, wl, cfg)
     plan = oserve_search(prob, gpus)
     if static_dep is None:  # best homogeneous by P99 in the same simulator
         cands = homogeneous_candidates(prob, gpus)
-        p99 = [run_policy(trace, wl.labels, cm, d, "round_robin", None, cfg)["p99_latency_s"] for d in cands]
+        p99 = [run_policy(trace, wl.labels, cm, d, Dispatcher.round_robin, None, cfg)["p99_latency_s"] for d in cands]
         static_dep = cands[int(np.argmin(p99))]
     res = {
-        "oserve": run_policy(trace, wl.labels, cm, plan.replicas, "plan", np.array(plan.dispatch), cfg),
-        "oserve_rr": run_policy(trace, wl.labels, cm, plan.replicas, "round_robin", None, cfg),
-        "static_vllm": run_policy(trace, wl.labels, cm, static_dep, "round_robin", None, cfg),
+        "oserve": run_policy(trace, wl.labels, cm, plan.replicas, Dispatcher.plan, np.array(plan.dispatch), cfg),
+        "oserve_rr": run_policy(trace, wl.labels, cm, plan.replicas, Dispatcher.round_robin, None, cfg),
+        "static_vllm": run_policy(trace, wl.labels, cm, static_dep, Dispatcher.round_robin, None, cfg),
     }
     tp = int(cfg.oserve.fixed_tp)
     if tp <= gpus and ReplicaConfig(tp) in cm.configs(tp):
-        res[f"static_tp{tp}"] = run_policy(trace, wl.labels, cm, (ReplicaConfig(tp),) * (gpus // tp), "round_robin",
-                                           None, cfg)
+        res[f"static_tp{tp}"] = run_policy(trace, wl.labels, cm, (ReplicaConfig(tp),) * (gpus // tp),
+                                           Dispatcher.round_robin, None, cfg)
         res[f"static_tp{tp}"]["plan"] = f"{gpus // tp}x{ReplicaConfig(tp)}"
     res["oserve"]["plan"] = plan.describe()
     res["oserve"]["scheduler_s"] = plan.solve_time_s
@@ -134,7 +141,7 @@ def sensitivity(trace, cm, gpus, cfg) -> list[dict]:
     for p in tqdm(list(cfg.oserve.sensitivity_mix), desc="sensitivity", leave=False):
         probe = mix_types(pools, [1 - p, p], int(cfg.oserve.sensitivity_requests), 1.0, seed=int(cfg.seed))
         wl_p = build_workload(probe, int(cfg.workload.num_types), seed=int(cfg.seed))
-        prob = Problem.from_workload(cm, wl_p, scheduler_config(cfg))
+        prob = scheduler_problem(cm, wl_p, cfg)
         # Rate: 70% of what the best homogeneous deployment serves of this mix (its LP capacity at rate 1).
         best = max(homogeneous_candidates(prob, gpus), key=prob.score)
         rate = 0.7 / max(-prob.score(best)[1], 1e-9)
@@ -149,7 +156,7 @@ def sensitivity(trace, cm, gpus, cfg) -> list[dict]:
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     needed = [cfg.workload.trace_path, *(t for t in cfg.oserve.extra_traces if t != "mix")]
-    needed += [cfg.oserve.perf_table] if cfg.oserve.costmodel == "measured" else []
+    needed += [cfg.oserve.perf_table] if cfg.oserve.costmodel is CostModelKind.measured else []
     data_dir = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), needed,
                             cfg.paths.fallback, synthetic_dir=out_dir / "synthetic_data").root
     traces = load_traces(cfg, data_dir)
@@ -188,25 +195,29 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                                      "per_cell": ratios_fixed} if ratios_fixed else None),
         "sensitivity": sens,
         "paper": PAPER,
-        "config": {"model": cfg.model, "cluster": cfg.cluster.preset, "num_gpus": int(cfg.num_gpus),
-                   "costmodel": cfg.oserve.costmodel, "traces": list(traces)},
+        "config": {"model": cfg.model, "cluster": cfg.cluster.preset.name, "num_gpus": int(cfg.num_gpus),
+                   "costmodel": cfg.oserve.costmodel.name, "traces": list(traces)},
         "wall_s": time.perf_counter() - t0,
     }
     _write_csv(out_dir / "results.csv", grid)
     _write_csv(out_dir / "sensitivity.csv", sens)
-    _plot(out_dir / "p99_vs_rate.png", grid, traces, gpu_counts, fixed)
-    print(f"OServe spatial ({cfg.model}, {cfg.cluster.preset}, {cfg.oserve.costmodel} cost model)")
+    settings = {"model": cfg.model, "cluster": cfg.cluster.preset.name, "cost model": cfg.oserve.costmodel.name}
+    _plot(out_dir / "p99_vs_rate.png", grid, traces, gpu_counts, fixed, settings)
+    lines = [f"OServe spatial ({cfg.model}, {cfg.cluster.preset.name}, {cfg.oserve.costmodel.name} cost model)"]
     for k, m in headline.items():
-        print(f"  {k:13s} P50 {m['p50_latency_s']:8.2f} s  P99 {m['p99_latency_s']:8.2f} s  "
-              f"{m['throughput_rps']:6.2f} req/s  SLO {m['slo_attainment']:.3f}  {m.get('plan', '')}")
+        lines.append(f"  {k:13s} P50 {m['p50_latency_s']:8.2f} s  P99 {m['p99_latency_s']:8.2f} s  "
+                     f"{m['throughput_rps']:6.2f} req/s  SLO {m['slo_attainment']:.3f}  {m.get('plan', '')}")
     s = out["p99_speedup_vs_static"]
-    print(f"  P99 best-static/oserve: max {s['max']:.2f}x, mean {s['mean']:.2f}x   (paper: up to 2x, average 1.5x vs vLLM)")
+    ps = PAPER["p99_speedup_vs_static"]
+    lines.append(f"  P99 best-static/oserve: max {s['max']:.2f}x, mean {s['mean']:.2f}x   "
+                 f"(paper: up to {ps['max']:g}x, average {ps['mean']:g}x vs vLLM)")
     if ratios_fixed:
         f = out[f"p99_speedup_vs_{fixed}"]
-        print(f"  P99 {fixed}/oserve: max {f['max']:.2f}x, mean {f['mean']:.2f}x")
+        lines.append(f"  P99 {fixed}/oserve: max {f['max']:.2f}x, mean {f['mean']:.2f}x")
+    paper_sens = " .. ".join(f"{v:g}x at CV {k}" for k, v in PAPER["sensitivity_speedup_by_cv"].items())
     for r in sens:
-        print(f"  sensitivity CV {r['cv']:.3f}: {r['speedup']:.2f}x   (paper: 1.14x at CV 0.112 .. 2.66x at CV 0.688)")
-    print(f"  results in {out_dir}")
+        lines.append(f"  sensitivity CV {r['cv']:.3f}: {r['speedup']:.2f}x   (paper: {paper_sens})")
+    log.info("\n".join(lines))
     return out
 
 
@@ -219,21 +230,20 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _plot(path: Path, grid: list[dict], traces, gpu_counts, fixed: str) -> None:
-    fig, axes = plt.subplots(len(traces), len(gpu_counts), figsize=(4 * len(gpu_counts), 3 * len(traces)),
-                             squeeze=False)
+def _plot(path: Path, grid: list[dict], traces, gpu_counts, fixed: str, settings: dict) -> None:
+    fig, axes = plotting.figure(len(traces), len(gpu_counts), "OServe spatial: P99 latency by request rate", settings)
     for i, name in enumerate(traces):
         for j, g in enumerate(gpu_counts):
             ax = axes[i, j]
-            for pol in ("oserve", "oserve_rr", "static_vllm", fixed):
+            for idx, pol in enumerate(("oserve", "oserve_rr", "static_vllm", fixed)):
                 rows = sorted((r for r in grid if r["trace"] == name and r["gpus"] == g and r["policy"] == pol),
                               key=lambda r: r["rate_rps"])
-                ax.plot([r["rate_rps"] for r in rows], [r["p99_latency_s"] for r in rows], marker="o", label=pol)
+                if rows:
+                    plotting.line(ax, [r["rate_rps"] for r in rows], [r["p99_latency_s"] for r in rows], pol,
+                                  index=idx)
             ax.set_title(f"{name}, {g} GPUs")
             ax.set_xlabel("request rate (req/s)")
             ax.set_ylabel("P99 latency (s)")
             ax.set_yscale("log")
-    axes[0, 0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+            plotting.legend(ax)
+    plotting.save(fig, path)

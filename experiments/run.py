@@ -35,6 +35,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 TASKS = {
     "quickstart": "experiments.quickstart:run",
     "oserve_spatial": "experiments.oserve_spatial:run",
+    "oserve_bench": "experiments.bench_oserve:run",
     "planner_quality": "experiments.planner_quality:run",
     "planner_speed": "experiments.planner_speed:run",
     "bench_fsep": "experiments.bench_fsep:run",

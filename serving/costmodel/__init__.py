@@ -1,77 +1,16 @@
 """Serving cost model: per replica configuration, iteration latencies and KV-cache capacity.
 
 (a) measured: the Splitwise latency table, interpolated (measured.py);  (b) roofline: analytic, any model (roofline.py).
-`CostModel` caches one IterationCost per (tp, pp) and lists the configs that fit a model on a cluster.
+`CostModel` (base.py) caches one IterationCost per (tp, pp) and lists the configs that fit a model on a cluster.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Literal
-
-from common.topology import ClusterSpec
+from serving.costmodel.base import CostModel, CostModelKind
 from serving.costmodel.iteration import IterationCost, ReplicaConfig, TypeCapacity, type_capacity
-from serving.costmodel.measured import MeasuredTable, load_perf_table, measured_cost, supported_tps
+from serving.costmodel.measured import MeasuredTable, load_perf_table
 from serving.costmodel.models import MODELS, ModelSpec, get_model
-from serving.costmodel.roofline import RooflineParams, roofline_cost
+from serving.costmodel.roofline import RooflineParams
 
 __all__ = [
-    "CostModel", "IterationCost", "ReplicaConfig", "TypeCapacity", "type_capacity", "MeasuredTable",
+    "CostModel", "CostModelKind", "IterationCost", "ReplicaConfig", "TypeCapacity", "type_capacity", "MeasuredTable",
     "load_perf_table", "MODELS", "ModelSpec", "get_model", "RooflineParams",
 ]
-
-
-@dataclass
-class CostModel:
-    model: ModelSpec  # the served model
-    cluster: ClusterSpec  # hardware and links
-    kind: Literal["measured", "roofline"] = "roofline"  # (a) or (b)
-    table: MeasuredTable | None = None  # required for kind="measured"
-    params: RooflineParams = RooflineParams()  # memory sizing (both) and efficiencies (roofline)
-    max_model_len: int = 8192  # longest request (prompt + output) a replica must hold alone
-    _cache: dict = field(default_factory=dict, repr=False)
-
-    def __post_init__(self):
-        if self.kind not in ("measured", "roofline"):
-            raise ValueError(f"config key 'costmodel.kind': unknown {self.kind!r}; use 'measured' or 'roofline'")
-        if self.kind == "measured" and self.table is None:
-            raise ValueError("cost model 'measured' needs the perf table (costmodel.perf_table)")
-
-    def cost(self, config: ReplicaConfig) -> IterationCost:
-        if config not in self._cache:
-            if self.kind == "measured":
-                c = measured_cost(self.table, self.model, self.cluster, config, self.params)
-            else:
-                c = roofline_cost(self.model, self.cluster, config, self.params)
-            self._cache[config] = c
-        return self._cache[config]
-
-    def fits(self, config: ReplicaConfig) -> bool:
-        return self.cost(config).kv_capacity_tokens >= self.max_model_len
-
-    def configs(self, gpus: int) -> list[ReplicaConfig]:
-        """Every (tp, pp) with tp * pp == gpus that the cost model covers and that holds the model."""
-        tps = [t for t in range(1, self.cluster.devices_per_node + 1) if gpus % t == 0]
-        if self.kind == "measured":
-            tps = [t for t in tps if t in supported_tps(self.table, self.model, self.cluster)]
-        out = []
-        for tp in tps:
-            cfg = ReplicaConfig(tp, gpus // tp)
-            if cfg.pp > 1 and gpus > self.cluster.devices_per_node and gpus % self.cluster.devices_per_node:
-                continue
-            if self.fits(cfg):
-                out.append(cfg)
-        return out
-
-    def min_gpus(self) -> int:
-        """Fewest GPUs (a power of two) any replica needs; a clear error when even the whole cluster is too small."""
-        g = 1
-        while g <= self.cluster.num_devices:
-            if self.configs(g):
-                return g
-            g *= 2
-        raise ValueError(
-            f"model {self.model.name} ({self.model.weight_bytes / 1e9:.0f} GB of weights, max_model_len "
-            f"{self.max_model_len}) does not fit on {self.cluster.num_devices} x {self.cluster.device.name}"
-            + (f" with the measured TPs {supported_tps(self.table, self.model, self.cluster)}"
-               if self.kind == "measured" else ""))

@@ -52,14 +52,17 @@ class IterationCost:
         sq = total_tokens**2 if sum_sq_tokens is None else sum_sq_tokens
         return t + self.prefill_s_per_sq_token * sq
 
-    def decode_time(self, batch: int, context_tokens: float) -> float:
-        """Seconds of one decode step for `batch` sequences holding `context_tokens` tokens of KV cache."""
+    def decode_base(self, batch: int) -> float:
+        """a[B]: seconds of one decode step for `batch` sequences before the context term; beyond the table, the last
+        step's slope (the simulator may batch more than the cost model tabulated)."""
         a = self.decode_base_s
         if batch < len(a):
-            base = a[batch]
-        else:
-            base = a[-1] + (batch - len(a) + 1) * (a[-1] - a[-2])
-        return base + self.decode_s_per_ctx_token * context_tokens
+            return a[batch]
+        return a[-1] + (batch - len(a) + 1) * (a[-1] - a[-2])
+
+    def decode_time(self, batch: int, context_tokens: float) -> float:
+        """Seconds of one decode step for `batch` sequences holding `context_tokens` tokens of KV cache."""
+        return self.decode_base(batch) + self.decode_s_per_ctx_token * context_tokens
 
 
 def decode_base_table(knots_b: np.ndarray, knots_s: np.ndarray, max_num_seqs: int) -> tuple[float, ...]:

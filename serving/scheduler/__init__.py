@@ -1,10 +1,12 @@
-"""Two-level deployment scheduler (pure functions -> frozen DeploymentPlan)."""
+"""Two-level deployment scheduler (pure functions -> frozen DeploymentPlan). Imports the cost model and the workload
+only: a capacity profiler that needs the simulator is passed in (Problem.profiler)."""
 
-from serving.scheduler.dispatch import Dispatch, max_served, solve_dispatch, solve_dispatch_flow
+from serving.scheduler.config import Capacity, SchedulerConfig
+from serving.scheduler.dispatch import Dispatch, TieBreak, max_served, solve_dispatch
 from serving.scheduler.plan import DeploymentPlan
 from serving.scheduler.search import (
+    CapacityProfiler,
     Problem,
-    SchedulerConfig,
     all_deployments,
     best_homogeneous,
     brute_force,
@@ -13,6 +15,7 @@ from serving.scheduler.search import (
 )
 
 __all__ = [
-    "Dispatch", "max_served", "solve_dispatch", "solve_dispatch_flow", "DeploymentPlan", "Problem",
-    "SchedulerConfig", "all_deployments", "best_homogeneous", "brute_force", "homogeneous_candidates", "oserve_search",
+    "Capacity", "SchedulerConfig", "Dispatch", "TieBreak", "max_served", "solve_dispatch", "DeploymentPlan",
+    "CapacityProfiler", "Problem", "all_deployments", "best_homogeneous", "brute_force", "homogeneous_candidates",
+    "oserve_search",
 ]

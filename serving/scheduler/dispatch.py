@@ -7,17 +7,27 @@ Ties (many x serve the same rate) are broken in two more solves:
   2. the least peak utilisation u* = max_k sum_j x[k, j] / (n[k, j] c[k]) that still serves the optimum,
   3. the least latency-weighted rate sum l x, with every class kept under max(u*, headroom) utilisation, so that
      fast replicas take more work but are not driven into queueing.
-The flow formulation (the paper's) is the same problem on a network s -> type j -> replica k -> t with gains.
+The paper states it as a flow on s -> type j -> replica k -> t with gains; tests/serving/flow_reference.py solves
+that formulation and checks this LP against it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
-from scipy.optimize import linprog
 
 _TOL = 1e-9
+
+
+class TieBreak(Enum):
+    """How the dispatch is chosen among the solutions that serve the optimum rate (steps above). Member names are
+    lower case because OmegaConf matches a config value to the member's name."""
+
+    none = "none"  # step 1 only: whatever HiGHS returns
+    balance = "balance"  # + step 2: least peak utilisation
+    latency = "latency"  # + steps 2 and 3: least latency-weighted rate under the utilisation ceiling
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,10 @@ def _capacity_rows(n: np.ndarray) -> np.ndarray:
 
 
 def _solve(c, A_ub, b_ub, bounds, what):
+    # Imported at the first solve: the experiments' config schema imports this package for SchedulerConfig, and
+    # building a config (every `loadwise` call) should not pay for loading scipy.optimize (~0.35 s).
+    from scipy.optimize import linprog
+
     res = linprog(c, A_ub=A_ub, b_ub=b_ub, bounds=bounds, method="highs")
     if res.status != 0:
         raise RuntimeError(f"dispatch {what}: HiGHS failed: {res.message}")
@@ -58,11 +72,14 @@ def _solve(c, A_ub, b_ub, bounds, what):
 
 def max_served(n, lam, counts=None) -> float:
     """Step 1 only: the most requests/s the replicas can serve."""
-    return solve_dispatch(n, lam, counts=counts, tie_break="none").served_rps
+    return solve_dispatch(n, lam, counts=counts, tie_break=TieBreak.none).served_rps
 
 
-def solve_dispatch(n, lam, latency=None, counts=None, headroom: float = 0.8, tie_break: str = "latency") -> Dispatch:
-    """x maximising the served rate; tie_break "none" (step 1), "balance" (+ step 2) or "latency" (+ steps 2, 3)."""
+def solve_dispatch(n, lam, latency=None, counts=None, headroom: float = 0.8,
+                   tie_break: TieBreak = TieBreak.latency) -> Dispatch:
+    """x maximising the served rate, ties broken as `tie_break` says (steps 1-3 above)."""
+    if not isinstance(tie_break, TieBreak):
+        raise ValueError(f"dispatch: tie_break {tie_break!r} is not a TieBreak; use one of {[t.name for t in TieBreak]}")
     n, lam, counts = _check(n, lam, counts)
     K, J = n.shape
     cap = _capacity_rows(n)
@@ -77,7 +94,7 @@ def solve_dispatch(n, lam, latency=None, counts=None, headroom: float = 0.8, tie
     x = r1.x
     floor = served * (1 - 1e-7) - _TOL
 
-    if tie_break in ("balance", "latency") and served > _TOL:
+    if tie_break is not TieBreak.none and served > _TOL:
         # Step 2: min u with cap_k(x) <= c_k u, variables [x, u].
         A2 = np.vstack([
             np.hstack([type_rows, np.zeros((J, 1))]),
@@ -90,7 +107,7 @@ def solve_dispatch(n, lam, latency=None, counts=None, headroom: float = 0.8, tie
         r2 = _solve(c2, A2, b2, bounds + [(0, None)], "balance")
         u_star = float(r2.x[-1])
         x = r2.x[:-1]
-        if tie_break == "latency":
+        if tie_break is TieBreak.latency:
             # Step 3: least latency under the utilisation ceiling.
             lat = np.ones((K, J)) if latency is None else np.asarray(latency, float)
             ceiling = max(u_star * (1 + 1e-7), headroom)
@@ -101,44 +118,3 @@ def solve_dispatch(n, lam, latency=None, counts=None, headroom: float = 0.8, tie
     x = np.maximum(x.reshape(K, J), 0.0)
     util = np.where(counts > 0, (x * np.where(n > 0, 1 / np.where(n > 0, n, 1), 0)).sum(1) / np.maximum(counts, 1e-12), 0)
     return Dispatch(x, float(x.sum()), float(util.max(initial=0.0)), util)
-
-
-def solve_dispatch_flow(n, lam, counts=None) -> Dispatch:
-    """The flow formulation: max flow out of s on s -> j -> k -> t, where arc j -> k turns requests/s into
-    replica-time at gain 1 / n[k, j] and arc k -> t carries at most c[k] replicas' time.
-
-    Variables: f_sj [J], f_jk [J*K] (requests/s), g_kt [K] (replica-seconds/s); conservation holds at every inner node.
-    """
-    n, lam, counts = _check(n, lam, counts)
-    K, J = n.shape
-    nv = J + J * K + K
-    fsj = lambda j: j  # noqa: E731
-    fjk = lambda j, k: J + j * K + k  # noqa: E731
-    gkt = lambda k: J + J * K + k  # noqa: E731
-    A_eq, b_eq = [], []
-    for j in range(J):  # into j == out of j
-        row = np.zeros(nv)
-        row[fsj(j)] = 1
-        for k in range(K):
-            row[fjk(j, k)] = -1
-        A_eq.append(row)
-        b_eq.append(0.0)
-    for k in range(K):  # gain-adjusted inflow into k == outflow to t
-        row = np.zeros(nv)
-        for j in range(J):
-            if n[k, j] > 0:
-                row[fjk(j, k)] = 1 / n[k, j]
-        row[gkt(k)] = -1
-        A_eq.append(row)
-        b_eq.append(0.0)
-    bounds = ([(0, lam[j]) for j in range(J)]
-              + [(0, None) if n[k, j] > 0 else (0, 0) for j in range(J) for k in range(K)]
-              + [(0, counts[k]) for k in range(K)])
-    c = np.zeros(nv)
-    c[:J] = -1
-    res = linprog(c, A_eq=np.array(A_eq), b_eq=np.array(b_eq), bounds=bounds, method="highs")
-    if res.status != 0:
-        raise RuntimeError(f"dispatch flow: HiGHS failed: {res.message}")
-    x = np.maximum(res.x[J:J + J * K].reshape(J, K).T, 0.0)
-    util = res.x[J + J * K:] / np.maximum(counts, 1e-12)
-    return Dispatch(x, float(-res.fun), float(util.max(initial=0.0)), util)

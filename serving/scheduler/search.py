@@ -8,39 +8,22 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.costmodel import CostModel, ReplicaConfig, type_capacity
-from serving.scheduler.dispatch import solve_dispatch
+from serving.costmodel import CostModel, IterationCost, ReplicaConfig, type_capacity
+from serving.scheduler.config import Capacity, SchedulerConfig
+from serving.scheduler.dispatch import TieBreak, solve_dispatch
 from serving.scheduler.plan import DeploymentPlan
-from serving.scheduler.profile import simulated_rate
 from serving.workload import Workload
 
 Deployment = tuple  # sorted tuple of ReplicaConfig
 
 
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_batched_tokens: int = 8192  # the replicas' prefill token budget (enters the capacity estimate)
-    patience: int = 20  # stop after this many search steps without improvement
-    max_steps: int = 500  # hard cap on search steps
-    # Final dispatch among equal-rate solutions: "latency" (least sum l x) or "balance" (least peak utilisation).
-    tie_break: str = "latency"
-    # Utilisation up to which the latency tie-break may load fast replicas (0: keep the least peak utilisation, so
-    # latency only breaks ties among equally balanced dispatches).
-    headroom: float = 0.0
-    # Time per output token the capacity estimate keeps to (prefill stalls included); None: saturation throughput.
-    tpot_target_s: float | None = 0.07
-    # n_kj from the analytic estimate, or "simulated": profiled by replaying the type's own requests on one replica
-    # in the simulator (as a deployment would profile offline); see profile.py.
-    capacity: str = "analytic"
-    # For "simulated": the P90 TTFT a sustainable rate must keep to.
-    ttft_target_s: float = 2.0
-
-
-DEFAULT_CONFIG = SchedulerConfig()
+# (cost of one replica, the type's input tokens [R_j], its output tokens [R_j], the analytic n_kj) -> n_kj, requests/s.
+CapacityProfiler = Callable[[IterationCost, np.ndarray, np.ndarray, float], float]
 
 
 @dataclass
@@ -51,19 +34,23 @@ class Problem:
     lam: np.ndarray  # [J]
     mean_in: np.ndarray  # [J]
     mean_out: np.ndarray  # [J]
-    cfg: SchedulerConfig = DEFAULT_CONFIG
+    cfg: SchedulerConfig = field(default_factory=SchedulerConfig)
     _rates: dict = field(default_factory=dict)
     _lat: dict = field(default_factory=dict)
     _scores: dict = field(default_factory=dict)
     evaluations: int = 0
 
-    samples: list | None = None  # [J] (input, output) token arrays per type, for capacity="simulated"
+    samples: list | None = None  # [J] (input, output) token arrays per type, for capacity simulated
+    # Measures n_kj for capacity simulated (passed in: the scheduler never runs the simulator itself).
+    profiler: CapacityProfiler | None = None
 
     @classmethod
-    def from_workload(cls, cost: CostModel, wl: Workload, cfg: SchedulerConfig = DEFAULT_CONFIG) -> Problem:
+    def from_workload(cls, cost: CostModel, wl: Workload, cfg: SchedulerConfig | None = None,
+                      profiler: CapacityProfiler | None = None) -> Problem:
         samples = [(wl.trace.input_tokens[wl.labels == j], wl.trace.output_tokens[wl.labels == j])
                    for j in range(wl.num_types)]
-        return cls(cost, np.asarray(wl.rates, float), wl.mean_input, wl.mean_output, cfg, samples=samples)
+        return cls(cost, np.asarray(wl.rates, float), wl.mean_input, wl.mean_output,
+                   SchedulerConfig() if cfg is None else cfg, samples=samples, profiler=profiler)
 
     def capacity(self, c: ReplicaConfig) -> tuple[np.ndarray, np.ndarray]:
         if c not in self._rates:
@@ -71,14 +58,18 @@ class Problem:
                     for i, o in zip(self.mean_in, self.mean_out)]
             self._rates[c] = np.array([t.rate_rps for t in caps])
             self._lat[c] = np.array([t.latency_s for t in caps])
-            if self.cfg.capacity == "simulated":
+            if not isinstance(self.cfg.capacity, Capacity):
+                raise ValueError(f"SchedulerConfig.capacity: {self.cfg.capacity!r} is not a Capacity; use one of "
+                                 f"{[k.name for k in Capacity]}")
+            if (self.profiler is not None) != (self.cfg.capacity is Capacity.simulated):
+                raise ValueError(f"scheduler capacity {self.cfg.capacity.name} "
+                                 + ("needs a capacity profiler (Problem.profiler, e.g. serving.sim.profile."
+                                    "SimulatedProfiler)" if self.profiler is None else "takes no capacity profiler"))
+            if self.profiler is not None:
                 if self.samples is None:
-                    raise ValueError("capacity 'simulated' needs the workload's per-type samples (Problem.from_workload)")
-                self._rates[c] = np.array([
-                    simulated_rate(self.cost.cost(c), inp, out, guess, self.cfg, self.cost.max_model_len)
-                    for (inp, out), guess in zip(self.samples, self._rates[c])])
-            elif self.cfg.capacity != "analytic":
-                raise ValueError(f"scheduler capacity must be 'analytic' or 'simulated', got {self.cfg.capacity!r}")
+                    raise ValueError("capacity simulated needs the workload's per-type samples (Problem.from_workload)")
+                self._rates[c] = np.array([self.profiler(self.cost.cost(c), inp, out, guess)
+                                           for (inp, out), guess in zip(self.samples, self._rates[c])])
         return self._rates[c], self._lat[c]
 
     def _classes(self, dep: Deployment):
@@ -96,7 +87,7 @@ class Problem:
                 self._scores[dep] = (0.0, 0.0)
             else:
                 _, counts, n, _ = self._classes(dep)
-                d = solve_dispatch(n, self.lam, counts=counts, tie_break="balance")
+                d = solve_dispatch(n, self.lam, counts=counts, tie_break=TieBreak.balance)
                 self._scores[dep] = (round(d.served_rps / max(self.lam.sum(), 1e-12), 6), -d.peak_utilisation)
         return self._scores[dep]
 
@@ -184,7 +175,7 @@ def _moves(problem: Problem, dep: Deployment, b: int, r: int, num_gpus: int) -> 
 def _roles(problem: Problem, dep: Deployment) -> list[tuple[int, int]]:
     """(bottleneck, redundant) index pairs, most-to-least promising: utilisation from the balanced dispatch."""
     keys, counts, n, _ = problem._classes(dep)
-    d = solve_dispatch(n, problem.lam, counts=counts, tie_break="balance")
+    d = solve_dispatch(n, problem.lam, counts=counts, tie_break=TieBreak.balance)
     util = np.array([d.utilisation[keys.index(c)] for c in dep])
     order = np.argsort(-util, kind="stable")
     pairs = [(int(b), int(r)) for b in order for r in order[::-1] if b != r]
@@ -243,7 +234,3 @@ def brute_force(problem: Problem, num_gpus: int) -> DeploymentPlan:
         raise ValueError(f"no deployment of {problem.cost.model.name} fits {num_gpus} GPUs")
     best = max(deps, key=problem.score)
     return problem.plan(best, "brute_force", t0=t0)
-
-
-def homogeneous_plan(problem: Problem, dep: Deployment) -> DeploymentPlan:
-    return problem.plan(dep, "homogeneous")

@@ -1,7 +1,10 @@
 """Trace-driven discrete-event simulator of a serving deployment."""
 
+from serving.sim.dispatcher import ROUTERS, Dispatcher, Router
 from serving.sim.metrics import SLO, request_latencies, summarize
+from serving.sim.profile import SimulatedProfiler
 from serving.sim.replica import EngineConfig
 from serving.sim.simulator import SimResult, simulate
 
-__all__ = ["SLO", "request_latencies", "summarize", "EngineConfig", "SimResult", "simulate"]
+__all__ = ["ROUTERS", "Dispatcher", "Router", "SLO", "request_latencies", "summarize", "SimulatedProfiler",
+           "EngineConfig", "SimResult", "simulate"]

@@ -1,21 +1,61 @@
-"""Global dispatchers: where each arriving request goes. A new rule is one function plus one DISPATCHERS entry.
+"""Global dispatchers: where each arriving request goes. A new rule is a short `Router` subclass, one `Dispatcher`
+member and one `ROUTERS` line; the simulator does not change.
 
-Static rules see only the request's type and return every route up front; dynamic rules look at the replicas' state
-at the arrival (the simulator advances all replicas to that moment first).
+Static routers see only the request types (they fix every route when made), so the simulator advances only the target
+replica; a router with `reads_state` looks at the replicas at the arrival, so the simulator first advances them all.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from enum import Enum
+from typing import ClassVar
+
 import numpy as np
 
 
-def plan_weighted(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Route type j to replica k in proportion to x_kj, deterministically: the i-th request of type j takes the point
-    frac(i * phi) of a low-discrepancy (Weyl) sequence and goes to the replica whose share of [0, 1) holds it, so every
-    window of requests splits close to the x_kj shares. Types the plan does not serve spread evenly.
+class Dispatcher(Enum):
+    """The registered dispatch rules. Member names are lower case because OmegaConf matches a config value to the
+    member's name."""
 
-    labels: [R] type per request; weights: [K, J] x_kj. Returns [R] replica index.
-    """
+    plan = "plan"  # the scheduler's x_kj shares per type (needs the plan's weights)
+    round_robin = "round_robin"  # replica i mod K, blind to types and load
+    least_outstanding = "least_outstanding"  # fewest dispatched-but-unfinished requests at the arrival
+
+
+class Router(ABC):
+    """Made once per simulation with every request's type; `route(i, engines)` names the replica for arrival i."""
+
+    reads_state: ClassVar[bool] = False  # True: route() reads the engines, which must be advanced to the arrival
+
+    def __init__(self, labels: np.ndarray, num_replicas: int, weights: np.ndarray | None):
+        """labels: [R] type per request; weights: [K, J] x_kj (only the plan router uses them)."""
+        self.num_replicas = num_replicas
+
+    @abstractmethod
+    def route(self, i: int, engines) -> int: ...
+
+
+class PlanWeighted(Router):
+    """Type j goes to replica k in proportion to x_kj, deterministically: the i-th request of type j takes the point
+    frac(i * phi) of a low-discrepancy (Weyl) sequence and goes to the replica whose share of [0, 1) holds it, so every
+    window of requests splits close to the x_kj shares. Types the plan does not serve spread evenly."""
+
+    def __init__(self, labels, num_replicas, weights):
+        super().__init__(labels, num_replicas, weights)
+        if weights is None:
+            raise ValueError("simulate: dispatcher plan needs the plan's x_kj weights")
+        w = np.asarray(weights, float)
+        if w.shape[0] != num_replicas:
+            raise ValueError(f"simulate: weights have {w.shape[0]} rows for {num_replicas} replicas")
+        self.routes = plan_weighted(np.asarray(labels), w)
+
+    def route(self, i, engines):
+        return int(self.routes[i])
+
+
+def plan_weighted(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[R] replica per request for PlanWeighted; labels [R], weights [K, J] x_kj."""
     K, J = weights.shape
     w = np.where(weights.sum(0, keepdims=True) > 0, weights, 1.0)  # [K, J]
     bounds = np.cumsum(w / w.sum(0, keepdims=True), axis=0)  # [K, J] upper end of each replica's share
@@ -28,15 +68,22 @@ def plan_weighted(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return routes
 
 
-def round_robin(labels: np.ndarray, num_replicas: int) -> np.ndarray:
-    return np.arange(len(labels), dtype=np.int64) % num_replicas
+class RoundRobin(Router):
+    def route(self, i, engines):
+        return i % self.num_replicas
 
 
-def least_outstanding(engines) -> int:
-    """Dynamic: the replica with the fewest dispatched-but-unfinished requests (lowest index on ties)."""
-    return int(np.argmin([e.outstanding for e in engines]))
+class LeastOutstanding(Router):
+    """The replica with the fewest dispatched-but-unfinished requests (lowest index on ties)."""
+
+    reads_state = True
+
+    def route(self, i, engines):
+        return int(np.argmin([e.outstanding for e in engines]))
 
 
-STATIC = {"plan": "plan_weighted", "round_robin": "round_robin"}
-DYNAMIC = {"least_outstanding": least_outstanding}
-DISPATCHERS = tuple(STATIC) + tuple(DYNAMIC)
+ROUTERS: dict[Dispatcher, type[Router]] = {
+    Dispatcher.plan: PlanWeighted,
+    Dispatcher.round_robin: RoundRobin,
+    Dispatcher.least_outstanding: LeastOutstanding,
+}

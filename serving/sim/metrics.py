@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True)
+# Not frozen: the Hydra schema nests this class, and OmegaConf makes a frozen dataclass read-only (no overrides).
+@dataclass
 class SLO:
     ttft_s: float = 5.0  # time to first token a request may take
     tpot_s: float = 0.2  # mean time per output token after the first
@@ -21,7 +22,8 @@ def request_latencies(arrival, first_token, finish, output_tokens) -> dict:
     return {"ttft_s": ttft, "tpot_s": tpot, "e2e_s": finish - arrival}
 
 
-def summarize(arrival, first_token, finish, output_tokens, slo: SLO = SLO()) -> dict:
+def summarize(arrival, first_token, finish, output_tokens, slo: SLO | None = None) -> dict:
+    slo = SLO() if slo is None else slo
     lat = request_latencies(arrival, first_token, finish, output_tokens)
     span = float(np.nanmax(finish) - np.min(arrival)) if len(arrival) else 0.0
     ok = (lat["ttft_s"] <= slo.ttft_s) & (lat["tpot_s"] <= slo.tpot_s)

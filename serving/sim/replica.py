@@ -59,7 +59,6 @@ class ReplicaEngine:
         self.watermark = int(cfg.watermark * self.num_blocks)
         self.budget = max(cfg.max_batched_tokens, max_model_len)
         self.max_seqs = min(cfg.max_num_seqs, cost.max_num_seqs)
-        self.a = np.asarray(cost.decode_base_s)
         self.b = cost.decode_s_per_ctx_token
         self.cost = cost
         self.t = 0.0  # when the next iteration may start
@@ -138,7 +137,7 @@ class ReplicaEngine:
             m = int(self.rem.min())
             if self.waiting and self.just_preempted:
                 m = 1  # the queue head may be admitted after this step
-            a = self.a[B] if B < self.a.size else self.a[-1] + (B - self.a.size + 1) * (self.a[-1] - self.a[-2])
+            a = self.cost.decode_base(B)
             c0 = float(self.ctx.sum())
             m = min(m, self._steps_before(t_limit, a, c0, B))
             if self._blocks(self.ctx + m) > self.num_blocks:

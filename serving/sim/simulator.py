@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.costmodel.iteration import IterationCost
-from serving.sim import dispatcher as D
+from serving.sim.dispatcher import ROUTERS, Dispatcher
 from serving.sim.metrics import SLO, summarize
 from serving.sim.replica import EngineConfig, ReplicaEngine, Requests
 
@@ -35,16 +35,16 @@ class SimResult:
 
 
 def simulate(
-    arrival_s, input_tokens, output_tokens, labels, costs: list[IterationCost], dispatch: str = "plan",
+    arrival_s, input_tokens, output_tokens, labels, costs: list[IterationCost], dispatch: Dispatcher = Dispatcher.plan,
     weights=None, engine: EngineConfig = DEFAULT_ENGINE, max_model_len: int = 8192, slo: SLO = DEFAULT_SLO,
 ) -> SimResult:
     """Serve the requests on replicas with the given iteration costs.
 
-    dispatch: "plan" (weights [K, J] = x_kj required), "round_robin" or "least_outstanding".
+    dispatch: a registered Dispatcher (plan needs weights [K, J] = x_kj).
     Requests longer than max_model_len have their prompt cut to fit (as the serving front end would).
     """
-    if dispatch not in D.DISPATCHERS:
-        raise ValueError(f"config key 'dispatch': unknown dispatcher {dispatch!r}; known: {list(D.DISPATCHERS)}")
+    if dispatch not in ROUTERS:
+        raise ValueError(f"simulate: unknown dispatcher {dispatch!r}; known: {[d.name for d in ROUTERS]}")
     if not costs:
         raise ValueError("simulate: the deployment has no replicas")
     inp = np.asarray(input_tokens, np.int64)
@@ -58,26 +58,15 @@ def simulate(
     engines = [ReplicaEngine(k, c, reqs, engine, max_model_len) for k, c in enumerate(costs)]
     labels = np.asarray(labels, np.int64)
 
-    if dispatch == "plan":
-        if weights is None:
-            raise ValueError("simulate: dispatch 'plan' needs the plan's x_kj weights")
-        w = np.asarray(weights, float)
-        if w.shape[0] != len(costs):
-            raise ValueError(f"simulate: weights have {w.shape[0]} rows for {len(costs)} replicas")
-        routes = D.plan_weighted(labels, w)
-    elif dispatch == "round_robin":
-        routes = D.round_robin(labels, len(engines))
-    else:
-        routes = None
-
+    router = ROUTERS[dispatch](labels, len(engines), weights)
     for i in range(len(arrival)):
         t = arrival[i]
-        if routes is None:
+        if router.reads_state:
             for e in engines:
                 e.advance_until(t)
-            k = D.least_outstanding(engines)
+            k = router.route(i, engines)
         else:
-            k = int(routes[i])
+            k = router.route(i, engines)
             engines[k].advance_until(t)
         engines[k].enqueue(i, t)
     for e in engines:

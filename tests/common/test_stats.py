@@ -198,12 +198,12 @@ def test_kmeans_reaches_the_optimum_on_a_small_case():
     assert cost == pytest.approx(best)
 
 
-def test_lloyd_refills_an_empty_cluster():
+def test_kmeans_refills_an_empty_cluster():
     """A center far from every point gets no points; it must take the point farthest from its own center."""
-    from common.stats import _lloyd
+    from common.stats import _kmeans
 
     x = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [5.0, 5.0], [5.1, 5.0], [6.0, 6.0]])
-    c = _lloyd(x, np.array([[0.0, 0.0], [5.0, 5.0], [100.0, 100.0]]), max_iter=50)
+    c = _kmeans(x, np.array([[0.0, 0.0], [5.0, 5.0], [100.0, 100.0]]), max_iter=50)
     lab = _brute_assign(x, c)
     assert sorted(np.bincount(lab, minlength=3).tolist()) == [1, 2, 3]
     np.testing.assert_allclose(sorted(map(tuple, c)), [(0.1 / 3, 0.1 / 3), (5.05, 5.0), (6.0, 6.0)])

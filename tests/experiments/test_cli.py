@@ -102,3 +102,23 @@ def test_paths_data_dir_beats_the_environment(tmp_path, data):
     assert out.returncode == 0, out.stderr[-2000:]
     log = (tmp_path / "run" / "run.log").read_text()
     assert f"data: real files from {data} (set by paths.data_dir)" in log
+
+
+def test_readme_commands_name_real_experiments_and_keys():
+    import re
+
+    from hydra import compose, initialize_config_dir
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    known = experiments()
+    lines = [ln.split("#")[0] for ln in readme.splitlines() if ln.startswith("loadwise experiment=")]
+    assert lines
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    for line in lines:
+        args = line.split()[1:]
+        name = args[0].split("=", 1)[1]
+        assert name in known, line
+        overrides = [a for a in args if not a.startswith("-") and "," not in a]
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            compose("config", overrides=overrides)  # every key the README shows exists in that experiment
+    assert re.search(r"^source \.venv/bin/activate", readme, re.M)  # the set-up step the commands assume

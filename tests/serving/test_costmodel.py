@@ -84,7 +84,7 @@ def test_model_that_does_not_fit_fails_clearly():
 def test_bad_configs_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
         get_model("gpt-5")
-    with pytest.raises(ValueError, match="costmodel.kind"):
+    with pytest.raises(ValueError, match="not a CostModelKind"):
         CostModel(get_model("opt-30b"), h100_80g_4x8(), kind="magic")
     t = load_perf_table(_table(tmp_path))
     with pytest.raises(ValueError, match="has TP \\[4\\]"):

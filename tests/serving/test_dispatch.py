@@ -3,7 +3,8 @@ import itertools
 import numpy as np
 import pytest
 
-from serving.scheduler import solve_dispatch, solve_dispatch_flow
+from serving.scheduler import TieBreak, solve_dispatch
+from tests.serving.flow_reference import solve_dispatch_flow
 
 
 def _vertex_max(n, lam):
@@ -43,7 +44,7 @@ def test_lp_matches_vertex_brute_force(seed):
     K, J = rng.integers(1, 3, endpoint=True), rng.integers(1, 3, endpoint=True)
     n = rng.uniform(0.5, 10, (K, J))
     lam = rng.uniform(0.5, 15, J)
-    d = solve_dispatch(n, lam, tie_break="none")
+    d = solve_dispatch(n, lam, tie_break=TieBreak.none)
     assert d.served_rps == pytest.approx(_vertex_max(n, lam), rel=1e-7)
 
 

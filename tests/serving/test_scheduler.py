@@ -57,21 +57,29 @@ def test_simulated_capacity_close_to_analytic_and_monotone():
     """Profiling n_kj in the simulator lands near the analytic estimate, and a stricter TPOT target lowers it."""
     from common.synthetic import synthetic_request_trace
     from serving.costmodel import ReplicaConfig
-    from serving.scheduler import SchedulerConfig
+    from serving.scheduler import Capacity, SchedulerConfig
+    from serving.sim import SimulatedProfiler
     from serving.workload import build_workload
 
     tr, _ = synthetic_request_trace(600, rate_rps=5.0, seed=3)
     wl = build_workload(tr, 2)
     cm = CostModel(get_model("opt-30b"), h100_80g_4x8().with_shape(1))
     c = ReplicaConfig(2)
+    def simulated(tpot):
+        cfg = SchedulerConfig(tpot_target_s=tpot, capacity=Capacity.simulated)
+        prof = SimulatedProfiler(ttft_target_s=2.0, tpot_target_s=tpot, max_model_len=cm.max_model_len)
+        return Problem.from_workload(cm, wl, cfg, profiler=prof).capacity(c)[0]
+
     ana = Problem.from_workload(cm, wl, SchedulerConfig(tpot_target_s=0.1)).capacity(c)[0]
-    sim = Problem.from_workload(cm, wl, SchedulerConfig(tpot_target_s=0.1, capacity="simulated")).capacity(c)[0]
-    strict = Problem.from_workload(cm, wl, SchedulerConfig(tpot_target_s=0.05, capacity="simulated")).capacity(c)[0]
+    sim = simulated(0.1)
+    strict = simulated(0.05)
     assert np.all(sim > 0)
     assert np.all(np.abs(np.log(sim / ana)) < np.log(3))  # same order as the formula
     assert np.all(strict <= sim * 1.0001)
     with pytest.raises(ValueError, match="capacity"):
         Problem.from_workload(cm, wl, SchedulerConfig(capacity="guess")).capacity(c)
+    with pytest.raises(ValueError, match="needs a capacity profiler"):
+        Problem.from_workload(cm, wl, SchedulerConfig(capacity=Capacity.simulated)).capacity(c)
 
 
 def test_workload_rates_mean_and_quantile():

@@ -3,7 +3,7 @@ import pytest
 
 from serving.costmodel import ReplicaConfig
 from serving.costmodel.iteration import IterationCost
-from serving.sim import EngineConfig, simulate
+from serving.sim import Dispatcher, EngineConfig, simulate
 
 # f(T) = 0.1 + 0.001 T for prefill; a decode step costs 0.02 + 0.01 B (b = 0 unless given).
 
@@ -16,7 +16,7 @@ def _cost(kv=100_000, b=0.0):
 
 
 def test_single_request_hand_computed():
-    r = simulate([1.0], [100], [5], [0], [_cost()], "round_robin", max_model_len=1000)
+    r = simulate([1.0], [100], [5], [0], [_cost()], Dispatcher.round_robin, max_model_len=1000)
     ttft = 0.1 + 0.001 * 100
     assert r.first_token_s[0] == pytest.approx(1.0 + ttft)
     assert r.finish_s[0] == pytest.approx(1.0 + ttft + 4 * 0.03)  # 4 decode steps of B = 1
@@ -26,13 +26,13 @@ def test_single_request_hand_computed():
 
 
 def test_single_request_context_term():
-    r = simulate([0.0], [100], [3], [0], [_cost(b=1e-4)], "round_robin", max_model_len=1000)
+    r = simulate([0.0], [100], [3], [0], [_cost(b=1e-4)], Dispatcher.round_robin, max_model_len=1000)
     # Decode steps read 100 then 101 tokens of context.
     assert r.finish_s[0] == pytest.approx(0.2 + 2 * 0.03 + 1e-4 * (100 + 101))
 
 
 def test_two_requests_batched_prefill_then_shared_decode():
-    r = simulate([0.0, 0.0], [100, 300], [3, 6], [0, 0], [_cost()], "round_robin", max_model_len=1000)
+    r = simulate([0.0, 0.0], [100, 300], [3, 6], [0, 0], [_cost()], Dispatcher.round_robin, max_model_len=1000)
     t1 = 0.1 + 0.001 * 400  # one prefill of both
     assert r.first_token_s == pytest.approx([t1, t1])
     t2 = t1 + 2 * 0.04  # two steps at B = 2: the first request is done
@@ -42,7 +42,7 @@ def test_two_requests_batched_prefill_then_shared_decode():
 
 def test_arrival_mid_decode_is_prefilled_at_next_step_boundary():
     # Request 0: prefill 0.2 s, then steps of 0.03 s. Request 1 arrives at 0.25 (inside step 2: 0.23..0.26).
-    r = simulate([0.0, 0.25], [100, 100], [10, 2], [0, 0], [_cost()], "round_robin", max_model_len=1000)
+    r = simulate([0.0, 0.25], [100, 100], [10, 2], [0, 0], [_cost()], Dispatcher.round_robin, max_model_len=1000)
     boundary = 0.2 + 2 * 0.03
     assert r.first_token_s[1] == pytest.approx(boundary + 0.2)
     # Then one decode step at B = 2 finishes request 1.
@@ -58,7 +58,7 @@ def _check_invariants(r, n):
     assert all(p <= k for p, k in zip(r.peak_kv_blocks, r.kv_blocks))
 
 
-@pytest.mark.parametrize("dispatch", ["plan", "round_robin", "least_outstanding"])
+@pytest.mark.parametrize("dispatch", list(Dispatcher))
 def test_invariants_under_kv_pressure_synthetic(dispatch):
     from tests.serving.conftest import synthetic_requests
 
@@ -70,21 +70,22 @@ def test_invariants_under_kv_pressure_synthetic(dispatch):
                  engine=EngineConfig(max_batched_tokens=4096), max_model_len=4500)
     _check_invariants(r, len(arr))
     assert r.preemptions.sum() > 0  # the small caches did force preemption
-    if dispatch == "plan":  # type 1 goes mostly to replica 1 (3 : 0.2)
+    if dispatch is Dispatcher.plan:  # type 1 goes mostly to replica 1 (3 : 0.2)
         assert np.mean(r.replica[labels == 1] == 1) > 0.85
 
 
 def test_invariants_on_real_trace_slice(real_data):
     from common.topology import h100_80g_4x8
     from common.traces import load_request_trace
-    from serving.costmodel import CostModel, get_model, load_perf_table
+    from serving.costmodel import CostModel, CostModelKind, get_model, load_perf_table
 
     tr = load_request_trace(real_data / "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv", "azure")
     tr = tr.slice(600, 900).scale_rate(4.0)
-    cm = CostModel(get_model("llama2-70b"), h100_80g_4x8(), kind="measured",
+    cm = CostModel(get_model("llama2-70b"), h100_80g_4x8(), kind=CostModelKind.measured,
                    table=load_perf_table(real_data / "splitwise_sim_perf_model/perf_model.csv"))
     costs = [cm.cost(ReplicaConfig(2)), cm.cost(ReplicaConfig(4))]
-    r = simulate(tr.arrival_s, tr.input_tokens, tr.output_tokens, np.zeros(len(tr), int), costs, "least_outstanding")
+    r = simulate(tr.arrival_s, tr.input_tokens, tr.output_tokens, np.zeros(len(tr), int), costs,
+                 Dispatcher.least_outstanding)
     _check_invariants(r, len(tr))
 
 
@@ -92,6 +93,6 @@ def test_bad_inputs_fail_clearly():
     with pytest.raises(ValueError, match="unknown dispatcher"):
         simulate([0.0], [1], [1], [0], [_cost()], "random")
     with pytest.raises(ValueError, match="no replicas"):
-        simulate([0.0], [1], [1], [0], [], "round_robin")
+        simulate([0.0], [1], [1], [0], [], Dispatcher.round_robin)
     with pytest.raises(ValueError, match="cannot hold"):
-        simulate([0.0], [1], [1], [0], [_cost(kv=100)], "round_robin", max_model_len=1000)
+        simulate([0.0], [1], [1], [0], [_cost(kv=100)], Dispatcher.round_robin, max_model_len=1000)

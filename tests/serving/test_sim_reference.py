@@ -8,7 +8,7 @@ import pytest
 
 from serving.costmodel import ReplicaConfig
 from serving.costmodel.iteration import IterationCost
-from serving.sim import EngineConfig, simulate
+from serving.sim import Dispatcher, EngineConfig, simulate
 from tests.serving.conftest import synthetic_requests
 
 
@@ -87,7 +87,8 @@ def test_replica_matches_per_iteration_reference(kv, b, rate, seed):
     arr, inp, out = synthetic_requests(250, rate=rate, seed=seed)
     eng = EngineConfig(max_batched_tokens=4096, max_num_seqs=64)
     cost = _cost(kv, b)
-    res = simulate(arr, inp, out, np.zeros(len(arr), int), [cost], "round_robin", engine=eng, max_model_len=4500)
+    res = simulate(arr, inp, out, np.zeros(len(arr), int), [cost], Dispatcher.round_robin, engine=eng,
+                   max_model_len=4500)
     first, finish = reference(arr, inp, out, cost, eng, 4500)
     np.testing.assert_allclose(res.first_token_s, first, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(res.finish_s, finish, rtol=1e-9, atol=1e-9)
