@@ -32,7 +32,7 @@ from torch import nn
 
 from training.fsep.layer import EPMoE, FSEPMoE
 from training.moe.reference import ReferenceMoE
-from training.trainer import Trainer, rng_state, set_rng_state
+from training.trainer import Trainer, is_expert_param, rng_state, set_rng_state
 
 MOMENTS = ("exp_avg", "exp_avg_sq")  # torch AdamW state tensors shaped like the parameter
 
@@ -102,6 +102,10 @@ def save(root: str | Path, trainer: Trainer, balancer=None, extra: dict | None =
     dist.barrier()
     layers = _moe_layers(trainer.module)
     storage = {id(p) for m in layers.values() for p in _storage_params(m)}
+    foreign = [n for n, p in trainer.module.named_parameters() if is_expert_param(p) and id(p) not in storage]
+    if foreign:  # e.g. DeepSpeed-MoE's own experts: per-rank values this format does not know how to cut
+        raise CheckpointError(f"checkpointing supports FSEP, FSDP+EP and EP storage; {foreign[0]} is another kind "
+                              "of expert parameter (parallel=deepspeed_ep?)")
     pieces = {}
     for name, layer in layers.items():
         rows, cols, value = _export(layer, lambda p: p.detach())
