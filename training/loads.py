@@ -161,26 +161,34 @@ class LoadBalancer:
         n, c = self.layers[0].placement.slots.shape
         e, dev = self.layers[0].num_experts, self.layers[0].router.weight.device
         header = torch.zeros(len(self.layers) * n * c + 1, dtype=torch.int64)
-        solve_s, wait_s, plans = 0.0, 0.0, None
+        solve_s, wait_s, plans, failure = 0.0, 0.0, None, None
         if self._process is not None:
             t0 = time.perf_counter()
-            step, plans, solve_s = self._process.wait()
+            try:
+                step, plans, solve_s = self._process.wait()
+                if step != self._submitted:
+                    raise RuntimeError(f"planner answered step {step}, expected {self._submitted}")
+                header[:-1] = torch.from_numpy(np.stack([slots for slots, _ in plans]).ravel())
+                header[-1] = int(any(f is not None for _, f in plans))  # 1: routing fractions follow
+            except Exception as err:  # tell every rank (they wait in the broadcast), then raise
+                failure, header[-1] = err, -1
             wait_s = time.perf_counter() - t0
-            assert step == self._submitted, "a plan of another step came back"
-            header[:-1] = torch.from_numpy(np.stack([slots for slots, _ in plans]).ravel())
-            header[-1] = int(plans[0][1] is not None)
         header = header.to(dev)
         dist.broadcast(header, src=dist.get_global_rank(self.group, 0), group=self.group)
         header = header.cpu().numpy()
+        if header[-1] < 0:
+            raise RuntimeError("the planner on rank 0 failed") from failure
         slots = header[:-1].reshape(len(self.layers), n, c)
         fractions = [None] * len(self.layers)
         if header[-1]:
-            buf = torch.zeros(len(self.layers), n, e, n, dtype=torch.float64)
-            if plans is not None:
-                buf[:] = torch.from_numpy(np.stack([f for _, f in plans]))
+            # Plans of one step may mix explicit routing and the FSEP rule (layer by layer): NaN marks the rule.
+            buf = torch.full((len(self.layers), n, e, n), float("nan"), dtype=torch.float64)
+            for i, (_, f) in enumerate(plans or ()):
+                if f is not None:
+                    buf[i] = torch.from_numpy(f)
             buf = buf.to(dev)
             dist.broadcast(buf, src=dist.get_global_rank(self.group, 0), group=self.group)
-            fractions = list(buf.cpu().numpy())
+            fractions = [None if np.isnan(f).all() else f for f in buf.cpu().numpy()]
         return list(zip(slots, fractions)), solve_s, wait_s
 
     def _gather(self) -> np.ndarray:
