@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -23,6 +23,7 @@ from serving.engines.config import EngineConfig
 from serving.loadgen import LoadSpec
 from serving.scheduler import SchedulerConfig
 from serving.sim import SLO
+from training.train_config import DataConfig, Parallel, PlannerConfig, TrainerConfig
 
 
 @dataclass
@@ -292,6 +293,29 @@ class BenchEnginesConfig:
     start_timeout_s: float = 600.0
 
 
+@dataclass
+class TrainRunConfig:
+    # Local ranks spawned (gloo on CPU); under torchrun / the deepspeed launcher their WORLD_SIZE wins.
+    ranks: int = 2
+    # FSEP slots per device C (parallel=fsep, fsdp_ep); N*C >= model.num_experts.
+    slots_per_device: int = 4
+    # Devices per node G for the routing rule and the planner (ranks is a multiple of it).
+    devices_per_node: int = 1
+    # Force every MoE layer's routing to the expert-load trace's per-expert counts (real skew).
+    trace_replay: bool = False
+    # The trace (SmartMoE npz), relative to paths.data_dir.
+    expert_trace: str = "smartmoe_expert_trace/smartmoe_counts.npz"
+    # Checkpoint every this many steps (0: never) into checkpoint_dir (null: <run dir>/checkpoints).
+    checkpoint_every: int = 0
+    checkpoint_dir: Optional[str] = None
+    # Resume from this checkpoint folder, or from the newest complete one inside this folder (null: start fresh).
+    resume: Optional[str] = None
+    # Log a line every this many steps (every step goes to train.csv).
+    log_every: int = 10
+    # torch threads per spawned rank.
+    threads_per_rank: int = 1
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Per-experiment schemas: the common keys, then the sections that experiment reads.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -351,6 +375,18 @@ class BenchFsepExperiment(ExperimentConfig):
     bench_fsep: BenchFsepConfig = field(default_factory=BenchFsepConfig)
 
 
+@dataclass
+class TrainExperiment(ExperimentConfig):
+    # The decoder's shape: a conf/model file (training.model.ModelConfig fields), e.g. model=tiny_mixtral.
+    model: Any = None
+    parallel: Parallel = Parallel.fsep
+    # conf/planner/<name>.yaml: planner=laer_plus; planner.window=5.
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainRunConfig = field(default_factory=TrainRunConfig)
+
+
 # task -> its schema (stored as config `schema/<task>`).
 SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "quickstart": QuickstartExperiment,
@@ -361,6 +397,7 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "planner_quality": PlannerQualityExperiment,
     "planner_speed": PlannerSpeedExperiment,
     "bench_fsep": BenchFsepExperiment,
+    "train": TrainExperiment,
 }
 
 

@@ -41,6 +41,7 @@ TASKS = {
     "planner_quality": "experiments.planner_quality:run",
     "planner_speed": "experiments.planner_speed:run",
     "bench_fsep": "experiments.bench_fsep:run",
+    "train": "experiments.train:run",
 }
 assert set(TASKS) == set(SCHEMAS), "every task needs a schema in experiments/config.py and vice versa"
 

@@ -94,6 +94,9 @@ class DistributedMoE(nn.Module, ABC):
         self.max_block_rows = max_block_rows
         self.num_elements = 3 * ffn * hidden  # P
         self.router = Router(hidden, num_experts, top_k).to(device)
+        # [E] routes this device sent to each expert in its latest forward: the planner's input, read by the trainer
+        # after every micro-batch (overwritten each forward, so nothing accumulates for a caller to clear).
+        self.expert_counts: np.ndarray | None = None
 
     # ---- storage (subclass) ----------------------------------------------------------------------------------
     @abstractmethod
@@ -174,6 +177,7 @@ class DistributedMoE(nn.Module, ABC):
         experts = idx.reshape(-1)  # [T*k]
         routes = experts.numel()
         counts = torch.bincount(experts, minlength=self.num_experts).cpu().numpy()  # Step 1
+        self.expert_counts = counts
         per_slot = self.slot_counts(counts)  # [N, C]
         flat = per_slot.ravel()
         by_expert = torch.argsort(experts, stable=True)  # Step 2

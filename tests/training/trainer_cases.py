@@ -1,0 +1,218 @@
+"""Trainer cases run inside one spawned gloo group (process and DeepSpeed start-up dominate on 2 cores).
+
+The reference is plain single-process PyTorch: the same MoEDecoder and data, every rank's micro-batch run one after
+another with loss / (N*M) (what N ranks with M accumulation steps average), torch's global-norm clipping and
+torch.optim.AdamW, constant learning rate.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+
+import torch
+import torch.distributed as dist
+
+from experiments.train import distribute
+from training import checkpoint
+from training.fsep import FSEPGroups
+from training.fsep.apply import distributed_layers
+from training.loads import LoadBalancer
+from training.model import ModelConfig, MoEDecoder, lm_loss
+from training.planner import make_planner
+from training.train_config import LRSchedule, Parallel, TrainerConfig
+
+CFG = ModelConfig(vocab_size=64, hidden=16, ffn=24, num_layers=2, num_heads=2, num_kv_heads=1, num_experts=4,
+                  top_k=2, max_seq_len=16, aux_loss_coef=0.01)
+# DeepSpeed's top-2 load-balancing loss is not the Switch loss ReferenceMoE adds: compare that baseline without it.
+NO_AUX = ModelConfig(**{**CFG.__dict__, "aux_loss_coef": 0.0})
+B, S, M, C = 2, 12, 2, 3  # sequences per rank, tokens per sequence, micro-batches per step, FSEP slots per device
+LR, CLIP = 1e-2, 0.5
+
+
+def data(steps: int, n: int) -> torch.Tensor:
+    """[steps, M, n*B, S] token ids: global micro-batches; rank r of a world takes its r-th slice of each."""
+    # Ids from the first 8 of the 64: the loss falls fast from ln 64 towards ln 8, so equal losses show equal updates.
+    return torch.randint(0, 8, (steps, M, n * B, S), generator=torch.Generator().manual_seed(1))
+
+
+def rank_rows(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    per = batch.shape[0] // world
+    return batch[rank * per:(rank + 1) * per]
+
+
+def trainer_cfg(steps: int, zero_stage: int = 0, clip: float = CLIP) -> TrainerConfig:
+    return TrainerConfig(steps=steps, micro_batches=M, lr=LR, schedule=LRSchedule.constant, grad_clip=clip,
+                         zero_stage=zero_stage)
+
+
+def make(parallel: Parallel | None, rank: int, world: int, planner: str | None = "laer_plus", window: int = 2,
+         tcfg: TrainerConfig | None = None):
+    """(trainer, balancer) of a fresh seeded model, distributed by `parallel` (None: one process, no transform)."""
+    from training.trainer import Trainer
+
+    model = MoEDecoder(NO_AUX if parallel is Parallel.deepspeed_ep else CFG, seed=0)
+    if parallel is not None:
+        model = distribute(model, parallel, FSEPGroups(dist.group.WORLD), C)
+    layers = distributed_layers(model)
+    balancer = None
+    if layers:
+        plan = make_planner(planner, world, C, 1) if parallel is Parallel.fsep and planner else None
+        balancer = LoadBalancer(layers, dist.group.WORLD, plan, window)
+    return Trainer(model, tcfg or trainer_cfg(100), B * 2 // world, lm_loss, balancer), balancer
+
+
+def train(trainer, batches: torch.Tensor, rank: int, world: int, steps: range) -> list:
+    return [trainer.step([(rank_rows(batches[s, i], rank, world), None) for i in range(M)]) for s in steps]
+
+
+def reference_losses(batches: torch.Tensor, n: int, cfg: ModelConfig = CFG, clip: float = CLIP) -> list[float]:
+    model = MoEDecoder(cfg, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    losses = []
+    for step in batches:
+        opt.zero_grad()
+        total = 0.0
+        for micro in step:
+            for r in range(n):
+                out = model(rank_rows(micro, r, n))
+                lm = lm_loss(out.logits, rank_rows(micro, r, n))
+                ((lm + out.aux_loss) / (M * n)).backward()
+                total += lm.item() / (M * n)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        losses.append(total)
+    return losses
+
+
+def rel(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / abs(y) for x, y in zip(a, b))
+
+
+def case_shards_survive_initialize(rank, n, ctx):
+    from training.trainer import Trainer
+
+    model = distribute(MoEDecoder(CFG, seed=0), Parallel.fsep, FSEPGroups(dist.group.WORLD), C)
+    before = [m.expert_shard.detach().clone() for m in distributed_layers(model)]
+    Trainer(model, trainer_cfg(1), B, lm_loss)
+    for b, m in zip(before, distributed_layers(model)):
+        assert torch.equal(b, m.expert_shard.detach()), "deepspeed.initialize changed this rank's shard"
+        others = [torch.empty_like(b) for _ in range(n)]
+        dist.all_gather(others, b)
+        assert not torch.equal(others[0], others[1]), "fixture: the ranks' shards must differ"
+
+
+def _equal_to_reference(rank, n, ctx, parallel, steps):
+    batches = data(steps, n)
+    trainer, balancer = make(parallel, rank, n)
+    digests = []
+    losses = []
+    for s in range(steps):
+        losses.append(train(trainer, batches, rank, n, range(s, s + 1))[0].loss)
+        if balancer is not None:
+            digests.append(balancer.layout_digest())
+    if balancer is not None:
+        balancer.close()
+    cfg = NO_AUX if parallel is Parallel.deepspeed_ep else CFG
+    ref = ctx.setdefault("reference", {}).get((steps, cfg)) or reference_losses(batches, n, cfg)
+    ctx["reference"][steps, cfg] = ref
+    err = rel(losses, ref)
+    assert err < 1e-5, f"{parallel.name}: per-step losses differ from single-process by {err:.2e} relative"
+    assert losses[-1] < losses[0], "fixture: the loss must fall over the run"
+    if parallel is Parallel.fsep:
+        everyone = [torch.empty_like(torch.stack(digests)) for _ in range(n)]
+        dist.all_gather(everyone, torch.stack(digests))
+        assert all(torch.equal(everyone[0], d) for d in everyone), "ranks applied different layouts"
+        changes = sum(not torch.equal(a, b) for a, b in zip(digests, digests[1:]))
+        assert changes >= 1, "fixture: the planner must change the layout during the run"
+        ctx["layout_changes"] = changes
+
+
+def case_fsep_planner_equals_single_process(rank, n, ctx):
+    _equal_to_reference(rank, n, ctx, Parallel.fsep, ctx["steps"])
+
+
+def case_ep_equals_single_process(rank, n, ctx):
+    _equal_to_reference(rank, n, ctx, Parallel.ep, ctx["steps"])
+
+
+def case_deepspeed_moe_equals_single_process(rank, n, ctx):
+    _equal_to_reference(rank, n, ctx, Parallel.deepspeed_ep, ctx["steps"])
+
+
+def case_zero_1_and_2_equal_single_process(rank, n, ctx):
+    """ZeRO shards the dense parameters' optimizer state (1) and gradients (2); the expert storage stays per rank.
+    Clipping off: under ZeRO DeepSpeed's own clipping runs, whose norm averages per-rank norms (trainer doc)."""
+    batches = data(3, n)
+    ref = reference_losses(batches, n, clip=1e9)
+    for stage in (1, 2):
+        trainer, bal = make(Parallel.fsep, rank, n, tcfg=trainer_cfg(100, zero_stage=stage, clip=1e9))
+        losses = [m.loss for m in train(trainer, batches, rank, n, range(3))]
+        bal.close()
+        assert type(trainer.engine.optimizer).__name__ == "DeepSpeedZeroOptimizer"
+        err = rel(losses, ref)
+        assert err < 1e-5, f"ZeRO-{stage}: losses differ from single-process by {err:.2e} relative"
+
+
+def case_kill_and_resume_is_exact(rank, n, ctx):
+    """4 steps straight == 2 steps, save, a fresh trainer loads, 2 more (FSEP with the planner in the loop)."""
+    root = ctx["tmp"] / "resume"
+    batches = data(4, n)
+    straight, bal = make(Parallel.fsep, rank, n)
+    want = [m.loss for m in train(straight, batches, rank, n, range(4))]
+    bal.close()
+    first, bal = make(Parallel.fsep, rank, n)
+    got = [m.loss for m in train(first, batches, rank, n, range(2))]
+    path = checkpoint.save(root, first, bal)
+    bal.close()
+    del first  # "killed": nothing of it is used again
+    second, bal = make(Parallel.fsep, rank, n)
+    checkpoint.load(path, second, bal)
+    got += [m.loss for m in train(second, batches, rank, n, range(2, 4))]
+    bal.close()
+    assert got == want, f"resumed losses {got} differ from uninterrupted {want}"
+
+
+def case_save_then_next_step(rank, n, ctx):
+    """Train 2 steps, save, and record the next step's loss: another rank count resumes from it (`resume_next_step`).
+    Global batch fixed (2*B sequences), so every rank count sees the same data."""
+    parallel = None if n == 1 else Parallel.fsep
+    trainer, bal = make(parallel, rank, n)
+    batches = data(3, 2)
+    train(trainer, batches, rank, n, range(2))
+    checkpoint.save(ctx["tmp"] / f"from{n}", trainer, bal)
+    ctx["next_loss"] = train(trainer, batches, rank, n, range(2, 3))[0].loss
+    if bal is not None:
+        bal.close()
+
+
+def case_resume_next_step(rank, n, ctx):
+    """Resume every checkpoint saved by another rank count (ctx["resume_from"]) and take the next step."""
+    parallel = None if n == 1 else Parallel.fsep
+    batches = data(3, 2)
+    ctx["resumed"] = {}
+    for path in ctx["resume_from"]:
+        trainer, bal = make(parallel, rank, n)
+        checkpoint.load(checkpoint.latest(path), trainer, bal)
+        assert trainer.step_count == 2
+        ctx["resumed"][path] = train(trainer, batches, rank, n, range(2, 3))[0].loss
+        if bal is not None:
+            bal.close()
+
+
+def run_cases(rank: int, n: int, cases: list[str], tmp: str, steps: int, resume_from: tuple = ()) -> dict:
+    os.environ["LOCAL_RANK"] = str(rank)
+    from pathlib import Path
+
+    ctx = {"tmp": Path(tmp), "steps": steps, "resume_from": list(resume_from)}
+    out = {}
+    for name in cases:
+        try:
+            globals()[name](rank, n, ctx)
+            out[name] = None
+        except Exception:
+            out[name] = traceback.format_exc()
+        dist.barrier()
+    out["_ctx"] = {k: v for k, v in ctx.items() if k in ("layout_changes", "next_loss", "resumed")}
+    return out
+
