@@ -126,3 +126,31 @@ def test_bad_inputs_fail_clearly():
         simulate([0.0], [1], [1], [0], [], Dispatcher.round_robin)
     with pytest.raises(ValueError, match="cannot hold"):
         simulate([0.0], [1], [1], [0], [_cost(kv=100)], Dispatcher.round_robin, max_model_len=1000)
+
+
+def _speed(x, kv=60_000):
+    """A replica x times slower than the base one (steps 20 ms + 0.5 ms per sequence, prompts 0.2 ms per token)."""
+    return IterationCost(
+        config=ReplicaConfig(1), prefill_knots_tokens=(0.0, 10_000.0), prefill_knots_s=(0.02 * x, 2.02 * x),
+        prefill_s_per_sq_token=0.0, decode_base_s=tuple(x * (0.02 + 0.0005 * B) for B in range(257)),
+        decode_s_per_ctx_token=1e-7, kv_capacity_tokens=kv, source="test")
+
+
+def test_affinity_keeps_types_on_their_replicas_and_joins_the_shortest_queue():
+    """Type 0 may use replica 0 only; type 1 both. With a fast and a 3x slower replica and a 50/50 plan, the fixed
+    split queues half the work on the slow one; picking the fewest outstanding tokens at each arrival does not."""
+    from tests.serving.conftest import synthetic_requests
+
+    arr, inp, out = synthetic_requests(600, rate=3.0, seed=4)
+    labels = (inp > 1000).astype(int)
+    costs = [_speed(1), _speed(3)]
+    w = np.array([[1.0, 0.5], [0.0, 0.5]])
+    aff = simulate(arr, inp, out, labels, costs, Dispatcher.affinity, weights=w, max_model_len=4500)
+    assert np.all(aff.replica[labels == 0] == 0)
+    assert set(aff.replica[labels == 1]) == {0, 1}
+    half = np.array([[0.5, 0.5], [0.5, 0.5]])
+    split = simulate(arr, inp, out, labels, costs, Dispatcher.plan, weights=half, max_model_len=4500)
+    jsq = simulate(arr, inp, out, labels, costs, Dispatcher.affinity, weights=half, max_model_len=4500)
+    assert jsq.summary["p99_latency_s"] < 0.6 * split.summary["p99_latency_s"]
+    with pytest.raises(ValueError, match="affinity needs"):
+        simulate([0.0], [1], [1], [0], [_cost()], Dispatcher.affinity)
