@@ -17,7 +17,8 @@ from tests.serving.conftest import synthetic_requests, write_azure_csv
 
 CONF = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "conf")
 TINY = ["num_gpus=8", "oserve.gpu_counts=[8]", "oserve.rate_points=[1.0]", "oserve.sensitivity_mix=[0.0,0.5]",
-        "oserve.sensitivity_requests=300", "oserve.scheduler.patience=5"]
+        "oserve.sensitivity_requests=300", "oserve.scheduler.patience=5", "oserve.heatmap.long_shares=[]",
+        "oserve.replay_s=30", "oserve.scheduler.finalists=2"]
 
 
 def _compose(overrides):
@@ -26,19 +27,24 @@ def _compose(overrides):
 
 
 def _check(out, tmp_path):
-    for pol in ("oserve", "oserve_rr", "static_vllm"):
+    for pol in ("oserve", "oserve_weighted", "best_static", "best_static_rr"):
         m = out["policies"][pol]
         for k in ("p50_latency_s", "p99_latency_s", "throughput_rps", "slo_attainment"):
             assert not math.isnan(m[k]), (pol, k)  # every policy served the trace to the end
         assert 0 < m["p50_latency_s"] <= m["p99_latency_s"]
         assert 0 <= m["slo_attainment"] <= 1
     saved = json.loads((tmp_path / "results.json").read_text())["results"]  # experiments.run writes it
-    assert set(saved["policies"]) == {"oserve", "oserve_rr", "static_vllm", "static_tp4"}
+    assert set(saved["policies"]) >= {"oserve", "oserve_weighted", "best_static", "best_static_rr", "vllm_fixed_tp4",
+                                      "vllm_fixed_tp4_rr"}
     # The reported ratios are the policies' P99 ratios (the headline cell: first trace, num_gpus, the one rate point).
     p99 = {k: v["p99_latency_s"] for k, v in saved["policies"].items()}
     cell = f"{saved['config']['traces'][0]}/{saved['config']['num_gpus']}/1.0"
-    assert saved["p99_speedup_vs_static_tp4"]["per_cell"][cell] == pytest.approx(p99["static_tp4"] / p99["oserve"])
-    assert saved["p99_speedup_vs_static"]["per_cell"][cell] == pytest.approx(p99["static_vllm"] / p99["oserve"])
+    assert saved["p99_speedup_vs_vllm_fixed_tp4"]["per_cell"][cell] == pytest.approx(
+        p99["vllm_fixed_tp4"] / p99["oserve"])
+    assert saved["p99_speedup_vs_best_static"]["per_cell"][cell] == pytest.approx(p99["best_static"] / p99["oserve"])
+    # The search returns its candidates' scores; the finalists carry a replay score and one is chosen.
+    cands = saved["policies"]["oserve"]["candidates"]
+    assert sum(c["chosen"] for c in cands) == 1 and any(c["replay_score"] is not None for c in cands)
     assert (tmp_path / "results.csv").exists() and (tmp_path / "p99_vs_rate.png").stat().st_size > 0
 
 
@@ -111,8 +117,8 @@ def test_oserve_beats_the_best_homogeneous_deployment_when_types_want_different_
     replicas (8 fit) or 40/16.6 + 1.75/0.88 = 4.4 tp2 replicas (4 fit), so both homogeneous deployments are overloaded
     (by >= 10%); 2 x tp1 for the short type + 3 x tp2 for the long one serves it all under 80% utilisation. So
     OServe's plan must score strictly higher than every homogeneous one, and in the simulator its P99 must be lower
-    than the best homogeneous deployment's (picked by simulated P99, the experiment's static_vllm), whose queues grow."""
-    cfg = _compose(["num_gpus=8", "oserve.max_model_len=4096", "workload.num_types=2"])
+    than the best homogeneous deployment's (picked by simulated P99, the experiment's best_static), whose queues grow."""
+    cfg = _compose(["num_gpus=8", "oserve.max_model_len=4096", "workload.num_types=2", "oserve.plan_rate_quantile=null"])
     cm, trace = TwoShapeCostModel(), _two_type_trace()
     prob = scheduler_problem(cm, build_workload(trace, 2), cfg)
     homogeneous = [prob.score(d) for d in homogeneous_candidates(prob, 8)]
@@ -123,7 +129,9 @@ def test_oserve_beats_the_best_homogeneous_deployment_when_types_want_different_
     assert (round(plan.served_rps / prob.lam.sum(), 6), -plan.peak_utilisation) > max(homogeneous)
     assert plan.served_rps == pytest.approx(prob.lam.sum(), rel=1e-4) and plan.peak_utilisation < 0.8
     assert len(set(static_dep)) == 1  # the baseline is homogeneous
-    assert res["oserve"]["p99_latency_s"] < 0.75 * res["static_vllm"]["p99_latency_s"]
+    # V1 chunked prefill already spares the homogeneous deployment the v0 stalls (its P99 halves), so the margin
+    # is 20% here (v0 engines: 60%).
+    assert res["oserve"]["p99_latency_s"] < 0.8 * res["best_static"]["p99_latency_s"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
