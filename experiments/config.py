@@ -120,12 +120,15 @@ class OServeConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     # The finalists' replay: the busiest replay_s seconds of the workload, scored by replay_objective (p99 or
     # goodput). replay_s 0: no replay, the LP's best is the plan.
-    replay_s: float = 120.0
+    replay_s: float = 60.0
     replay_objective: ReplayObjective = ReplayObjective.p99
     # How OServe routes: affinity (the plan's types + fewest outstanding tokens) or plan (fixed x_kj split).
     dispatch: Dispatcher = Dispatcher.affinity
     # The simulated engines' scheduling: v1 (vLLM V1, chunked prefill) or v0 (prefill first).
     scheduling: SchedulingPolicy = SchedulingPolicy.v1
+    # best_static is the homogeneous deployment with the lowest simulated P99 among this many best by the LP
+    # (0: all of them; each is a full-trace simulation).
+    static_candidates: int = 4
     # TPs of the fixed vLLM baselines (vllm_fixed_tp<N>: N_gpus / tp identical replicas, the paper's static vLLM).
     fixed_tps: list[int] = field(default_factory=lambda: [4, 8])
     # Plan for this quantile of the per-window type rates (null: the trace's mean rates), windows of

@@ -6,7 +6,8 @@ For every (trace, GPU count, request rate), in the same simulator (vLLM V1 sched
   oserve             OServe's plan (flow/LP ranking, finalists scored on a short replay), affinity dispatch
   oserve_weighted    the same plan with the fixed x_kj split
   best_static        the oracle: the homogeneous deployment with the lowest simulated P99 (picked at the middle rate
-                     point), least-outstanding routing; best_static_rr with round-robin
+                     point among the oserve.static_candidates best by the LP), least-outstanding routing;
+                     best_static_rr with round-robin
   vllm_fixed_tp<N>   N_gpus / N identical TP-N replicas, least-outstanding routing (the paper's static vLLM);
                      vllm_fixed_tp<N>_rr with round-robin
 Traces: workload.trace_path, oserve.extra_traces ("mix": the first two merged; "arxiv_mix": the first trace's arrivals
@@ -211,7 +212,9 @@ def compare(trace, cm, gpus, cfg, static_dep=None, slo: SLO | None = None, tpot_
     plan = oserve_search(prob, gpus)
     lo, rr = Dispatcher.least_outstanding, Dispatcher.round_robin
     if static_dep is None:  # the oracle: the best homogeneous deployment by P99 in the same simulator
-        cands = homogeneous_candidates(prob, gpus)
+        cands = sorted(homogeneous_candidates(prob, gpus), key=prob.score, reverse=True)
+        if cfg.oserve.static_candidates:  # the LP's most promising ones only (each is a full-trace simulation)
+            cands = cands[: int(cfg.oserve.static_candidates)]
         p99 = [run_policy(trace, wl.labels, cm, d, lo, None, cfg, slo)["p99_latency_s"] for d in cands]
         static_dep = cands[int(np.argmin(p99))]
     weights = np.array(plan.dispatch)

@@ -99,6 +99,7 @@ class ReplicaEngine:
         self.pend = np.zeros(0, np.int64)  # [B] tokens to compute before the next sample
         self.rem = np.zeros(0, np.int64)  # [B] output tokens still owed
         self.just_preempted = False
+        self.prefilling = False  # some running sequence still has prompt tokens to compute (v1)
         self.outstanding = 0  # dispatched and not finished
         self.outstanding_tokens = 0  # their prompt + output tokens
         self.peak_blocks = 0
@@ -134,7 +135,7 @@ class ReplicaEngine:
     def _decode_only_ahead(self) -> bool:
         """True when the next step schedules decodes only: every running sequence decodes, and the queue head could
         not be admitted (too many sequences, or its first chunk's blocks not free once the decodes have grown)."""
-        if self.ids.size == 0 or np.any(self.pend != 1):
+        if self.ids.size == 0 or self.prefilling:
             return False
         if not self.waiting:
             return True
@@ -197,7 +198,8 @@ class ReplicaEngine:
                 self.pend = np.concatenate([self.pend, lengths])
                 self.rem = np.concatenate([self.rem, r.out[new_ids] - r.generated[new_ids]])
                 k = np.concatenate([k, np.asarray(new_k, np.int64)])
-        k = np.pad(k, (0, self.ids.size - k.size))
+        if k.size < self.ids.size:
+            k = np.concatenate([k, np.zeros(self.ids.size - k.size, np.int64)])
         if not k.any():
             if self.ids.size == 0 and self.waiting:
                 raise RuntimeError(f"replica {self.index}: waiting requests cannot be admitted to an empty engine")
@@ -225,6 +227,7 @@ class ReplicaEngine:
         self.rem[sampled] -= 1
         self.pend[sampled] = 1
         self._drop_done()
+        self.prefilling = bool((self.pend != 1).any())
 
     def _resume(self, rid: int) -> None:
         if not math.isnan(self.reqs.preempted_at[rid]):
@@ -294,7 +297,10 @@ class ReplicaEngine:
             a = self.cost.decode_base(B)
             c0 = float(self.ctx.sum())
             m = min(m, self._steps_before(t_limit, a, c0, B))
-            if self._blocks(self.ctx + m) > self.num_blocks:
+            # Growing m tokens adds at most ceil(m / bs) blocks per sequence: only count exactly when that could
+            # overflow.
+            if (self._blocks(self.ctx) + B * -(-m // self.bs) > self.num_blocks
+                    and self._blocks(self.ctx + m) > self.num_blocks):
                 lo, hi = 0, m  # largest m whose cache fits: blocks(ctx + m) is increasing in m
                 while lo < hi:
                     mid = (lo + hi + 1) // 2
@@ -337,6 +343,7 @@ class ReplicaEngine:
         rid = int(self.ids[-1])
         self.ids, self.ctx, self.pend, self.rem = self.ids[:-1], self.ctx[:-1], self.pend[:-1], self.rem[:-1]
         self.waiting.appendleft(rid)
+        self.prefilling = bool((self.pend != 1).any())
         self.reqs.preemptions[rid] += 1
         self.reqs.preempted_at[rid] = self.t
         self.just_preempted = True
