@@ -145,6 +145,9 @@ def test_oserve_beats_the_best_homogeneous_deployment_when_types_want_different_
     ("oserve.scheduler.capacity=guess", "oserve.scheduler.capacity"),
     ("oserve.gpu_counts=[eight]", "oserve.gpu_counts"),
     ("oserve.tie_break=latency", "tie_break"),  # moved under oserve.scheduler: no silent acceptance
+    ("oserve.fixed_tp=4", "fixed_tp"),  # now oserve.fixed_tps, a list
+    ("oserve.scheduling=v2", "oserve.scheduling"),
+    ("oserve.dispatch=random", "oserve.dispatch"),
     ("workload.format=parquet", "workload.format"),
 ])
 def test_bad_values_fail_when_the_config_is_built(override, key):
@@ -158,12 +161,35 @@ def test_bad_values_fail_when_the_config_is_built(override, key):
 @pytest.mark.parametrize("override, match", [
     ("num_gpus=0", "num_gpus"),
     ("model=bert", "unknown model"),
+    ("oserve.rate_points=[]", "'oserve.rate_points' must list"),
+    ("oserve.rate_points=[-1]", "'oserve.rate_points' must all be > 0"),
+    ("workload.num_types=0", "'workload.num_types' must be >= 1"),
+    ("oserve.sensitivity_mix=[2.0]", "'oserve.sensitivity_mix' must be shares"),
+    ("oserve.max_model_len=0", "'oserve.max_model_len' must be >= 128"),
+    ("oserve.max_model_len=16", "'oserve.max_model_len' must be >= 128"),
+    ("oserve.slo.ttft_s=-1", "'oserve.slo.ttft_s' must be > 0"),
+    ("oserve.scheduler.patience=-1", "'oserve.scheduler.patience' must be >= 0"),
+    ("oserve.fixed_tps=[3]", "'oserve.fixed_tps' must be powers of two"),
+    ("cluster.num_nodes=0", "'cluster.num_nodes' must be >= 1"),
+    ("oserve.heatmap.loads=[0]", "'oserve.heatmap.loads' must all be > 0"),
 ])
 def test_bad_experiment_configs_fail_clearly(tmp_path, override, match):
     arr, inp, out = synthetic_requests(50)
     a = write_azure_csv(tmp_path / "a.csv", arr, inp, out)
     cfg = _compose(TINY + [f"workload.trace_path={a}", "oserve.extra_traces=[]", "oserve.costmodel=roofline", override])
     with pytest.raises(ValueError, match=match):
+        run(cfg, tmp_path)
+
+
+def test_measured_cost_model_without_rows_for_the_model_says_use_roofline(tmp_path):
+    arr, inp, out = synthetic_requests(50)
+    a = write_azure_csv(tmp_path / "a.csv", arr, inp, out)
+    perf = tmp_path / "perf.csv"
+    perf.write_text("model,hardware,prompt_size,batch_size,token_size,peak_power,average_power,prompt_time,token_time,"
+                    "e2e_time,tensor_parallel\nllama2-70b,h100-80gb,512,1,128,1,1,100,30,0,4\n")
+    cfg = _compose(TINY + [f"workload.trace_path={a}", "oserve.extra_traces=[]", f"oserve.perf_table={perf}",
+                           "model=tiny-llama"])
+    with pytest.raises(ValueError, match="'model'.*no rows for tiny-llama.*oserve.costmodel=roofline"):
         run(cfg, tmp_path)
 
 
