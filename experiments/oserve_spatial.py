@@ -20,6 +20,7 @@ p99_vs_rate.png, heatmap.png.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ from common.topology import get_cluster
 from common.traces import RequestTrace, load_request_trace
 from experiments import plotting, reference
 from serving.costmodel import CostModel, CostModelKind, ReplicaConfig, get_model, load_perf_table
+from serving.costmodel.calibrate import roofline_errors
 from serving.costmodel.measured import hardware_key
 from serving.scheduler import Capacity, Problem, SchedulerConfig, homogeneous_candidates, oserve_search
 from serving.sim import SLO, Dispatcher, EngineConfig, ReplayScorer, SimulatedProfiler, simulate
@@ -318,6 +320,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                             cfg.paths.fallback, synthetic_dir=out_dir / "synthetic_data").root
     traces = load_traces(cfg, data_dir)
     primary = next(iter(traces))
+    calibration = _calibration(cfg, data_dir)
     gpu_counts = sorted(set(int(g) for g in cfg.oserve.gpu_counts) | {int(cfg.num_gpus)})
     grid, headline, cells_out = [], None, {}
     mid = float(np.median(cfg.oserve.rate_points))
@@ -359,6 +362,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         **{f"p99_speedup_vs_{b}": summ(v) for b, v in ratios.items()},
         "sensitivity": sens,
         "heatmap": heat,
+        "calibration": calibration,
         "paper": PAPER,
         "config": {"model": cfg.model, "cluster": cfg.cluster.preset.name, "num_gpus": int(cfg.num_gpus),
                    "costmodel": cfg.oserve.costmodel.name, "scheduling": cfg.oserve.scheduling.name,
@@ -370,6 +374,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     _plot(out_dir / "p99_vs_rate.png", grid, traces, gpu_counts, fixed, settings)
     log.info("\n".join(_table(out, cells_out, fixed, cfg)))
     return out
+
+
+def _calibration(cfg, data_dir) -> list[dict]:
+    """The roofline's error against every measured (model, GPU, TP, phase), logged: how far the roofline terms the
+    measured model borrows (context, PP, other models) can be trusted."""
+    if cfg.oserve.costmodel is not CostModelKind.measured:
+        return []
+    rows = [dataclasses.asdict(e) for e in roofline_errors(load_perf_table(_data_path(data_dir, cfg.oserve.perf_table)))]
+    log.info("roofline vs measured table (mean / worst abs. error):\n" + "\n".join(
+        f"  {r['model']:11s} {r['hardware']:10s} TP{r['tp']} {r['phase']:7s} {r['mape']:6.1%} / {r['max_ape']:6.1%}"
+        f"  ({r['rows']} rows)" for r in rows))
+    return rows
 
 
 def _table(out, cells, fixed, cfg) -> list[str]:

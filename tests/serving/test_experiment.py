@@ -60,6 +60,27 @@ def test_spatial_tiny_synthetic(tmp_path):
     assert {r for r in res["config"]["traces"]} == {"a", "b", "mix"}
 
 
+def test_spatial_tiny_heatmap_and_arxiv_mix(tmp_path):
+    """The long-request workloads: a trace with a share of its lengths from a lengths-only pool, and the heatmap of
+    P99 ratios (CSV + PNG, one row per (long share, load, SLO scale) cell, ratios as the cells' P99s divide)."""
+    arr, inp, out = synthetic_requests(300, rate=1.0)
+    a = write_azure_csv(tmp_path / "a.csv", arr, inp, out)
+    pool = tmp_path / "long.csv"
+    rng = np.random.default_rng(0)
+    pool.write_text("num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n" + "".join(
+        f"{i},{o},{i + o},{i / o}\n" for i, o in zip(rng.integers(2000, 3500, 50), rng.integers(50, 300, 50))))
+    cfg = _compose(TINY + [f"workload.trace_path={a}", "oserve.extra_traces=[arxiv_mix]", "oserve.costmodel=roofline",
+                           "model=opt-30b", f"oserve.long_pool={pool}", "oserve.sensitivity_mix=[]",
+                           "oserve.heatmap.long_shares=[0.0,0.5]", "oserve.heatmap.loads=[0.5]",
+                           "oserve.heatmap.slo_scales=[1.0]", "oserve.heatmap.requests=150", "oserve.heatmap.gpus=8"])
+    res = run(cfg, tmp_path)
+    assert res["config"]["traces"] == ["a", "arxiv_mix"]
+    assert len(res["heatmap"]) == 2
+    for r in res["heatmap"]:
+        assert r["ratio_best_static"] == pytest.approx(r["p99_best_static_s"] / r["p99_oserve_s"])
+    assert (tmp_path / "heatmap.csv").exists() and (tmp_path / "heatmap.png").stat().st_size > 0
+
+
 def test_spatial_tiny_real(real_data, tmp_path):
     cfg = _compose(TINY + [f"paths.data_dir={real_data}", "workload.max_requests=1500", "oserve.extra_traces=[]"])
     _check(run(cfg, tmp_path), tmp_path)
