@@ -195,8 +195,10 @@ def oserve_search(problem: Problem, num_gpus: int, start: Deployment | None = No
     3. For the next (bottleneck, redundant) pair, enumerate the GPU moves and TP/PP choices of the changed replicas.
     4. Keep the best candidate if it beats the incumbent (new pairs from step 2); otherwise try the next pair.
     5. Stop after `patience` steps without improvement.
-    6. With a plan scorer: the `finalists` best LP scores among every deployment seen (the homogeneous ones
-       included, so the result is never worse than the best homogeneous by the scorer) are scored, the lowest wins.
+    6. With a plan scorer: the search's result, the LP's best homogeneous deployment and the next best LP scores
+       among every deployment seen, `finalists` in all, are scored; among those serving the planned rates as well
+       as the best of them, the lowest score wins (so the plan is never worse than a homogeneous deployment that
+       serves as much, by the scorer's measure).
     """
     t0 = time.perf_counter()
     cur = start if start is not None else best_homogeneous(problem, num_gpus)
@@ -220,17 +222,21 @@ def oserve_search(problem: Problem, num_gpus: int, start: Deployment | None = No
 
 def finalize(problem: Problem, best: Deployment, num_gpus: int, policy: str, steps: int, t0: float) -> DeploymentPlan:
     """Step 6 of oserve_search: rank the seen deployments by LP score, let the scorer pick among the finalists."""
-    for d in homogeneous_candidates(problem, num_gpus):
-        problem.score(d)
+    homogeneous = best_homogeneous(problem, num_gpus)
     seen = sorted((d for d in problem._scores if d), key=problem.score, reverse=True)
     seen = [d for d in seen if sum(c.gpus for c in d) <= num_gpus]
     k = problem.cfg.finalists if problem.scorer is not None else 0
-    finalists = list(dict.fromkeys(([best] if k else []) + seen[: max(k - 1, 0)]))
+    # The search's result and the best homogeneous deployment always reach the finals, then the next LP scores.
+    finalists = list(dict.fromkeys([best, homogeneous] + seen))[:k] if k else []
     replay = {}
     if problem.scorer is not None and finalists:
         for d in finalists:
             replay[d] = float(problem.scorer(problem.plan(d, policy)))
-        best = min(finalists, key=lambda d: (replay[d], tuple(-x for x in problem.score(d))))
+        # A short replay cannot see a queue that grows by 1% an hour: only finalists that serve the planned rates as
+        # well as the best of them (LP) compete on the replay score.
+        top = max(problem.score(d)[0] for d in finalists)
+        eligible = [d for d in finalists if problem.score(d)[0] >= top - 1e-3]
+        best = min(eligible, key=lambda d: (replay[d], tuple(-x for x in problem.score(d))))
     cands = tuple(CandidateScore(_describe(d), float(problem.score(d)[0]), float(-problem.score(d)[1]), replay.get(d),
                                  d == best)
                   for d in seen[: max(len(finalists), 10)])
