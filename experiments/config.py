@@ -22,7 +22,7 @@ from serving.costmodel import CostModelKind
 from serving.engines.config import EngineConfig
 from serving.loadgen import LoadSpec
 from serving.scheduler import SchedulerConfig
-from serving.sim import SLO
+from serving.sim import SLO, Dispatcher, ReplayObjective, SchedulingPolicy
 from training.train_config import DataConfig, Parallel, PlannerConfig, TrainerConfig
 
 
@@ -76,20 +76,40 @@ class WorkloadConfig:
 
 
 @dataclass
+class OServeHeatmapConfig:
+    # Where heterogeneity pays: P99 ratios OServe / best_static and OServe / vllm_fixed on synthetic mixes of short
+    # (workload.trace_path) and long (long_pool) requests, over these axes. Empty long_shares: no heatmap.
+    long_shares: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.6])
+    # Request rate as a share of what the best homogeneous deployment serves of that mix (its LP capacity).
+    loads: list[float] = field(default_factory=lambda: [0.5, 0.8])
+    # SLO scale: multiplies oserve.slo (ttft_s and tpot_s) and the capacity estimate's TPOT target.
+    slo_scales: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    # Requests per cell, and the arrival process: gamma inter-arrivals of this CV (1 = Poisson, > 1 bursty).
+    requests: int = 1500
+    burst_cv: float = 2.0
+    # GPUs per cell (null: num_gpus).
+    gpus: Optional[int] = 16
+
+
+@dataclass
 class OServeConfig:
-    # Cost model: measured (Splitwise table, interpolated) or roofline (analytic, any model).
+    # Cost model: measured (Splitwise table + roofline context terms) or roofline (analytic, any model).
     costmodel: CostModelKind = CostModelKind.measured
     # The measured table, relative to paths.data_dir.
     perf_table: str = "splitwise_sim_perf_model/perf_model.csv"
+    # Long requests (lengths only) for the arxiv_mix trace and the heatmap, relative to paths.data_dir.
+    long_pool: str = "sharegpt_arxiv_length_stats/arxiv_summarization_stats_llama2_tokenizer_filtered_v2.csv"
     # Longest request (prompt + output) a replica must hold; longer prompts are cut.
     max_model_len: int = 8192
-    # Extra traces compared beside workload.trace_path ("mix" = it merged with the first extra trace).
+    # Extra traces compared beside workload.trace_path ("mix" = it merged with the first extra trace; "arxiv_mix" =
+    # its arrivals with arxiv_share of the requests' lengths drawn from long_pool).
     extra_traces: list[str] = field(
-        default_factory=lambda: ["azure_llm_inference_2023/AzureLLMInferenceTrace_code.csv", "mix"])
+        default_factory=lambda: ["azure_llm_inference_2023/AzureLLMInferenceTrace_code.csv", "mix", "arxiv_mix"])
+    arxiv_share: float = 0.2
     # GPU counts of the comparison grid (num_gpus is the headline one).
     gpu_counts: list[int] = field(default_factory=lambda: [8, 16, 32])
     # Request-rate points (x workload.rate_scale x num_gpus / 8, so the load per GPU is alike at every size).
-    rate_points: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0])
+    rate_points: list[float] = field(default_factory=lambda: [1.0])
     # Spatial-sensitivity sweep: share of long requests mixed into short ones (0 = short only).
     sensitivity_mix: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5])
     # Requests per sensitivity point.
@@ -98,12 +118,28 @@ class OServeConfig:
     # With capacity simulated, a profiled rate must keep P90 TTFT within slo.ttft_s / 2.
     slo: SLO = field(default_factory=SLO)
     # The two-level scheduler (serving.scheduler.SchedulerConfig): scheduler.patience, scheduler.tie_break
-    # (latency or balance), scheduler.headroom, scheduler.tpot_target_s, scheduler.capacity (analytic or simulated).
+    # (latency or balance), scheduler.headroom, scheduler.tpot_target_s, scheduler.capacity (analytic or simulated),
+    # scheduler.finalists (LP-best deployments scored by a simulated replay), scheduler.max_batched_tokens (also
+    # the simulated engines' max_num_batched_tokens).
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    # TP of the fixed vLLM-style baseline deployment (N / fixed_tp replicas of TP fixed_tp).
-    fixed_tp: int = 4
-    # Plan for this quantile of the per-minute type rates (null: the trace's mean rates); 0.9 plans for bursts.
-    plan_rate_quantile: Optional[float] = None
+    # The finalists' replay: the busiest replay_s seconds of the workload, scored by replay_objective (p99 or
+    # goodput). replay_s 0: no replay, the LP's best is the plan.
+    replay_s: float = 60.0
+    replay_objective: ReplayObjective = ReplayObjective.p99
+    # How OServe routes: affinity (the plan's types + fewest outstanding tokens) or plan (fixed x_kj split).
+    dispatch: Dispatcher = Dispatcher.affinity
+    # The simulated engines' scheduling: v1 (vLLM V1, chunked prefill) or v0 (prefill first).
+    scheduling: SchedulingPolicy = SchedulingPolicy.v1
+    # best_static is the homogeneous deployment with the lowest simulated P99 among this many best by the LP
+    # (0: all of them; each is a full-trace simulation).
+    static_candidates: int = 4
+    # TPs of the fixed vLLM baselines (vllm_fixed_tp<N>: N_gpus / tp identical replicas, the paper's static vLLM).
+    fixed_tps: list[int] = field(default_factory=lambda: [4, 8])
+    # Plan for this quantile of the per-window type rates (null: the trace's mean rates), windows of
+    # plan_rate_window_s seconds: a high quantile of short windows plans for the bursts an hour average hides.
+    plan_rate_quantile: Optional[float] = 0.9
+    plan_rate_window_s: float = 60.0
+    heatmap: OServeHeatmapConfig = field(default_factory=OServeHeatmapConfig)
 
 
 class LoadKind(Enum):

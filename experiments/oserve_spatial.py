@@ -1,18 +1,26 @@
-"""OServe spatial experiment: the heterogeneous plan vs. the best static homogeneous deployment.
+"""OServe spatial experiment: the heterogeneous plan against honest homogeneous baselines.
 
     loadwise experiment=oserve/spatial
 
-For every (trace, GPU count, request rate): OServe's two-level plan with its x_kj dispatch ("oserve"), the same
-deployment with round-robin ("oserve_rr"), and the best homogeneous deployment (every replica alike, picked by P99 in
-the same simulator at the middle rate) with round-robin ("static_vllm"), and a fixed vLLM-style deployment of
-TP=oserve.fixed_tp replicas with round-robin ("static_tp<N>", when that config fits). Then a spatial-sensitivity sweep mixing short
-and long requests at rising length CV. Returns the results (experiments.run writes results.json) and writes
-results.csv, sensitivity.csv, p99_vs_rate.png.
+For every (trace, GPU count, request rate), in the same simulator (vLLM V1 scheduling by default):
+  oserve             OServe's plan (flow/LP ranking, finalists scored on a short replay), affinity dispatch
+  oserve_weighted    the same plan with the fixed x_kj split
+  best_static        the oracle: the homogeneous deployment with the lowest simulated P99 (picked at the middle rate
+                     point among the oserve.static_candidates best by the LP), least-outstanding routing;
+                     best_static_rr with round-robin
+  vllm_fixed_tp<N>   N_gpus / N identical TP-N replicas, least-outstanding routing (the paper's static vLLM);
+                     vllm_fixed_tp<N>_rr with round-robin
+Traces: workload.trace_path, oserve.extra_traces ("mix": the first two merged; "arxiv_mix": the first trace's arrivals
+with oserve.arxiv_share of the lengths drawn from arXiv summarisation prompts). Then the spatial-sensitivity sweep and
+the heatmap of P99 ratios over (share of long requests, load, SLO scale).
+Returns the results (experiments.run writes results.json) and writes results.csv, sensitivity.csv, heatmap.csv,
+p99_vs_rate.png, heatmap.png.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
 import time
@@ -27,18 +35,68 @@ from common.topology import get_cluster
 from common.traces import RequestTrace, load_request_trace
 from experiments import plotting, reference
 from serving.costmodel import CostModel, CostModelKind, ReplicaConfig, get_model, load_perf_table
+from serving.costmodel.calibrate import roofline_errors
+from serving.costmodel.measured import hardware_key
 from serving.scheduler import Capacity, Problem, SchedulerConfig, homogeneous_candidates, oserve_search
-from serving.sim import SLO, Dispatcher, SimulatedProfiler, simulate
-from serving.workload import build_workload, length_cv, mix_types
+from serving.sim import SLO, Dispatcher, EngineConfig, ReplayScorer, SimulatedProfiler, simulate
+from serving.workload import build_workload, length_cv, load_length_pool, mix_types, replace_lengths
 
 log = logging.getLogger(__name__)
 
 PAPER = reference.load("oserve_paper.json")  # the paper's claims, with their source
+HEADLINE = ("oserve", "best_static")  # + the vllm_fixed_tp<N> policies
 
 
 def _data_path(data_dir: Path, rel: str) -> Path:
     p = Path(rel).expanduser()
     return p if p.is_absolute() else data_dir / p
+
+
+def check_config(cfg: DictConfig) -> None:
+    """One-line errors naming the key, for values the schema's types cannot rule out."""
+    o = cfg.oserve
+
+    def need(ok: bool, key: str, what: str, value) -> None:
+        if not ok:
+            raise ValueError(f"config key '{key}' {what}, got {value}")
+
+    need(len(o.rate_points) > 0, "oserve.rate_points", "must list at least one rate point", list(o.rate_points))
+    need(all(x > 0 for x in o.rate_points), "oserve.rate_points", "must all be > 0", list(o.rate_points))
+    need(len(o.gpu_counts) > 0 and all(g >= 1 for g in o.gpu_counts), "oserve.gpu_counts", "must list GPU counts >= 1",
+         list(o.gpu_counts))
+    need(cfg.workload.num_types >= 1, "workload.num_types", "must be >= 1", cfg.workload.num_types)
+    need(all(0 <= x <= 1 for x in o.sensitivity_mix), "oserve.sensitivity_mix", "must be shares in [0, 1]",
+         list(o.sensitivity_mix))
+    need(o.sensitivity_requests >= 10, "oserve.sensitivity_requests", "must be >= 10", o.sensitivity_requests)
+    need(o.max_model_len >= 128, "oserve.max_model_len", "must be >= 128 tokens (shorter cannot hold the traces' "
+         "requests)", o.max_model_len)
+    need(o.slo.ttft_s > 0, "oserve.slo.ttft_s", "must be > 0", o.slo.ttft_s)
+    need(o.slo.tpot_s > 0, "oserve.slo.tpot_s", "must be > 0", o.slo.tpot_s)
+    s = o.scheduler
+    need(s.patience >= 0, "oserve.scheduler.patience", "must be >= 0", s.patience)
+    need(s.max_steps >= 1, "oserve.scheduler.max_steps", "must be >= 1", s.max_steps)
+    need(s.finalists >= 0, "oserve.scheduler.finalists", "must be >= 0", s.finalists)
+    need(0 <= s.headroom <= 1, "oserve.scheduler.headroom", "must lie in [0, 1]", s.headroom)
+    need(s.tpot_target_s is None or s.tpot_target_s > 0, "oserve.scheduler.tpot_target_s", "must be > 0 or null",
+         s.tpot_target_s)
+    need(s.max_batched_tokens >= 1, "oserve.scheduler.max_batched_tokens", "must be >= 1", s.max_batched_tokens)
+    need(o.replay_s >= 0, "oserve.replay_s", "must be >= 0", o.replay_s)
+    need(all(t >= 1 and t & (t - 1) == 0 for t in o.fixed_tps), "oserve.fixed_tps",
+         "must be powers of two (a TP degree divides a node)", list(o.fixed_tps))
+    need(o.plan_rate_quantile is None or 0 <= o.plan_rate_quantile <= 1, "oserve.plan_rate_quantile",
+         "must lie in [0, 1] or be null", o.plan_rate_quantile)
+    need(o.plan_rate_window_s > 0, "oserve.plan_rate_window_s", "must be > 0", o.plan_rate_window_s)
+    need(0 <= o.arxiv_share <= 1, "oserve.arxiv_share", "must lie in [0, 1]", o.arxiv_share)
+    h = o.heatmap
+    need(all(0 <= x <= 1 for x in h.long_shares), "oserve.heatmap.long_shares", "must be shares in [0, 1]",
+         list(h.long_shares))
+    need(all(x > 0 for x in h.loads), "oserve.heatmap.loads", "must all be > 0", list(h.loads))
+    need(all(x > 0 for x in h.slo_scales), "oserve.heatmap.slo_scales", "must all be > 0", list(h.slo_scales))
+    need(h.burst_cv > 0, "oserve.heatmap.burst_cv", "must be > 0", h.burst_cv)
+    need(h.requests >= 10, "oserve.heatmap.requests", "must be >= 10", h.requests)
+    for key in ("num_nodes", "devices_per_node"):
+        v = cfg.cluster[key]
+        need(v is None or v >= 1, f"cluster.{key}", "must be >= 1 or null", v)
 
 
 def load_traces(cfg: DictConfig, data_dir: Path) -> dict[str, RequestTrace]:
@@ -48,19 +106,23 @@ def load_traces(cfg: DictConfig, data_dir: Path) -> dict[str, RequestTrace]:
     names = [cfg.workload.trace_path] + list(cfg.oserve.extra_traces)
     out: dict[str, RequestTrace] = {}
     for rel in names:
-        if rel == "mix":
+        if rel in ("mix", "arxiv_mix"):
             continue
         tr = load_request_trace(_data_path(data_dir, rel), fmt)
         if cfg.workload.max_requests:
             n = int(cfg.workload.max_requests)
             tr = RequestTrace(tr.arrival_s[:n], tr.input_tokens[:n], tr.output_tokens[:n], tr.source)
         out[Path(rel).stem.replace("AzureLLMInferenceTrace_", "")] = tr
+    first = next(iter(out.values()))
     if "mix" in names and len(out) >= 2:
         a, b = list(out.values())[:2]
         t = np.concatenate([a.arrival_s, b.arrival_s])
         o = np.argsort(t, kind="stable")
         out["mix"] = RequestTrace(t[o], np.concatenate([a.input_tokens, b.input_tokens])[o],
                                   np.concatenate([a.output_tokens, b.output_tokens])[o], "mix")
+    if "arxiv_mix" in names:
+        pool = load_length_pool(_data_path(data_dir, cfg.oserve.long_pool), "arxiv")
+        out["arxiv_mix"] = replace_lengths(first, pool, float(cfg.oserve.arxiv_share), seed=int(cfg.seed))
     return out
 
 
@@ -72,8 +134,16 @@ def build_cost(cfg: DictConfig, data_dir: Path, num_gpus: int) -> CostModel:
         raise ValueError(f"config key 'num_gpus': {num_gpus} > {cluster.num_devices} devices in cluster {cluster.name}")
     cluster = cluster.with_shape(-(-num_gpus // cluster.devices_per_node))
     kind = cfg.oserve.costmodel
-    table = load_perf_table(_data_path(data_dir, cfg.oserve.perf_table)) if kind is CostModelKind.measured else None
-    cm = CostModel(get_model(cfg.model), cluster, kind=kind, table=table, max_model_len=int(cfg.oserve.max_model_len))
+    model = get_model(cfg.model)
+    table = None
+    if kind is CostModelKind.measured:
+        table = load_perf_table(_data_path(data_dir, cfg.oserve.perf_table))
+        hw = hardware_key(cluster)
+        if not any(k[0] == model.name and k[1] == hw for k in table.keys()):
+            have = sorted({k[0] for k in table.keys() if k[1] == hw})
+            raise ValueError(f"config key 'model': the measured table has no rows for {model.name} on {hw} (it has "
+                             f"{have}); use oserve.costmodel=roofline")
+    cm = CostModel(model, cluster, kind=kind, table=table, max_model_len=int(cfg.oserve.max_model_len))
     need = cm.min_gpus()  # a clear error now if the model cannot fit
     if need > num_gpus:
         raise ValueError(f"config key 'num_gpus': model {cfg.model} does not fit on {num_gpus} GPUs "
@@ -87,47 +157,86 @@ def library_config(node, cls):
     return obj if isinstance(obj, cls) else cls(**obj)
 
 
-def run_policy(trace, labels, cm, replicas, dispatch: Dispatcher, weights, cfg) -> dict:
+def engine_config(cfg) -> EngineConfig:
+    return EngineConfig(max_batched_tokens=int(cfg.oserve.scheduler.max_batched_tokens), policy=cfg.oserve.scheduling)
+
+
+def run_policy(trace, labels, cm, replicas, dispatch: Dispatcher, weights, cfg, slo: SLO | None = None) -> dict:
     res = simulate(trace.arrival_s, trace.input_tokens, trace.output_tokens, labels, [cm.cost(c) for c in replicas],
-                   dispatch, weights=weights, max_model_len=int(cfg.oserve.max_model_len),
-                   slo=library_config(cfg.oserve.slo, SLO))
+                   dispatch, weights=weights, engine=engine_config(cfg), max_model_len=int(cfg.oserve.max_model_len),
+                   slo=slo or library_config(cfg.oserve.slo, SLO))
     return {**res.summary, "preemptions": int(res.preemptions.sum())}
 
 
-def scheduler_problem(cm, wl, cfg) -> Problem:
-    """The scheduler's problem for one workload; with capacity simulated, the simulator profiles n_kj (passed in)."""
+def scheduler_problem(cm, wl, cfg, slo: SLO | None = None, tpot_scale: float = 1.0) -> Problem:
+    """The scheduler's problem for one workload. The simulator comes in as functions: the capacity profiler (with
+    capacity simulated) and the finalists' replay scorer (with oserve.replay_s > 0)."""
     sched = library_config(cfg.oserve.scheduler, SchedulerConfig)
+    if sched.tpot_target_s is not None and tpot_scale != 1.0:
+        sched.tpot_target_s = sched.tpot_target_s * tpot_scale
+    slo = slo or library_config(cfg.oserve.slo, SLO)
     profiler = None
     if sched.capacity is Capacity.simulated:
-        profiler = SimulatedProfiler(ttft_target_s=float(cfg.oserve.slo.ttft_s) / 2, tpot_target_s=sched.tpot_target_s,
+        profiler = SimulatedProfiler(ttft_target_s=float(slo.ttft_s) / 2, tpot_target_s=sched.tpot_target_s,
                                      max_batched_tokens=sched.max_batched_tokens, max_model_len=cm.max_model_len)
-    return Problem.from_workload(cm, wl, sched, profiler=profiler)
+    scorer = None
+    if float(cfg.oserve.replay_s) > 0 and sched.finalists > 0:
+        tr = wl.trace
+        scorer = ReplayScorer(tr.arrival_s, tr.input_tokens, tr.output_tokens, wl.labels, cm.cost,
+                              window_s=float(cfg.oserve.replay_s), objective=cfg.oserve.replay_objective,
+                              dispatch=cfg.oserve.dispatch, slo=slo, engine=engine_config(cfg),
+                              max_model_len=cm.max_model_len)
+    return Problem.from_workload(cm, wl, sched, profiler=profiler, scorer=scorer)
 
 
-def compare(trace, cm, gpus, cfg, static_dep=None) -> tuple[dict, tuple, object]:
-    """The policies on one trace; returns (metrics per policy, the static deployment used, the OServe plan)."""
+def _workload(trace, cfg):
     q = cfg.oserve.plan_rate_quantile
-    wl = build_workload(trace, int(cfg.workload.num_types), seed=int(cfg.seed),
-                        rate_quantile=None if q is None else float(q))
-    prob = scheduler_problem(cm, wl, cfg)
+    return build_workload(trace, int(cfg.workload.num_types), seed=int(cfg.seed),
+                          rate_quantile=None if q is None else float(q), interval_s=float(cfg.oserve.plan_rate_window_s))
+
+
+def fixed_configs(cm, gpus: int, cfg) -> dict[str, ReplicaConfig]:
+    """vllm_fixed_tp<N> for each oserve.fixed_tps entry that fits this GPU count and model (others are logged)."""
+    out = {}
+    for tp in cfg.oserve.fixed_tps:
+        c = ReplicaConfig(int(tp))
+        if tp <= gpus and c in cm.configs(int(tp)):
+            out[f"vllm_fixed_tp{tp}"] = c
+        else:
+            log.warning("vllm_fixed_tp%d skipped at %d GPUs: TP %d does not hold %s here", tp, gpus, tp, cm.model.name)
+    return out
+
+
+def compare(trace, cm, gpus, cfg, static_dep=None, slo: SLO | None = None, tpot_scale: float = 1.0):
+    """The policies on one trace; returns (metrics per policy, the static deployment used, the OServe plan)."""
+    wl = _workload(trace, cfg)
+    prob = scheduler_problem(cm, wl, cfg, slo, tpot_scale)
     plan = oserve_search(prob, gpus)
-    if static_dep is None:  # best homogeneous by P99 in the same simulator
-        cands = homogeneous_candidates(prob, gpus)
-        p99 = [run_policy(trace, wl.labels, cm, d, Dispatcher.round_robin, None, cfg)["p99_latency_s"] for d in cands]
+    lo, rr = Dispatcher.least_outstanding, Dispatcher.round_robin
+    if static_dep is None:  # the oracle: the best homogeneous deployment by P99 in the same simulator
+        cands = sorted(homogeneous_candidates(prob, gpus), key=prob.score, reverse=True)
+        if cfg.oserve.static_candidates:  # the LP's most promising ones only (each is a full-trace simulation)
+            cands = cands[: int(cfg.oserve.static_candidates)]
+        p99 = [run_policy(trace, wl.labels, cm, d, lo, None, cfg, slo)["p99_latency_s"] for d in cands]
         static_dep = cands[int(np.argmin(p99))]
+    weights = np.array(plan.dispatch)
     res = {
-        "oserve": run_policy(trace, wl.labels, cm, plan.replicas, Dispatcher.plan, np.array(plan.dispatch), cfg),
-        "oserve_rr": run_policy(trace, wl.labels, cm, plan.replicas, Dispatcher.round_robin, None, cfg),
-        "static_vllm": run_policy(trace, wl.labels, cm, static_dep, Dispatcher.round_robin, None, cfg),
+        "oserve": run_policy(trace, wl.labels, cm, plan.replicas, cfg.oserve.dispatch, weights, cfg, slo),
+        "oserve_weighted": run_policy(trace, wl.labels, cm, plan.replicas, Dispatcher.plan, weights, cfg, slo),
+        "best_static": run_policy(trace, wl.labels, cm, static_dep, lo, None, cfg, slo),
+        "best_static_rr": run_policy(trace, wl.labels, cm, static_dep, rr, None, cfg, slo),
     }
-    tp = int(cfg.oserve.fixed_tp)
-    if tp <= gpus and ReplicaConfig(tp) in cm.configs(tp):
-        res[f"static_tp{tp}"] = run_policy(trace, wl.labels, cm, (ReplicaConfig(tp),) * (gpus // tp),
-                                           Dispatcher.round_robin, None, cfg)
-        res[f"static_tp{tp}"]["plan"] = f"{gpus // tp}x{ReplicaConfig(tp)}"
-    res["oserve"]["plan"] = plan.describe()
+    for name, c in fixed_configs(cm, gpus, cfg).items():
+        dep = (c,) * (gpus // c.gpus)
+        for suffix, d in (("", lo), ("_rr", rr)):
+            res[name + suffix] = run_policy(trace, wl.labels, cm, dep, d, None, cfg, slo)
+            res[name + suffix]["plan"] = f"{gpus // c.gpus}x{c}"
+    res["oserve"]["plan"] = res["oserve_weighted"]["plan"] = plan.describe()
     res["oserve"]["scheduler_s"] = plan.solve_time_s
-    res["static_vllm"]["plan"] = " + ".join(sorted({f"{len(static_dep)}x{c}" for c in static_dep}))
+    res["oserve"]["candidates"] = [
+        {"deployment": c.deployment, "served_share": c.served_share, "peak_utilisation": c.peak_utilisation,
+         "replay_score": c.replay_score, "chosen": c.chosen} for c in plan.candidates]
+    res["best_static"]["plan"] = res["best_static_rr"]["plan"] = f"{len(static_dep)}x{static_dep[0]}"
     return res, static_dep, plan
 
 
@@ -139,86 +248,172 @@ def sensitivity(trace, cm, gpus, cfg) -> list[dict]:
                           trace.output_tokens[wl.labels == j], "pool") for j in (order[0], order[-1])]
     rows = []
     for p in tqdm(list(cfg.oserve.sensitivity_mix), desc="sensitivity", leave=False):
-        probe = mix_types(pools, [1 - p, p], int(cfg.oserve.sensitivity_requests), 1.0, seed=int(cfg.seed))
-        wl_p = build_workload(probe, int(cfg.workload.num_types), seed=int(cfg.seed))
-        prob = scheduler_problem(cm, wl_p, cfg)
-        # Rate: 70% of what the best homogeneous deployment serves of this mix (its LP capacity at rate 1).
-        best = max(homogeneous_candidates(prob, gpus), key=prob.score)
-        rate = 0.7 / max(-prob.score(best)[1], 1e-9)
-        mixed = mix_types(pools, [1 - p, p], int(cfg.oserve.sensitivity_requests), rate, seed=int(cfg.seed))
+        mixed = _mix_at_load(pools, p, 0.7, int(cfg.oserve.sensitivity_requests), cm, gpus, cfg, 1.0)
         res, _, _ = compare(mixed, cm, gpus, cfg)
-        rows.append({"long_share": p, "cv": length_cv(mixed), "rate_rps": rate,
-                     "p99_static_s": res["static_vllm"]["p99_latency_s"], "p99_oserve_s": res["oserve"]["p99_latency_s"],
-                     "speedup": res["static_vllm"]["p99_latency_s"] / res["oserve"]["p99_latency_s"]})
+        rows.append({"long_share": p, "cv": length_cv(mixed), "rate_rps": len(mixed) / max(mixed.duration_s, 1e-9),
+                     "p99_static_s": res["best_static"]["p99_latency_s"],
+                     "p99_oserve_s": res["oserve"]["p99_latency_s"],
+                     "speedup": res["best_static"]["p99_latency_s"] / res["oserve"]["p99_latency_s"]})
     return sorted(rows, key=lambda r: r["cv"])  # rising CV
+
+
+def _mix_at_load(pools, share, load, n, cm, gpus, cfg, burst_cv) -> RequestTrace:
+    """A mix of the two pools at `load` x what the best homogeneous deployment serves of it (LP capacity, rate 1)."""
+    probe = mix_types(pools, [1 - share, share], n, 1.0, seed=int(cfg.seed))
+    prob = scheduler_problem(cm, build_workload(probe, int(cfg.workload.num_types), seed=int(cfg.seed)), cfg)
+    prob.scorer = None
+    best = max(homogeneous_candidates(prob, gpus), key=prob.score)
+    rate = load / max(-prob.score(best)[1], 1e-9)
+    return mix_types(pools, [1 - share, share], n, rate, seed=int(cfg.seed), burst_cv=burst_cv)
+
+
+def heatmap(traces, data_dir, cfg, out_dir, settings) -> list[dict]:
+    """P99 ratios best_static / oserve and vllm_fixed / oserve (> 1: OServe faster) over (long share, load, SLO)."""
+    h = cfg.oserve.heatmap
+    if not h.long_shares:
+        return []
+    gpus = int(h.gpus or cfg.num_gpus)
+    cm = build_cost(cfg, data_dir, gpus)
+    first = next(iter(traces.values()))
+    pools = [first, load_length_pool(_data_path(data_dir, cfg.oserve.long_pool), "arxiv")]
+    base = library_config(cfg.oserve.slo, SLO)
+    rows = []
+    cells = [(s, ld, sc) for sc in h.slo_scales for s in h.long_shares for ld in h.loads]
+    for share, load, scale in tqdm(cells, desc="heatmap", leave=False):
+        tr = _mix_at_load(pools, float(share), float(load), int(h.requests), cm, gpus, cfg, float(h.burst_cv))
+        slo = SLO(ttft_s=base.ttft_s * scale, tpot_s=base.tpot_s * scale)
+        res, _, _ = compare(tr, cm, gpus, cfg, slo=slo, tpot_scale=float(scale))
+        row = {"long_share": share, "load": load, "slo_scale": scale, "rate_rps": len(tr) / max(tr.duration_s, 1e-9),
+               "plan": res["oserve"]["plan"], "best_static_plan": res["best_static"]["plan"],
+               "p99_oserve_s": res["oserve"]["p99_latency_s"], "p99_best_static_s": res["best_static"]["p99_latency_s"],
+               "ratio_best_static": res["best_static"]["p99_latency_s"] / res["oserve"]["p99_latency_s"]}
+        for k in res:
+            if k.startswith("vllm_fixed") and not k.endswith("_rr"):
+                row[f"ratio_{k}"] = res[k]["p99_latency_s"] / res["oserve"]["p99_latency_s"]
+        rows.append(row)
+    _write_csv(out_dir / "heatmap.csv", rows)
+    keys = [k for k in rows[0] if k.startswith("ratio_")]
+    fig, axes = plotting.figure(len(h.slo_scales), len(keys), f"P99 ratio baseline / OServe ({gpus} GPUs; > 1: "
+                                "OServe faster)", settings)
+    for i, sc in enumerate(h.slo_scales):
+        for j, k in enumerate(keys):
+            grid = [[next(r[k] for r in rows if r["long_share"] == s and r["load"] == ld and r["slo_scale"] == sc)
+                     for ld in h.loads] for s in h.long_shares]
+            ax = axes[i, j]
+            plotting.heatmap(ax, grid, list(h.loads), list(h.long_shares), k.replace("ratio_", "") + " / oserve",
+                             center=1.0)
+            ax.set_xlabel("load (share of best homogeneous capacity)")
+            ax.set_ylabel("share of long (arXiv) requests")
+            ax.set_title(f"{k.replace('ratio_', '')}, SLO x{sc:g}")
+    plotting.save(fig, out_dir / "heatmap.png")
+    return rows
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     t0 = time.perf_counter()
-    needed = [cfg.workload.trace_path, *(t for t in cfg.oserve.extra_traces if t != "mix")]
+    check_config(cfg)
+    needed = [cfg.workload.trace_path, *(t for t in cfg.oserve.extra_traces if t not in ("mix", "arxiv_mix"))]
     needed += [cfg.oserve.perf_table] if cfg.oserve.costmodel is CostModelKind.measured else []
+    if "arxiv_mix" in cfg.oserve.extra_traces or cfg.oserve.heatmap.long_shares:
+        needed.append(cfg.oserve.long_pool)
     data_dir = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), needed,
                             cfg.paths.fallback, synthetic_dir=out_dir / "synthetic_data").root
     traces = load_traces(cfg, data_dir)
     primary = next(iter(traces))
+    calibration = _calibration(cfg, data_dir)
     gpu_counts = sorted(set(int(g) for g in cfg.oserve.gpu_counts) | {int(cfg.num_gpus)})
-    grid, headline = [], None
-    cells = [(name, g) for name in traces for g in gpu_counts]
-    for name, g in tqdm(cells, desc="oserve grid"):
+    grid, headline, cells_out = [], None, {}
+    mid = float(np.median(cfg.oserve.rate_points))
+    points = sorted(cfg.oserve.rate_points, key=lambda x: abs(x - mid))  # the oracle is picked at the middle point
+    for name, g in tqdm([(n, g) for n in traces for g in gpu_counts], desc="oserve grid"):
         cm = build_cost(cfg, data_dir, g)
         static_dep = None
-        mid = float(np.median(cfg.oserve.rate_points))
-        points = sorted(cfg.oserve.rate_points, key=lambda x: abs(x - mid))  # pick the static plan at the middle
         for pt in points:
-            scale = float(cfg.workload.rate_scale) * float(pt) * g / 8
-            tr = traces[name].scale_rate(scale)
+            tr = traces[name].scale_rate(float(cfg.workload.rate_scale) * float(pt) * g / 8)
             res, static_dep, plan = compare(tr, cm, g, cfg, static_dep)
             for pol, m in res.items():
-                grid.append({"trace": name, "gpus": g, "rate_point": pt, "rate_rps": len(tr) / max(tr.duration_s, 1e-9),
-                             "policy": pol, **{k: v for k, v in m.items() if k != "plan"}, "plan": m.get("plan", "")})
+                grid.append({"trace": name, "gpus": g, "rate_point": pt,
+                             "rate_rps": len(tr) / max(tr.duration_s, 1e-9), "policy": pol,
+                             **{k: v for k, v in m.items() if k not in ("plan", "candidates")},
+                             "plan": m.get("plan", "")})
+            if pt == points[0]:
+                cells_out[f"{name}/{g}"] = {k: {kk: v for kk, v in m.items()} for k, m in res.items()}
             if name == primary and g == int(cfg.num_gpus) and pt == points[0]:
                 headline = res
-    ratios, ratios_fixed = {}, {}
-    fixed = f"static_tp{int(cfg.oserve.fixed_tp)}"
-    for (name, g, pt) in {(r["trace"], r["gpus"], r["rate_point"]) for r in grid}:
+    fixed = sorted({r["policy"] for r in grid if r["policy"].startswith("vllm_fixed") and not
+                    r["policy"].endswith("_rr")})
+    ratios = {b: {} for b in ["best_static", *fixed]}
+    for (name, g, pt) in sorted({(r["trace"], r["gpus"], r["rate_point"]) for r in grid}):
         by = {r["policy"]: r for r in grid if (r["trace"], r["gpus"], r["rate_point"]) == (name, g, pt)}
-        ratios[f"{name}/{g}/{pt}"] = by["static_vllm"]["p99_latency_s"] / by["oserve"]["p99_latency_s"]
-        if fixed in by:
-            ratios_fixed[f"{name}/{g}/{pt}"] = by[fixed]["p99_latency_s"] / by["oserve"]["p99_latency_s"]
-    sens = sensitivity(traces[primary], build_cost(cfg, data_dir, int(cfg.num_gpus)), int(cfg.num_gpus), cfg)
+        for b in ratios:
+            if b in by:
+                ratios[b][f"{name}/{g}/{pt}"] = by[b]["p99_latency_s"] / by["oserve"]["p99_latency_s"]
+    settings = {"model": cfg.model, "cluster": cfg.cluster.preset.name, "cost model": cfg.oserve.costmodel.name,
+                "engine": cfg.oserve.scheduling.name}
+    sens = sensitivity(traces[primary], build_cost(cfg, data_dir, int(cfg.num_gpus)), int(cfg.num_gpus), cfg) \
+        if cfg.oserve.sensitivity_mix else []
+    heat = heatmap(traces, data_dir, cfg, out_dir, settings)
 
+    summ = lambda v: {"max": max(v.values()), "mean": float(np.mean(list(v.values()))),  # noqa: E731
+                      "min": min(v.values()), "per_cell": v} if v else None
     out = {
-        "policies": {k: {kk: v for kk, v in m.items()} for k, m in headline.items()},
-        "p99_speedup_vs_static": {"max": max(ratios.values()), "mean": float(np.mean(list(ratios.values()))),
-                                  "per_cell": ratios},
-        f"p99_speedup_vs_{fixed}": ({"max": max(ratios_fixed.values()), "mean": float(np.mean(list(ratios_fixed.values()))),
-                                     "per_cell": ratios_fixed} if ratios_fixed else None),
+        "policies": headline,
+        "cells": cells_out,
+        **{f"p99_speedup_vs_{b}": summ(v) for b, v in ratios.items()},
         "sensitivity": sens,
+        "heatmap": heat,
+        "calibration": calibration,
         "paper": PAPER,
         "config": {"model": cfg.model, "cluster": cfg.cluster.preset.name, "num_gpus": int(cfg.num_gpus),
-                   "costmodel": cfg.oserve.costmodel.name, "traces": list(traces)},
+                   "costmodel": cfg.oserve.costmodel.name, "scheduling": cfg.oserve.scheduling.name,
+                   "traces": list(traces)},
         "wall_s": time.perf_counter() - t0,
     }
     _write_csv(out_dir / "results.csv", grid)
     _write_csv(out_dir / "sensitivity.csv", sens)
-    settings = {"model": cfg.model, "cluster": cfg.cluster.preset.name, "cost model": cfg.oserve.costmodel.name}
     _plot(out_dir / "p99_vs_rate.png", grid, traces, gpu_counts, fixed, settings)
-    lines = [f"OServe spatial ({cfg.model}, {cfg.cluster.preset.name}, {cfg.oserve.costmodel.name} cost model)"]
-    for k, m in headline.items():
-        lines.append(f"  {k:13s} P50 {m['p50_latency_s']:8.2f} s  P99 {m['p99_latency_s']:8.2f} s  "
-                     f"{m['throughput_rps']:6.2f} req/s  SLO {m['slo_attainment']:.3f}  {m.get('plan', '')}")
-    s = out["p99_speedup_vs_static"]
-    ps = PAPER["p99_speedup_vs_static"]
-    lines.append(f"  P99 best-static/oserve: max {s['max']:.2f}x, mean {s['mean']:.2f}x   "
-                 f"(paper: up to {ps['max']:g}x, average {ps['mean']:g}x vs vLLM)")
-    if ratios_fixed:
-        f = out[f"p99_speedup_vs_{fixed}"]
-        lines.append(f"  P99 {fixed}/oserve: max {f['max']:.2f}x, mean {f['mean']:.2f}x")
-    paper_sens = " .. ".join(f"{v:g}x at CV {k}" for k, v in PAPER["sensitivity_speedup_by_cv"].items())
-    for r in sens:
-        lines.append(f"  sensitivity CV {r['cv']:.3f}: {r['speedup']:.2f}x   (paper: {paper_sens})")
-    log.info("\n".join(lines))
+    log.info("\n".join(_table(out, cells_out, fixed, cfg)))
     return out
+
+
+def _calibration(cfg, data_dir) -> list[dict]:
+    """The roofline's error against every measured (model, GPU, TP, phase), logged: how far the roofline terms the
+    measured model borrows (context, PP, other models) can be trusted."""
+    if cfg.oserve.costmodel is not CostModelKind.measured:
+        return []
+    rows = [dataclasses.asdict(e) for e in roofline_errors(load_perf_table(_data_path(data_dir, cfg.oserve.perf_table)))]
+    log.info("roofline vs measured table (mean / worst abs. error):\n" + "\n".join(
+        f"  {r['model']:11s} {r['hardware']:10s} TP{r['tp']} {r['phase']:7s} {r['mape']:6.1%} / {r['max_ape']:6.1%}"
+        f"  ({r['rows']} rows)" for r in rows))
+    return rows
+
+
+def _table(out, cells, fixed, cfg) -> list[str]:
+    """The headline: per trace x GPU count, P99 (s) and goodput (SLO-meeting req/s) of each policy, then ratios."""
+    pols = [*HEADLINE, *fixed]
+    ps = PAPER["p99_speedup_vs_static"]
+    lines = [f"OServe spatial ({cfg.model}, {cfg.cluster.preset.name}, {cfg.oserve.costmodel.name} cost model, "
+             f"{cfg.oserve.scheduling.name} engines); P99 s / goodput req/s; ratio = baseline P99 / oserve P99",
+             f"  {'cell':18s}" + "".join(f"{p:>22s}" for p in pols) + "   oserve plan / best_static plan"]
+    for key, res in cells.items():
+        row = f"  {key:18s}"
+        for p in pols:
+            m = res.get(p)
+            row += f"{m['p99_latency_s']:12.2f} /{m['goodput_rps']:7.2f}  " if m else f"{'-':>22s}"
+        lines.append(row + f"   {res['oserve']['plan']} / {res['best_static']['plan']}")
+    for b in ["best_static", *fixed]:
+        s = out.get(f"p99_speedup_vs_{b}")
+        if s:
+            lines.append(f"  P99 {b}/oserve: mean {s['mean']:.2f}x, max {s['max']:.2f}x, min {s['min']:.2f}x"
+                         f"   (paper vs static vLLM: mean {ps['mean']:g}x, up to {ps['max']:g}x)")
+    paper_sens = " .. ".join(f"{v:g}x at CV {k}" for k, v in PAPER["sensitivity_speedup_by_cv"].items())
+    for r in out["sensitivity"]:
+        lines.append(f"  sensitivity CV {r['cv']:.3f}: {r['speedup']:.2f}x   (paper: {paper_sens})")
+    for r in out["heatmap"]:
+        lines.append(f"  heatmap long {r['long_share']:g} load {r['load']:g} SLO x{r['slo_scale']:g}: "
+                     + ", ".join(f"{k[6:]} {v:.2f}x" for k, v in r.items() if k.startswith("ratio_"))
+                     + f"   ({r['plan']} vs {r['best_static_plan']})")
+    return lines
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -230,12 +425,12 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _plot(path: Path, grid: list[dict], traces, gpu_counts, fixed: str, settings: dict) -> None:
+def _plot(path: Path, grid: list[dict], traces, gpu_counts, fixed, settings: dict) -> None:
     fig, axes = plotting.figure(len(traces), len(gpu_counts), "OServe spatial: P99 latency by request rate", settings)
     for i, name in enumerate(traces):
         for j, g in enumerate(gpu_counts):
             ax = axes[i, j]
-            for idx, pol in enumerate(("oserve", "oserve_rr", "static_vllm", fixed)):
+            for idx, pol in enumerate(("oserve", "oserve_weighted", "best_static", *fixed)):
                 rows = sorted((r for r in grid if r["trace"] == name and r["gpus"] == g and r["policy"] == pol),
                               key=lambda r: r["rate_rps"])
                 if rows:

@@ -64,6 +64,27 @@ def hline(ax, y: float, label: str | None = None):
     return ax.axhline(y, color="gray", linewidth=0.8, linestyle="--", label=label)
 
 
+def heatmap(ax, values, xlabels: Sequence, ylabels: Sequence, label: str, center: float | None = None):
+    """A grid of values [len(ylabels), len(xlabels)] with each cell's number written in it; `center` (e.g. 1.0 for a
+    ratio) puts a diverging colour map's midpoint there, so both directions read at a glance."""
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    v = np.asarray(values, float)
+    norm = None
+    if center is not None and np.isfinite(v).any():
+        lo, hi = np.nanmin(v), np.nanmax(v)
+        norm = TwoSlopeNorm(vcenter=center, vmin=min(lo, center - 1e-6), vmax=max(hi, center + 1e-6))
+    im = ax.imshow(v, cmap="RdBu" if center is not None else "viridis", norm=norm, aspect="auto", origin="lower")
+    ax.set_xticks(range(len(xlabels)), [str(x) for x in xlabels])
+    ax.set_yticks(range(len(ylabels)), [str(y) for y in ylabels])
+    ax.grid(False)
+    for (i, j), x in np.ndenumerate(v):
+        ax.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=8)
+    ax.figure.colorbar(im, ax=ax, label=label)
+    return im
+
+
 def legend(ax, outside: bool = False):
     """The panel's legend: beside the axes when `outside` (many entries), else at the best spot inside."""
     if outside:

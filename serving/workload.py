@@ -56,8 +56,43 @@ def length_cv(trace: RequestTrace) -> float:
     return float(tot.std() / tot.mean())
 
 
-def mix_types(pools: list[RequestTrace], weights, num_requests: int, rate_rps: float, seed: int = 0) -> RequestTrace:
-    """A synthetic trace: Poisson arrivals at `rate_rps`, each request's lengths drawn from pool j w.p. weights[j]."""
+def arrivals(num_requests: int, rate_rps: float, burst_cv: float = 1.0, seed: int = 0) -> np.ndarray:
+    """[R] arrival times from 0: gamma inter-arrivals of mean 1 / rate_rps and coefficient of variation burst_cv
+    (1: Poisson; > 1: bursty, requests bunch up with long gaps between, as in the Azure code trace)."""
+    if not rate_rps > 0 or not burst_cv > 0:
+        raise ValueError(f"arrivals: rate_rps and burst_cv must be > 0, got {rate_rps}, {burst_cv}")
+    rng = np.random.default_rng(seed)
+    shape = 1.0 / burst_cv**2
+    gaps = rng.gamma(shape, 1.0 / (rate_rps * shape), size=num_requests)
+    t = np.cumsum(gaps)
+    return t - t[0]
+
+
+def load_length_pool(path, name: str = "") -> RequestTrace:
+    """A lengths-only CSV (num_prefill_tokens, num_decode_tokens: the ShareGPT / arXiv statistics) as a trace whose
+    arrivals are all 0: a pool for `mix_types` or `replace_lengths` to draw from."""
+    data = np.genfromtxt(path, delimiter=",", names=True, dtype=np.int64, usecols=(0, 1))
+    inp, out = np.atleast_1d(data["num_prefill_tokens"]), np.atleast_1d(data["num_decode_tokens"])
+    return RequestTrace(np.zeros(len(inp)), inp, np.maximum(out, 1), name or str(path))
+
+
+def replace_lengths(trace: RequestTrace, pool: RequestTrace, share: float, seed: int = 0) -> RequestTrace:
+    """The trace's own arrivals, with each request's lengths replaced by a draw from `pool` with probability
+    `share` (e.g. long arXiv prompts among the conv trace's chats, keeping its real burstiness)."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"replace_lengths: share must lie in [0, 1], got {share}")
+    rng = np.random.default_rng(seed)
+    swap = rng.random(len(trace)) < share
+    idx = rng.integers(0, len(pool), size=int(swap.sum()))
+    inp, out = trace.input_tokens.copy(), trace.output_tokens.copy()
+    inp[swap], out[swap] = pool.input_tokens[idx], pool.output_tokens[idx]
+    return RequestTrace(trace.arrival_s, inp, out, f"{trace.source} + {share:g} of {pool.source}")
+
+
+def mix_types(pools: list[RequestTrace], weights, num_requests: int, rate_rps: float, seed: int = 0,
+              burst_cv: float = 1.0) -> RequestTrace:
+    """A synthetic trace: gamma arrivals at `rate_rps` (burst_cv 1: Poisson), each request's lengths drawn from pool j
+    w.p. weights[j]."""
     w = np.asarray(weights, float)
     w = w / w.sum()
     rng = np.random.default_rng(seed)
@@ -68,5 +103,9 @@ def mix_types(pools: list[RequestTrace], weights, num_requests: int, rate_rps: f
         m = which == j
         idx = rng.integers(0, len(pool), size=int(m.sum()))
         inp[m], out[m] = pool.input_tokens[idx], pool.output_tokens[idx]
-    arr = np.cumsum(rng.exponential(1.0 / rate_rps, size=num_requests))
-    return RequestTrace(arr - arr[0], inp, out, "mix")
+    if burst_cv == 1.0:  # the Poisson draw from the same generator as before, so earlier mixes stay identical
+        arr = np.cumsum(rng.exponential(1.0 / rate_rps, size=num_requests))
+        arr = arr - arr[0]
+    else:
+        arr = arrivals(num_requests, rate_rps, burst_cv, seed=seed + 1)
+    return RequestTrace(arr, inp, out, "mix")

@@ -48,8 +48,8 @@ def _pairs(table: MeasuredTable, params: RooflineParams, select=None):
             cache[key] = (roofline_cost(MODELS[model], cluster, cfg, params),
                           measured_cost(table, MODELS[model], cluster, cfg, params))
         rc, mc = cache[key]
-        yield key, "prefill", rc.prefill_time(p * b, b * p * p), mc.prefill_time(p * b)
-        yield key, "decode", rc.decode_time(b, b * (p + 64)), mc.decode_time(b, 0)
+        yield key, "prefill", rc.prefill_time(p * b, b * p * p), mc.prefill_time(p * b, b * p * p)
+        yield key, "decode", rc.decode_time(b, b * (p + 64)), mc.decode_time(b, b * (p + 64))
 
 
 def roofline_errors(table: MeasuredTable, params: RooflineParams = DEFAULT_PARAMS) -> list[ErrorRow]:

@@ -16,6 +16,7 @@ class ModelSpec:
     vocab: int
     gated_mlp: bool  # SwiGLU (3 matrices) vs. a plain 2-matrix MLP (OPT, BLOOM)
     bytes_per_param: int = 2  # fp16 / bf16 weights and KV cache
+    context_len: int = 4096  # longest sequence the model was trained for (max_model_len should not exceed it)
 
     @property
     def head_dim(self) -> int:
@@ -46,12 +47,15 @@ class ModelSpec:
 # Shapes from the models' published configs.
 MODELS = {
     "llama2-70b": ModelSpec("llama2-70b", 80, 8192, 28672, 64, 8, 32000, gated_mlp=True),
+    # Llama-3-70B's shape (grouped-query attention, 128k vocabulary) at its 8k context: roofline only, the measured
+    # table has no rows for it.
+    "llama3-70b": ModelSpec("llama3-70b", 80, 8192, 28672, 64, 8, 128256, gated_mlp=True, context_len=8192),
     "llama-30b": ModelSpec("llama-30b", 60, 6656, 17920, 52, 52, 32000, gated_mlp=True),
     "opt-30b": ModelSpec("opt-30b", 48, 7168, 28672, 56, 56, 50272, gated_mlp=False),
     "opt-66b": ModelSpec("opt-66b", 64, 9216, 36864, 72, 72, 50272, gated_mlp=False),
     "bloom-176b": ModelSpec("bloom-176b", 70, 14336, 57344, 112, 112, 250880, gated_mlp=False),
     # For the real-engine tests later: head dim 32 (the vLLM CPU backend needs >= 32).
-    "tiny-llama": ModelSpec("tiny-llama", 2, 64, 128, 2, 2, 512, gated_mlp=True),
+    "tiny-llama": ModelSpec("tiny-llama", 2, 64, 128, 2, 2, 512, gated_mlp=True, context_len=512),
 }
 
 

@@ -3,9 +3,10 @@ only: a capacity profiler that needs the simulator is passed in (Problem.profile
 
 from serving.scheduler.config import Capacity, SchedulerConfig
 from serving.scheduler.dispatch import Dispatch, TieBreak, max_served, solve_dispatch
-from serving.scheduler.plan import DeploymentPlan
+from serving.scheduler.plan import CandidateScore, DeploymentPlan
 from serving.scheduler.search import (
     CapacityProfiler,
+    PlanScorer,
     Problem,
     all_deployments,
     best_homogeneous,
@@ -16,6 +17,6 @@ from serving.scheduler.search import (
 
 __all__ = [
     "Capacity", "SchedulerConfig", "Dispatch", "TieBreak", "max_served", "solve_dispatch", "DeploymentPlan",
-    "CapacityProfiler", "Problem", "all_deployments", "best_homogeneous", "brute_force", "homogeneous_candidates",
-    "oserve_search",
+    "CandidateScore", "CapacityProfiler", "PlanScorer", "Problem", "all_deployments", "best_homogeneous",
+    "brute_force", "homogeneous_candidates", "oserve_search",
 ]

@@ -39,3 +39,6 @@ class SchedulerConfig:
     tpot_target_s: float | None = 0.07
     # n_kj from the analytic formula or from a profiler passed to Problem (simulated).
     capacity: Capacity = Capacity.analytic
+    # Deployments with the best flow/LP scores that a plan scorer passed to Problem (e.g. a short simulated replay)
+    # then ranks; 0 or no scorer: the LP's best is the plan.
+    finalists: int = 4

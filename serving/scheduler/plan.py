@@ -8,6 +8,17 @@ from serving.costmodel.iteration import ReplicaConfig
 
 
 @dataclass(frozen=True)
+class CandidateScore:
+    """One deployment the search ranked: its flow/LP score and, for a finalist, its simulated replay score."""
+
+    deployment: str  # DeploymentPlan.describe() of the candidate, e.g. "2xtp2pp1 + 3xtp4pp1"
+    served_share: float  # LP: share of the planned rates it serves (1.0: all)
+    peak_utilisation: float  # LP: its busiest replica's share of capacity under the balanced dispatch
+    replay_score: float | None = None  # the scorer's value (lower is better); None: not a finalist
+    chosen: bool = False  # the plan returned
+
+
+@dataclass(frozen=True)
 class DeploymentPlan:
     replicas: tuple[ReplicaConfig, ...]  # one entry per replica, its TP and PP degrees
     devices: tuple[tuple[int, ...], ...]  # [K] device ids of each replica (TP groups inside a node)
@@ -20,6 +31,7 @@ class DeploymentPlan:
     steps: int = 0  # upper-level search steps taken (0 for one-shot planners)
     evaluations: int = 0  # deployments whose dispatch was solved
     solve_time_s: float = 0.0  # wall-clock seconds the planner took
+    candidates: tuple[CandidateScore, ...] = ()  # what the search ranked, best LP score first (for inspection)
 
     @property
     def num_gpus(self) -> int:

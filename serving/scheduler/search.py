@@ -6,6 +6,7 @@ without fragmentation); its score is (served requests/s, -peak utilisation), com
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import numpy as np
 from serving.costmodel import CostModel, IterationCost, ReplicaConfig, type_capacity
 from serving.scheduler.config import Capacity, SchedulerConfig
 from serving.scheduler.dispatch import TieBreak, solve_dispatch
-from serving.scheduler.plan import DeploymentPlan
+from serving.scheduler.plan import CandidateScore, DeploymentPlan
 from serving.workload import Workload
 
 Deployment = tuple  # sorted tuple of ReplicaConfig
@@ -24,6 +25,8 @@ Deployment = tuple  # sorted tuple of ReplicaConfig
 
 # (cost of one replica, the type's input tokens [R_j], its output tokens [R_j], the analytic n_kj) -> n_kj, requests/s.
 CapacityProfiler = Callable[[IterationCost, np.ndarray, np.ndarray, float], float]
+# A candidate plan -> its score, lower is better (e.g. P99 latency or minus SLO goodput on a short simulated replay).
+PlanScorer = Callable[[DeploymentPlan], float]
 
 
 @dataclass
@@ -43,14 +46,16 @@ class Problem:
     samples: list | None = None  # [J] (input, output) token arrays per type, for capacity simulated
     # Measures n_kj for capacity simulated (passed in: the scheduler never runs the simulator itself).
     profiler: CapacityProfiler | None = None
+    # Ranks the LP's finalists (passed in for the same reason); None: the LP's best is the plan.
+    scorer: PlanScorer | None = None
 
     @classmethod
     def from_workload(cls, cost: CostModel, wl: Workload, cfg: SchedulerConfig | None = None,
-                      profiler: CapacityProfiler | None = None) -> Problem:
+                      profiler: CapacityProfiler | None = None, scorer: PlanScorer | None = None) -> Problem:
         samples = [(wl.trace.input_tokens[wl.labels == j], wl.trace.output_tokens[wl.labels == j])
                    for j in range(wl.num_types)]
         return cls(cost, np.asarray(wl.rates, float), wl.mean_input, wl.mean_output,
-                   SchedulerConfig() if cfg is None else cfg, samples=samples, profiler=profiler)
+                   SchedulerConfig() if cfg is None else cfg, samples=samples, profiler=profiler, scorer=scorer)
 
     def capacity(self, c: ReplicaConfig) -> tuple[np.ndarray, np.ndarray]:
         if c not in self._rates:
@@ -190,6 +195,10 @@ def oserve_search(problem: Problem, num_gpus: int, start: Deployment | None = No
     3. For the next (bottleneck, redundant) pair, enumerate the GPU moves and TP/PP choices of the changed replicas.
     4. Keep the best candidate if it beats the incumbent (new pairs from step 2); otherwise try the next pair.
     5. Stop after `patience` steps without improvement.
+    6. With a plan scorer: the search's result, the LP's best homogeneous deployment and the next best LP scores
+       among every deployment seen, `finalists` in all, are scored; among those serving the planned rates as well
+       as the best of them, the lowest score wins (so the plan is never worse than a homogeneous deployment that
+       serves as much, by the scorer's measure).
     """
     t0 = time.perf_counter()
     cur = start if start is not None else best_homogeneous(problem, num_gpus)
@@ -208,7 +217,35 @@ def oserve_search(problem: Problem, num_gpus: int, start: Deployment | None = No
         else:
             idx += 1
             stale += 1
-    return problem.plan(cur, "oserve", steps=steps, t0=t0)
+    return finalize(problem, cur, num_gpus, "oserve", steps, t0)
+
+
+def finalize(problem: Problem, best: Deployment, num_gpus: int, policy: str, steps: int, t0: float) -> DeploymentPlan:
+    """Step 6 of oserve_search: rank the seen deployments by LP score, let the scorer pick among the finalists."""
+    homogeneous = best_homogeneous(problem, num_gpus)
+    seen = sorted((d for d in problem._scores if d), key=problem.score, reverse=True)
+    seen = [d for d in seen if sum(c.gpus for c in d) <= num_gpus]
+    k = problem.cfg.finalists if problem.scorer is not None else 0
+    # The search's result and the best homogeneous deployment always reach the finals, then the next LP scores.
+    finalists = list(dict.fromkeys([best, homogeneous] + seen))[:k] if k else []
+    replay = {}
+    if problem.scorer is not None and finalists:
+        for d in finalists:
+            replay[d] = float(problem.scorer(problem.plan(d, policy)))
+        # A short replay cannot see a queue that grows by 1% an hour: only finalists that serve the planned rates as
+        # well as the best of them (LP) compete on the replay score.
+        top = max(problem.score(d)[0] for d in finalists)
+        eligible = [d for d in finalists if problem.score(d)[0] >= top - 1e-3]
+        best = min(eligible, key=lambda d: (replay[d], tuple(-x for x in problem.score(d))))
+    cands = tuple(CandidateScore(_describe(d), float(problem.score(d)[0]), float(-problem.score(d)[1]), replay.get(d),
+                                 d == best)
+                  for d in seen[: max(len(finalists), 10)])
+    return dataclasses.replace(problem.plan(best, policy, steps=steps, t0=t0), candidates=cands)
+
+
+def _describe(dep: Deployment) -> str:
+    c = Counter(str(r) for r in dep)
+    return " + ".join(f"{v}x{k}" for k, v in sorted(c.items()))
 
 
 def all_deployments(problem: Problem, num_gpus: int) -> list[Deployment]:

@@ -3,8 +3,9 @@
 from serving.sim.dispatcher import ROUTERS, Dispatcher, Router
 from serving.sim.metrics import SLO, request_latencies, summarize
 from serving.sim.profile import SimulatedProfiler
-from serving.sim.replica import EngineConfig
+from serving.sim.replay import ReplayObjective, ReplayScorer, busiest_window
+from serving.sim.replica import EngineConfig, SchedulingPolicy
 from serving.sim.simulator import SimResult, simulate
 
 __all__ = ["ROUTERS", "Dispatcher", "Router", "SLO", "request_latencies", "summarize", "SimulatedProfiler",
-           "EngineConfig", "SimResult", "simulate"]
+           "EngineConfig", "SchedulingPolicy", "SimResult", "ReplayObjective", "ReplayScorer", "busiest_window", "simulate"]

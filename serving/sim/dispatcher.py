@@ -18,7 +18,10 @@ class Dispatcher(Enum):
     """The registered dispatch rules. Member names are lower case because OmegaConf matches a config value to the
     member's name."""
 
-    plan = "plan"  # the scheduler's x_kj shares per type (needs the plan's weights)
+    plan = "plan"  # the scheduler's x_kj shares per type, split by a fixed sequence (needs the plan's weights)
+    # Type affinity from the plan (replicas with x_kj > 0 may serve type j), then the fewest outstanding tokens among
+    # them at the arrival (join-shortest-queue in tokens); needs the plan's weights
+    affinity = "affinity"
     round_robin = "round_robin"  # replica i mod K, blind to types and load
     least_outstanding = "least_outstanding"  # fewest dispatched-but-unfinished requests at the arrival
 
@@ -82,8 +85,36 @@ class LeastOutstanding(Router):
         return int(np.argmin([e.outstanding for e in engines]))
 
 
+class Affinity(Router):
+    """Type j may go to the replicas the plan gives a share of it (x_kj above `min_share` of the type's total); among
+    those, the one with the fewest dispatched-but-unfinished prompt + output tokens (lowest index on ties). A type
+    the plan does not serve may go anywhere."""
+
+    reads_state = True
+    min_share = 0.01  # shares below this fraction of a type's rate are LP noise, not a route
+
+    def __init__(self, labels, num_replicas, weights):
+        super().__init__(labels, num_replicas, weights)
+        if weights is None:
+            raise ValueError("simulate: dispatcher affinity needs the plan's x_kj weights")
+        w = np.asarray(weights, float)
+        if w.shape[0] != num_replicas:
+            raise ValueError(f"simulate: weights have {w.shape[0]} rows for {num_replicas} replicas")
+        total = w.sum(0, keepdims=True)
+        allowed = w > self.min_share * total  # [K, J]
+        allowed[:, total[0] <= 0] = True
+        self.labels = np.asarray(labels)
+        self.allowed = [np.flatnonzero(allowed[:, j]) for j in range(w.shape[1])]
+
+    def route(self, i, engines):
+        j = int(self.labels[i])
+        cand = self.allowed[j] if j < len(self.allowed) else np.arange(self.num_replicas)
+        return int(cand[int(np.argmin([engines[k].outstanding_tokens for k in cand]))])
+
+
 ROUTERS: dict[Dispatcher, type[Router]] = {
     Dispatcher.plan: PlanWeighted,
     Dispatcher.round_robin: RoundRobin,
     Dispatcher.least_outstanding: LeastOutstanding,
+    Dispatcher.affinity: Affinity,
 }

@@ -36,4 +36,5 @@ def summarize(arrival, first_token, finish, output_tokens, slo: SLO | None = Non
         "mean_latency_s": float(lat["e2e_s"].mean()),
         "throughput_rps": len(arrival) / span if span > 0 else float("nan"),
         "slo_attainment": float(ok.mean()),
+        "goodput_rps": float(ok.sum()) / span if span > 0 else float("nan"),  # requests/s that met the SLO
     }

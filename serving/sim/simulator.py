@@ -14,7 +14,7 @@ import numpy as np
 from serving.costmodel.iteration import IterationCost
 from serving.sim.dispatcher import ROUTERS, Dispatcher
 from serving.sim.metrics import SLO, summarize
-from serving.sim.replica import EngineConfig, ReplicaEngine, Requests
+from serving.sim.replica import EngineConfig, Requests, make_replica
 
 DEFAULT_ENGINE = EngineConfig()
 DEFAULT_SLO = SLO()
@@ -32,6 +32,10 @@ class SimResult:
     kv_blocks: tuple[int, ...]  # [K] KV blocks each replica has
     iterations: tuple[int, ...]  # [K] iterations run per replica
     summary: dict  # p50/p99 latencies, throughput, SLO attainment
+    # Per-request trace for debugging: [R] when its prompt was first scheduled (queue = scheduled - arrival,
+    # prefill = first_token - scheduled, decode = finish - first_token) and seconds it spent preempted.
+    scheduled_s: np.ndarray | None = None
+    preempted_s: np.ndarray | None = None
 
 
 def simulate(
@@ -55,7 +59,7 @@ def simulate(
     if np.any(np.diff(arrival) < 0):
         raise ValueError("simulate: arrivals must be in time order")
     reqs = Requests(arrival, inp, out)
-    engines = [ReplicaEngine(k, c, reqs, engine, max_model_len) for k, c in enumerate(costs)]
+    engines = [make_replica(k, c, reqs, engine, max_model_len) for k, c in enumerate(costs)]
     labels = np.asarray(labels, np.int64)
 
     router = ROUTERS[dispatch](labels, len(engines), weights)
@@ -81,4 +85,5 @@ def simulate(
         peak_kv_blocks=tuple(e.peak_blocks for e in engines), kv_blocks=tuple(e.num_blocks for e in engines),
         iterations=tuple(e.iterations for e in engines),
         summary=summarize(arrival, reqs.first_token, reqs.finish, out, slo),
+        scheduled_s=reqs.scheduled, preempted_s=reqs.preempted_s,
     )

@@ -1,3 +1,6 @@
+import csv
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -27,23 +30,67 @@ def test_measured_reproduces_table_points_synthetic(tmp_path):
     c = measured_cost(t, get_model("llama2-70b"), a100_80g_4x8(), ReplicaConfig(4))
     for p, pt in [(128, 51.0), (512, 121.0), (2048, 401.0)]:
         assert c.prefill_time(p) == pytest.approx(pt / 1e3, rel=1e-12)
-    # 512 x 64 = 32768 > 2048: a batched knot.
-    assert c.prefill_time(512 * 64) == pytest.approx(120.0 * 64 / 1e3)
+    # 512 x 64 = 32768 > 2048: a batched knot (64 prompts of 512: its attention work is 64 x 512^2).
+    assert c.prefill_time(512 * 64, 64 * 512**2) == pytest.approx(120.0 * 64 / 1e3)
+    # Decode knots at the context they were measured with: b x (mean prompt + half of the 128 generated tokens).
+    ctx = {1: (128 + 512 + 2048) / 3 + 64, 2: 2 * 576, 8: 8 * 576, 64: 64 * 576}
     for b, tt in [(1, 40.0), (2, 41.0), (8, 44.0), (64, 70.0)]:
-        assert c.decode_time(b, 12345) == pytest.approx(tt / 1e3, rel=1e-12)
-    assert c.decode_time(5, 0) == pytest.approx((41 + (44 - 41) * 3 / 6) / 1e3)  # linear in between
+        assert c.decode_time(b, ctx[b]) == pytest.approx(tt / 1e3, rel=1e-12)
+    # Linear in B in between, at an interpolated context.
+    assert c.decode_time(5, (ctx[2] + ctx[8]) / 2) == pytest.approx((41 + (44 - 41) * 3 / 6) / 1e3)
 
 
 def test_measured_reproduces_real_table(real_data):
     t = load_perf_table(real_data / "splitwise_sim_perf_model" / "perf_model.csv")
     rows = [r for r in t.rows if r[:3] == ("llama2-70b", "h100-80gb", 8)]
+    with (real_data / "splitwise_sim_perf_model" / "perf_model.csv").open() as fh:  # (prompt, batch, generated)
+        gen = [(int(r["prompt_size"]), int(r["batch_size"]), int(r["token_size"])) for r in csv.DictReader(fh)
+               if (r["model"], r["hardware"], r["tensor_parallel"]) == ("llama2-70b", "h100-80gb", "8")]
     c = measured_cost(t, get_model("llama2-70b"), h100_80g_4x8(), ReplicaConfig(8))
     for p in {r[3] for r in rows if r[4] == 1}:
         want = np.mean([r[5] for r in rows if r[3] == p and r[4] == 1])
         assert c.prefill_time(p) == pytest.approx(want, rel=1e-12)
     for b in {r[4] for r in rows}:
         want = np.mean([r[6] for r in rows if r[4] == b])
-        assert c.decode_time(b, 0) == pytest.approx(want, rel=1e-12)
+        ctx = np.mean([b * (p + g / 2) for p, bb, g in gen if bb == b])  # the measured context
+        assert c.decode_time(b, ctx) == pytest.approx(want, rel=1e-12)
+
+
+def test_measured_gains_the_roofline_context_term_hand_computed(real_data):
+    """Where the table is flat in context, each cached token read costs its KV bytes over the replica's bandwidth
+    plus its attention FLOPs: 8 sequences at 4,000 tokens each vs at 500 differ by 8 x 3,500 such reads."""
+    t = load_perf_table(real_data / "splitwise_sim_perf_model" / "perf_model.csv")
+    m, cl = get_model("llama2-70b"), h100_80g_4x8()
+    c = measured_cost(t, m, cl, ReplicaConfig(4))
+    p = RooflineParams()
+    per_tok = (m.kv_bytes_per_token / (4 * cl.device.memory_bandwidth * p.memory_eff)
+               + 4 * m.hidden * m.num_layers / (4 * cl.device.peak_flops * p.compute_eff))
+    assert c.decode_time(8, 8 * 4000) - c.decode_time(8, 8 * 500) == pytest.approx(8 * 3500 * per_tok, rel=1e-9)
+    # Not negligible at a full batch of long requests: 64 x 4,000 cached tokens add 5+ ms to a ~50 ms step.
+    assert c.decode_time(64, 64 * 4000) - c.decode_base(64) > 0.005
+    q = 2 * m.hidden * m.num_layers / (4 * cl.device.peak_flops * p.compute_eff)
+    assert c.prefill_time(4096, 2 * 2048**2) - c.prefill_time(4096, 4096**2) == pytest.approx(
+        q * (2 * 2048**2 - 4096**2), rel=1e-9)  # one 4k prompt costs more attention than two 2k prompts
+
+
+def test_pipelined_step_time_hand_arithmetic():
+    """Stage time s = 10 ms, pp = 4: 3 steps of 4 micro-batches fill the pipe (3 x 4 x 10 + 3 x 10 ms); with only
+    2 micro-batches each waits on its own previous pass (3 x 4 x 10 + 1 x 10 ms: half the stages idle)."""
+    from serving.costmodel.iteration import pipelined_time
+
+    assert pipelined_time(0.01, 4, 3, 4) == pytest.approx(0.12 + 0.03)
+    assert pipelined_time(0.01, 2, 3, 4) == pytest.approx(0.12 + 0.01)
+    assert pipelined_time(0.01, 8, 1, 4) == pytest.approx(0.08 + 0.03)
+    assert pipelined_time(0.01, 1, 5, 1) == pytest.approx(0.05)
+    # A tp2pp2 replica: one pass is TP2's step plus the stage send, and it holds 2 micro-batches, so its capacity is
+    # twice that of one micro-batch engine on half its KV cache.
+    from serving.costmodel.iteration import type_capacity
+
+    m, cl = get_model("llama2-70b"), h100_80g_4x8()
+    c22 = roofline_cost(m, cl, ReplicaConfig(2, 2))
+    assert c22.pipeline_stages == 2
+    one = dataclasses.replace(c22, pipeline_stages=1, kv_capacity_tokens=c22.kv_capacity_tokens // 2)
+    assert type_capacity(c22, 500, 200, 8192).rate_rps == pytest.approx(2 * type_capacity(one, 500, 200, 8192).rate_rps)
 
 
 def test_roofline_error_against_measured_within_bound(real_data):

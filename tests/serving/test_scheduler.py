@@ -110,3 +110,29 @@ def test_search_improves_a_single_replica_start():
     plan = oserve_search(pr, 8, start=start)
     assert len(plan.replicas) > 1
     assert (round(plan.served_rps / pr.lam.sum(), 6), -plan.peak_utilisation) > pr.score(start)
+
+
+def test_finalists_are_ranked_by_the_passed_in_scorer():
+    """The scorer sees only the LP's finalists (never more than `finalists`), the lowest score wins, and the plan
+    reports every candidate's scores. A scorer that prefers the homogeneous deployment gets it: the search can never
+    end worse than the best homogeneous one by the scorer's own measure."""
+    from serving.scheduler import SchedulerConfig
+
+    seen = []
+
+    def scorer(plan):
+        seen.append(plan.describe())
+        return 0.0 if len(set(plan.replicas)) == 1 else 1.0  # homogeneous first
+
+    pr = _problem(scale=8.0)
+    pr.cfg = SchedulerConfig(finalists=3)
+    pr.scorer = scorer
+    plan = oserve_search(pr, 8)
+    assert 1 <= len(seen) <= 3
+    assert any(" + " not in d for d in seen)  # a homogeneous deployment reached the finals ...
+    assert len(set(plan.replicas)) == 1  # ... so the scorer's favourite won
+    chosen = [c for c in plan.candidates if c.chosen]
+    assert len(chosen) == 1 and chosen[0].deployment == plan.describe()
+    assert min(c.replay_score for c in plan.candidates if c.replay_score is not None) == chosen[0].replay_score
+    lp = [(c.served_share, -c.peak_utilisation) for c in plan.candidates]
+    assert lp == sorted(lp, reverse=True)  # best LP score first

@@ -3,7 +3,7 @@ import pytest
 
 from serving.costmodel import ReplicaConfig
 from serving.costmodel.iteration import IterationCost
-from serving.sim import Dispatcher, EngineConfig, simulate
+from serving.sim import Dispatcher, EngineConfig, SchedulingPolicy, simulate
 
 # f(T) = 0.1 + 0.001 T for prefill; a decode step costs 0.02 + 0.01 B (b = 0 unless given).
 
@@ -40,15 +40,44 @@ def test_two_requests_batched_prefill_then_shared_decode():
     assert r.finish_s[1] == pytest.approx(t2 + 3 * 0.03)  # three more at B = 1
 
 
+V0 = EngineConfig(policy=SchedulingPolicy.v0)
+
+
 def test_arrival_mid_decode_is_prefilled_at_next_step_boundary():
-    # Request 0: prefill 0.2 s, then steps of 0.03 s. Request 1 arrives at 0.25 (inside step 2: 0.23..0.26).
-    r = simulate([0.0, 0.25], [100, 100], [10, 2], [0, 0], [_cost()], Dispatcher.round_robin, max_model_len=1000)
+    # vLLM v0 (prefill first). Request 0: prefill 0.2 s, then steps of 0.03 s. Request 1 arrives at 0.25 (inside
+    # step 2: 0.23..0.26).
+    r = simulate([0.0, 0.25], [100, 100], [10, 2], [0, 0], [_cost()], Dispatcher.round_robin, max_model_len=1000,
+                 engine=V0)
     boundary = 0.2 + 2 * 0.03
     assert r.first_token_s[1] == pytest.approx(boundary + 0.2)
     # Then one decode step at B = 2 finishes request 1.
     assert r.finish_s[1] == pytest.approx(boundary + 0.2 + 0.04)
     # Request 0: 2 steps, stall for the prefill, 1 shared step, then 10 - 1 - 3 = 6 more at B = 1.
     assert r.finish_s[0] == pytest.approx(boundary + 0.2 + 0.04 + 6 * 0.03)
+
+
+def test_v1_arrival_mid_decode_rides_on_the_decode_step():
+    # vLLM V1: the same two requests; at the boundary 0.26 request 1's prompt joins request 0's decode in one pass
+    # costing a[1] + f(100 + 1) - f(1) = 0.03 + 0.1.
+    r = simulate([0.0, 0.25], [100, 100], [10, 2], [0, 0], [_cost()], Dispatcher.round_robin, max_model_len=1000)
+    boundary = 0.2 + 2 * 0.03
+    assert r.first_token_s[1] == pytest.approx(boundary + 0.13)
+    assert r.finish_s[1] == pytest.approx(boundary + 0.13 + 0.04)
+    # Request 0: tokens 1 (prefill), 2-3, 4 (mixed), 5 (shared step), then 5 more at B = 1.
+    assert r.finish_s[0] == pytest.approx(boundary + 0.13 + 0.04 + 5 * 0.03)
+
+
+def test_v1_chunked_prefill_three_requests_hand_computed():
+    """Budget 300 tokens. A (500 in, 3 out) and B (100 in, 2 out) at 0, C (50 in, 2 out) at 0.35.
+    step 1 [0, 0.4]: A's first chunk of 300 (f(300) = 0.4); B waits (no budget left); C arrives.
+    step 2 [0.4, 0.8]: A's last 200 + B's 100 (f(300)): both sample their first token at 0.8.
+    step 3 [0.8, 0.89]: A and B decode (a[2] = 0.04) + C's 50 prompt tokens (f(52) - f(2) = 0.05): B done, C's first.
+    step 4 [0.89, 0.93]: A and C decode: both done."""
+    r = simulate([0.0, 0.0, 0.35], [500, 100, 50], [3, 2, 2], [0, 0, 0], [_cost()], Dispatcher.round_robin,
+                 engine=EngineConfig(max_batched_tokens=300), max_model_len=1000)
+    np.testing.assert_allclose(r.first_token_s, [0.8, 0.8, 0.89])
+    np.testing.assert_allclose(r.finish_s, [0.93, 0.89, 0.93])
+    np.testing.assert_allclose(r.scheduled_s, [0.0, 0.4, 0.8])  # queueing ends when the first chunk runs
 
 
 def _check_invariants(r, n):
@@ -58,8 +87,9 @@ def _check_invariants(r, n):
     assert all(p <= k for p, k in zip(r.peak_kv_blocks, r.kv_blocks))
 
 
+@pytest.mark.parametrize("policy", list(SchedulingPolicy))
 @pytest.mark.parametrize("dispatch", list(Dispatcher))
-def test_invariants_under_kv_pressure_synthetic(dispatch):
+def test_invariants_under_kv_pressure_synthetic(dispatch, policy):
     from tests.serving.conftest import synthetic_requests
 
     arr, inp, out = synthetic_requests(300, rate=20.0)
@@ -67,7 +97,7 @@ def test_invariants_under_kv_pressure_synthetic(dispatch):
     w = np.array([[1.0, 0.2], [1.0, 3.0]])
     labels = (inp > 1000).astype(int)
     r = simulate(arr, inp, out, labels, costs, dispatch, weights=w,
-                 engine=EngineConfig(max_batched_tokens=4096), max_model_len=4500)
+                 engine=EngineConfig(max_batched_tokens=4096, policy=policy), max_model_len=4500)
     _check_invariants(r, len(arr))
     assert r.preemptions.sum() > 0  # the small caches did force preemption
     if dispatch is Dispatcher.plan:  # type 1 goes mostly to replica 1 (3 : 0.2)
@@ -96,3 +126,31 @@ def test_bad_inputs_fail_clearly():
         simulate([0.0], [1], [1], [0], [], Dispatcher.round_robin)
     with pytest.raises(ValueError, match="cannot hold"):
         simulate([0.0], [1], [1], [0], [_cost(kv=100)], Dispatcher.round_robin, max_model_len=1000)
+
+
+def _speed(x, kv=60_000):
+    """A replica x times slower than the base one (steps 20 ms + 0.5 ms per sequence, prompts 0.2 ms per token)."""
+    return IterationCost(
+        config=ReplicaConfig(1), prefill_knots_tokens=(0.0, 10_000.0), prefill_knots_s=(0.02 * x, 2.02 * x),
+        prefill_s_per_sq_token=0.0, decode_base_s=tuple(x * (0.02 + 0.0005 * B) for B in range(257)),
+        decode_s_per_ctx_token=1e-7, kv_capacity_tokens=kv, source="test")
+
+
+def test_affinity_keeps_types_on_their_replicas_and_joins_the_shortest_queue():
+    """Type 0 may use replica 0 only; type 1 both. With a fast and a 3x slower replica and a 50/50 plan, the fixed
+    split queues half the work on the slow one; picking the fewest outstanding tokens at each arrival does not."""
+    from tests.serving.conftest import synthetic_requests
+
+    arr, inp, out = synthetic_requests(600, rate=3.0, seed=4)
+    labels = (inp > 1000).astype(int)
+    costs = [_speed(1), _speed(3)]
+    w = np.array([[1.0, 0.5], [0.0, 0.5]])
+    aff = simulate(arr, inp, out, labels, costs, Dispatcher.affinity, weights=w, max_model_len=4500)
+    assert np.all(aff.replica[labels == 0] == 0)
+    assert set(aff.replica[labels == 1]) == {0, 1}
+    half = np.array([[0.5, 0.5], [0.5, 0.5]])
+    split = simulate(arr, inp, out, labels, costs, Dispatcher.plan, weights=half, max_model_len=4500)
+    jsq = simulate(arr, inp, out, labels, costs, Dispatcher.affinity, weights=half, max_model_len=4500)
+    assert jsq.summary["p99_latency_s"] < 0.6 * split.summary["p99_latency_s"]
+    with pytest.raises(ValueError, match="affinity needs"):
+        simulate([0.0], [1], [1], [0], [_cost()], Dispatcher.affinity)
