@@ -93,6 +93,9 @@ class OServeHeatmapConfig:
 
 @dataclass
 class OServeConfig:
+    # Served model: a name from serving.costmodel.models.MODELS (oserve.model, since `model=` selects the MoE
+    # training model's config group).
+    model: str = "llama2-70b"
     # Cost model: measured (Splitwise table + roofline context terms) or roofline (analytic, any model).
     costmodel: CostModelKind = CostModelKind.measured
     # The measured table, relative to paths.data_dir.
@@ -373,9 +376,8 @@ class QuickstartExperiment(ExperimentConfig):
 @dataclass
 class OServeSpatialExperiment(ExperimentConfig):
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    # The request workload, the served model, the GPUs used.
+    # The request workload and the GPUs used (the served model is oserve.model).
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
-    model: str = "llama2-70b"
     num_gpus: int = 32
     oserve: OServeConfig = field(default_factory=OServeConfig)
 

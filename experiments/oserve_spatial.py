@@ -134,19 +134,22 @@ def build_cost(cfg: DictConfig, data_dir: Path, num_gpus: int) -> CostModel:
         raise ValueError(f"config key 'num_gpus': {num_gpus} > {cluster.num_devices} devices in cluster {cluster.name}")
     cluster = cluster.with_shape(-(-num_gpus // cluster.devices_per_node))
     kind = cfg.oserve.costmodel
-    model = get_model(cfg.model)
+    try:
+        model = get_model(cfg.oserve.model)
+    except ValueError as e:
+        raise ValueError(f"config key 'oserve.model': {e}") from None
     table = None
     if kind is CostModelKind.measured:
         table = load_perf_table(_data_path(data_dir, cfg.oserve.perf_table))
         hw = hardware_key(cluster)
         if not any(k[0] == model.name and k[1] == hw for k in table.keys()):
             have = sorted({k[0] for k in table.keys() if k[1] == hw})
-            raise ValueError(f"config key 'model': the measured table has no rows for {model.name} on {hw} (it has "
+            raise ValueError(f"config key 'oserve.model': the measured table has no rows for {model.name} on {hw} (it has "
                              f"{have}); use oserve.costmodel=roofline")
     cm = CostModel(model, cluster, kind=kind, table=table, max_model_len=int(cfg.oserve.max_model_len))
     need = cm.min_gpus()  # a clear error now if the model cannot fit
     if need > num_gpus:
-        raise ValueError(f"config key 'num_gpus': model {cfg.model} does not fit on {num_gpus} GPUs "
+        raise ValueError(f"config key 'num_gpus': model {cfg.oserve.model} does not fit on {num_gpus} GPUs "
                          f"(a replica needs {need})")
     return cm
 
@@ -348,7 +351,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         for b in ratios:
             if b in by:
                 ratios[b][f"{name}/{g}/{pt}"] = by[b]["p99_latency_s"] / by["oserve"]["p99_latency_s"]
-    settings = {"model": cfg.model, "cluster": cfg.cluster.preset.name, "cost model": cfg.oserve.costmodel.name,
+    settings = {"model": cfg.oserve.model, "cluster": cfg.cluster.preset.name, "cost model": cfg.oserve.costmodel.name,
                 "engine": cfg.oserve.scheduling.name}
     sens = sensitivity(traces[primary], build_cost(cfg, data_dir, int(cfg.num_gpus)), int(cfg.num_gpus), cfg) \
         if cfg.oserve.sensitivity_mix else []
@@ -364,7 +367,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "heatmap": heat,
         "calibration": calibration,
         "paper": PAPER,
-        "config": {"model": cfg.model, "cluster": cfg.cluster.preset.name, "num_gpus": int(cfg.num_gpus),
+        "config": {"model": cfg.oserve.model, "cluster": cfg.cluster.preset.name, "num_gpus": int(cfg.num_gpus),
                    "costmodel": cfg.oserve.costmodel.name, "scheduling": cfg.oserve.scheduling.name,
                    "traces": list(traces)},
         "wall_s": time.perf_counter() - t0,
@@ -392,7 +395,7 @@ def _table(out, cells, fixed, cfg) -> list[str]:
     """The headline: per trace x GPU count, P99 (s) and goodput (SLO-meeting req/s) of each policy, then ratios."""
     pols = [*HEADLINE, *fixed]
     ps = PAPER["p99_speedup_vs_static"]
-    lines = [f"OServe spatial ({cfg.model}, {cfg.cluster.preset.name}, {cfg.oserve.costmodel.name} cost model, "
+    lines = [f"OServe spatial ({cfg.oserve.model}, {cfg.cluster.preset.name}, {cfg.oserve.costmodel.name} cost model, "
              f"{cfg.oserve.scheduling.name} engines); P99 s / goodput req/s; ratio = baseline P99 / oserve P99",
              f"  {'cell':18s}" + "".join(f"{p:>22s}" for p in pols) + "   oserve plan / best_static plan"]
     for key, res in cells.items():

@@ -48,6 +48,8 @@ assert set(TASKS) == set(SCHEMAS), "every task needs a schema in experiments/con
 # Bad input (a missing data file, a malformed trace, a bad config value) raises these; the message names the file,
 # line or key, so it is printed alone instead of a traceback from deep inside. HYDRA_FULL_ERROR=1 shows the traceback.
 USER_ERRORS = (FileNotFoundError, ValueError)
+# A broken invariant inside a simulator or solver: still one line (and exit 3), naming the task and how to see more.
+INTERNAL_ERRORS = (RuntimeError, AssertionError)
 
 
 def experiments() -> dict[str, str]:
@@ -96,16 +98,19 @@ def main(cfg: DictConfig) -> None:
     try:
         with logging_redirect_tqdm():  # log lines print above a progress bar, not on its line
             run(cfg, out_dir)
-    except USER_ERRORS as e:
+    except USER_ERRORS + INTERNAL_ERRORS as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        internal = isinstance(e, INTERNAL_ERRORS)
+        message = (f"internal error in task {cfg.task} ({type(e).__name__}: {e}); rerun with HYDRA_FULL_ERROR=1 "
+                   "for the traceback") if internal else str(e)
         if not _multirun():
-            _error(str(e))
-            sys.exit(1)
+            _error(message)
+            sys.exit(3 if internal else 1)
         # In a sweep one bad point must not stop the others: record it in its folder and go on.
         job = HydraConfig.get().job.num
-        log.error("error in sweep job %s (%s): %s", job, " ".join(HydraConfig.get().overrides.task), e)
-        (Path(out_dir) / "FAILED").write_text(f"{e}\n")
+        log.error("error in sweep job %s (%s): %s", job, " ".join(HydraConfig.get().overrides.task), message)
+        (Path(out_dir) / "FAILED").write_text(f"{message}\n")
 
 
 def _error(message: str) -> None:

@@ -62,5 +62,5 @@ MODELS = {
 def get_model(name: str) -> ModelSpec:
     key = name.lower()
     if key not in MODELS:
-        raise ValueError(f"config key 'model': unknown model {name!r}; known: {sorted(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
     return MODELS[key]

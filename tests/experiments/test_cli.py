@@ -122,3 +122,21 @@ def test_readme_commands_name_real_experiments_and_keys():
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             compose("config", overrides=overrides)  # every key the README shows exists in that experiment
     assert re.search(r"^source \.venv/bin/activate", readme, re.M)  # the set-up step the commands assume
+
+
+def _broken_invariant(cfg, out_dir):
+    raise AssertionError("queue length went negative")
+
+
+def test_internal_error_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import experiments.run as entry
+
+    monkeypatch.setitem(entry.TASKS, "quickstart", f"{__name__}:_broken_invariant")
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["loadwise", f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as end:
+        entry.main()
+    assert end.value.code == 3
+    err = capsys.readouterr().err
+    assert "internal error in task quickstart (AssertionError: queue length went negative)" in err
+    assert "HYDRA_FULL_ERROR=1" in err and "Traceback" not in err

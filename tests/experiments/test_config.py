@@ -76,3 +76,17 @@ def test_unknown_task_names_the_key(tmp_path):
     cfg = _compose(["task=nope"])
     with pytest.raises(ValueError, match="config key 'task'.*'nope'"):
         experiments.run.run(cfg, tmp_path)
+
+
+def test_no_config_group_shadows_a_plain_key():
+    # `NAME=value` picks a file of conf/NAME/ when that group exists, so a plain (non-section) key of that name in any
+    # experiment could not be set from the command line.
+    import dataclasses
+
+    groups = {p.name for p in CONF.iterdir() if p.is_dir()}
+    for task, schema in SCHEMAS.items():
+        for f in dataclasses.fields(schema):
+            if f.name in groups:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                assert default is None or dataclasses.is_dataclass(default), (
+                    f"schema of {task!r}: plain key {f.name!r} is shadowed by the config group conf/{f.name}/")

@@ -54,7 +54,7 @@ def test_spatial_tiny_synthetic(tmp_path):
     arr2, inp2, out2 = synthetic_requests(300, rate=0.5, seed=1)
     b = write_azure_csv(tmp_path / "b.csv", arr2, inp2, out2)
     cfg = _compose(TINY + [f"workload.trace_path={a}", f"oserve.extra_traces=[{b},mix]", "oserve.costmodel=roofline",
-                           "model=opt-30b"])
+                           "oserve.model=opt-30b"])
     res = run(cfg, tmp_path)
     _check(res, tmp_path)
     assert {r for r in res["config"]["traces"]} == {"a", "b", "mix"}
@@ -70,7 +70,7 @@ def test_spatial_tiny_heatmap_and_arxiv_mix(tmp_path):
     pool.write_text("num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n" + "".join(
         f"{i},{o},{i + o},{i / o}\n" for i, o in zip(rng.integers(2000, 3500, 50), rng.integers(50, 300, 50))))
     cfg = _compose(TINY + [f"workload.trace_path={a}", "oserve.extra_traces=[arxiv_mix]", "oserve.costmodel=roofline",
-                           "model=opt-30b", f"oserve.long_pool={pool}", "oserve.sensitivity_mix=[]",
+                           "oserve.model=opt-30b", f"oserve.long_pool={pool}", "oserve.sensitivity_mix=[]",
                            "oserve.heatmap.long_shares=[0.0,0.5]", "oserve.heatmap.loads=[0.5]",
                            "oserve.heatmap.slo_scales=[1.0]", "oserve.heatmap.requests=150", "oserve.heatmap.gpus=8"])
     res = run(cfg, tmp_path)
@@ -181,7 +181,7 @@ def test_bad_values_fail_when_the_config_is_built(override, key):
 
 @pytest.mark.parametrize("override, match", [
     ("num_gpus=0", "num_gpus"),
-    ("model=bert", "unknown model"),
+    ("oserve.model=bert", "oserve.model.*unknown model"),
     ("oserve.rate_points=[]", "'oserve.rate_points' must list"),
     ("oserve.rate_points=[-1]", "'oserve.rate_points' must all be > 0"),
     ("workload.num_types=0", "'workload.num_types' must be >= 1"),
@@ -209,8 +209,8 @@ def test_measured_cost_model_without_rows_for_the_model_says_use_roofline(tmp_pa
     perf.write_text("model,hardware,prompt_size,batch_size,token_size,peak_power,average_power,prompt_time,token_time,"
                     "e2e_time,tensor_parallel\nllama2-70b,h100-80gb,512,1,128,1,1,100,30,0,4\n")
     cfg = _compose(TINY + [f"workload.trace_path={a}", "oserve.extra_traces=[]", f"oserve.perf_table={perf}",
-                           "model=tiny-llama"])
-    with pytest.raises(ValueError, match="'model'.*no rows for tiny-llama.*oserve.costmodel=roofline"):
+                           "oserve.model=tiny-llama"])
+    with pytest.raises(ValueError, match="'oserve.model'.*no rows for tiny-llama.*oserve.costmodel=roofline"):
         run(cfg, tmp_path)
 
 
@@ -218,6 +218,6 @@ def test_model_too_big_for_gpus_fails_clearly(tmp_path):
     arr, inp, out = synthetic_requests(50)
     a = write_azure_csv(tmp_path / "a.csv", arr, inp, out)
     cfg = _compose(TINY + [f"workload.trace_path={a}", "oserve.extra_traces=[]", "oserve.costmodel=roofline",
-                           "num_gpus=1", "oserve.gpu_counts=[1]", "model=llama2-70b"])
+                           "num_gpus=1", "oserve.gpu_counts=[1]", "oserve.model=llama2-70b"])
     with pytest.raises(ValueError, match="does not fit"):
         run(cfg, tmp_path)
