@@ -46,15 +46,20 @@ class PlanWeighted(Router):
 
     def __init__(self, labels, num_replicas, weights):
         super().__init__(labels, num_replicas, weights)
-        if weights is None:
-            raise ValueError("simulate: dispatcher plan needs the plan's x_kj weights")
-        w = np.asarray(weights, float)
-        if w.shape[0] != num_replicas:
-            raise ValueError(f"simulate: weights have {w.shape[0]} rows for {num_replicas} replicas")
-        self.routes = plan_weighted(np.asarray(labels), w)
+        self.routes = plan_weighted(np.asarray(labels), plan_weights(weights, num_replicas, "plan"))
 
     def route(self, i, engines):
         return int(self.routes[i])
+
+
+def plan_weights(weights, num_replicas: int, dispatcher: str) -> np.ndarray:
+    """The plan's x_kj [K, J] as floats, or a ValueError when a dispatcher that follows the plan is not given them."""
+    if weights is None:
+        raise ValueError(f"simulate: dispatcher {dispatcher} needs the plan's x_kj weights")
+    w = np.asarray(weights, float)
+    if w.shape[0] != num_replicas:
+        raise ValueError(f"simulate: weights have {w.shape[0]} rows for {num_replicas} replicas")
+    return w
 
 
 def plan_weighted(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -95,11 +100,7 @@ class Affinity(Router):
 
     def __init__(self, labels, num_replicas, weights):
         super().__init__(labels, num_replicas, weights)
-        if weights is None:
-            raise ValueError("simulate: dispatcher affinity needs the plan's x_kj weights")
-        w = np.asarray(weights, float)
-        if w.shape[0] != num_replicas:
-            raise ValueError(f"simulate: weights have {w.shape[0]} rows for {num_replicas} replicas")
+        w = plan_weights(weights, num_replicas, "affinity")
         total = w.sum(0, keepdims=True)
         allowed = w > self.min_share * total  # [K, J]
         allowed[:, total[0] <= 0] = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from common.launch import LaunchError, run_local
@@ -17,3 +19,19 @@ def run_distributed(fn, world_size: int, timeout_s: float = 240.0) -> list:
         return run_local(fn, world_size, "gloo", env=env, timeout_s=timeout_s)
     except LaunchError as err:
         raise AssertionError(str(err)) from None
+
+
+def run_each(cases: Mapping[str, Callable], *args) -> dict[str, str | None]:
+    """On one rank: every case(*args), {name: its traceback, or None when it passed}. A barrier after each case, so a
+    case that failed on some ranks cannot leave collectives mismatched for the next."""
+    import torch.distributed as dist
+
+    out = {}
+    for name, fn in cases.items():
+        try:
+            fn(*args)
+            out[name] = None
+        except Exception:
+            out[name] = traceback.format_exc()
+        dist.barrier()
+    return out

@@ -7,12 +7,12 @@ Every rank builds the same ReferenceMoE and inputs from the same seed; the refer
 from __future__ import annotations
 
 import math
-import traceback
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from tests.training.distributed import run_each
 from tests.training.restore_reference import restore_experts
 from training.fsep import (
     FSEPGroups,
@@ -374,15 +374,7 @@ CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case
 
 
 def all_cases(rank, n):
-    out = {}
-    for name, fn in CASES.items():
-        try:
-            fn(rank, n)
-            out[name] = None
-        except Exception:
-            out[name] = traceback.format_exc()
-        dist.barrier()  # a failed case must not leave collectives mismatched for the next
-    return out
+    return run_each(CASES, rank, n)
 
 
 def all_cases_larger(rank, n):

@@ -8,12 +8,12 @@ torch.optim.AdamW, constant learning rate.
 from __future__ import annotations
 
 import os
-import traceback
 
 import torch
 import torch.distributed as dist
 
 from experiments.train import distribute
+from tests.training.distributed import run_each
 from training import checkpoint
 from training.fsep import FSEPGroups
 from training.fsep.apply import distributed_layers
@@ -205,14 +205,7 @@ def run_cases(rank: int, n: int, cases: list[str], tmp: str, steps: int, resume_
     from pathlib import Path
 
     ctx = {"tmp": Path(tmp), "steps": steps, "resume_from": list(resume_from)}
-    out = {}
-    for name in cases:
-        try:
-            globals()[name](rank, n, ctx)
-            out[name] = None
-        except Exception:
-            out[name] = traceback.format_exc()
-        dist.barrier()
+    out = run_each({name: globals()[name] for name in cases}, rank, n, ctx)
     out["_ctx"] = {k: v for k, v in ctx.items() if k in ("layout_changes", "next_loss", "resumed")}
     return out
 

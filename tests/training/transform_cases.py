@@ -8,12 +8,11 @@ all-gathered from the distributed storage. Each case returns None or raises; `al
 
 from __future__ import annotations
 
-import traceback
-
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from tests.training.distributed import run_each
 from tests.training.fsep_cases import random_placement, rel
 from training.fsep import FSEPGroups, apply_deepspeed_moe, apply_ep, apply_fsdp_ep, apply_fsep, distributed_layers
 from training.model import ModelConfig, MoEDecoder, lm_loss, moe_layers
@@ -270,12 +269,4 @@ CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case
 
 
 def all_cases(rank, n):
-    out = {}
-    for name, fn in CASES.items():
-        try:
-            fn(rank, n)
-            out[name] = None
-        except Exception:
-            out[name] = traceback.format_exc()
-        dist.barrier()  # a failed case must not leave collectives mismatched for the next
-    return out
+    return run_each(CASES, rank, n)
