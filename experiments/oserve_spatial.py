@@ -14,7 +14,7 @@ Traces: workload.trace_path, oserve.extra_traces ("mix": the first two merged; "
 with oserve.arxiv_share of the lengths drawn from arXiv summarisation prompts). Then the spatial-sensitivity sweep and
 the heatmap of P99 ratios over (share of long requests, load, SLO scale).
 Returns the results (experiments.run writes results.json) and writes results.csv, sensitivity.csv, heatmap.csv,
-p99_vs_rate.png, heatmap.png.
+p99_vs_rate.png, sensitivity.png, heatmap.png.
 """
 
 from __future__ import annotations
@@ -375,6 +375,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     _write_csv(out_dir / "results.csv", grid)
     _write_csv(out_dir / "sensitivity.csv", sens)
     _plot(out_dir / "p99_vs_rate.png", grid, traces, gpu_counts, fixed, settings)
+    if sens:
+        _plot_sensitivity(out_dir / "sensitivity.png", sens, settings)
     log.info("\n".join(_table(out, cells_out, fixed, cfg)))
     return out
 
@@ -426,6 +428,25 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+
+def _plot_sensitivity(path: Path, sens: list[dict], settings: dict) -> None:
+    """The spatial-sensitivity sweep: P99 speedup over the best static deployment against the length CV of the mix,
+    beside the paper's two published points."""
+    fig, axes = plotting.figure(1, 1, "Spatial sensitivity: P99 best_static / OServe by length CV", settings,
+                                panel_size=(6.0, 3.8))
+    ax = axes[0, 0]
+    rows = sorted(sens, key=lambda r: r["cv"])
+    plotting.line(ax, [r["cv"] for r in rows], [r["speedup"] for r in rows], "ours (simulated)", index=0)
+    for r in rows:
+        ax.annotate(f"{r['long_share']:.0%} long", (r["cv"], r["speedup"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7)
+    paper = sorted((float(cv), x) for cv, x in PAPER["sensitivity_speedup_by_cv"].items())
+    plotting.reference(ax, [cv for cv, _ in paper], [x for _, x in paper], "paper")
+    plotting.hline(ax, 1.0)
+    ax.set(xlabel="coefficient of variation of request length", ylabel="P99 speedup (x)")
+    plotting.legend(ax)
+    plotting.save(fig, path)
 
 
 def _plot(path: Path, grid: list[dict], traces, gpu_counts, fixed, settings: dict) -> None:

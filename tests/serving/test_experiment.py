@@ -46,6 +46,7 @@ def _check(out, tmp_path):
     cands = saved["policies"]["oserve"]["candidates"]
     assert sum(c["chosen"] for c in cands) == 1 and any(c["replay_score"] is not None for c in cands)
     assert (tmp_path / "results.csv").exists() and (tmp_path / "p99_vs_rate.png").stat().st_size > 0
+    assert (tmp_path / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_spatial_tiny_synthetic(tmp_path):
