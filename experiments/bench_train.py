@@ -88,13 +88,17 @@ def measure(cfg, out_dir: Path, system: System, routing: str, tokens) -> dict:
     from training.trainer import backend_for, device_for
 
     bc = cfg.bench_train
-    run_cfg = OmegaConf.merge(cfg, {"parallel": system.parallel,
-                                    "trainer": {"steps": bc.warmup_steps + bc.measure_steps}})
+    steps, m = bc.warmup_steps + bc.measure_steps, cfg.trainer.micro_batches
+    # spec_of keeps trainer.steps * M trace positions: ask for the offset's worth more, then train only `steps`.
+    run_cfg = OmegaConf.merge(cfg, {"parallel": system.parallel, "trainer": {"steps": steps + -(-bc.trace_offset // m)}})
     spec = spec_of(run_cfg, out_dir)
+    spec.trainer.steps = steps
+    spec.replay.counts = spec.replay.counts[bc.trace_offset:][:steps * m]
     spec.tokens = tokens
     spec.extra = {"deepspeed": dict(system.deepspeed)}
     spec.checkpoint_every = 0
     spec.log_every = 10 ** 9  # the bench logs its own line per run
+    trace_counts = spec.replay.counts.copy()
     if routing == "balanced":
         spec.replay.counts = np.ones_like(spec.replay.counts)  # TraceReplay scales each row to B*S*k routes
     world = cfg.train.ranks
@@ -104,11 +108,9 @@ def measure(cfg, out_dir: Path, system: System, routing: str, tokens) -> dict:
     measured = range(bc.warmup_steps, bc.warmup_steps + bc.measure_steps)
     wall = [max(rows[s]["step_s"] for rows in per_rank) for s in measured]
     cpu = [max(rows[s]["step_cpu_s"] for rows in per_rank) for s in measured]
-    m = spec.trainer.micro_batches
     tokens_per_step = spec.data.global_batch * spec.data.seq_len * m
     tokens_per_rank = spec.data.global_batch // world * spec.data.seq_len
     # The skewed half: measured steps ranked by EP-layout imbalance of the replayed (trace) counts.
-    trace_counts = spec_of(run_cfg, out_dir).replay.counts if routing == "balanced" else spec.replay.counts
     skew = [np.mean([ep_imbalance(trace_counts[(s * m + i) % len(trace_counts)]) for i in range(m)])
             for s in measured]
     top = sorted(np.argsort(skew)[::-1][:max(1, len(skew) // 2)].tolist())
