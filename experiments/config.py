@@ -425,6 +425,24 @@ class TrainExperiment(ExperimentConfig):
     train: TrainRunConfig = field(default_factory=TrainRunConfig)
 
 
+@dataclass
+class BenchTrainConfig:
+    # Training steps run (and discarded) before the measured ones: allocator, DeepSpeed and planner warm-up.
+    warmup_steps: int = 2
+    # Measured training steps per (system, routing).
+    measure_steps: int = 4
+    # Replay the trace from this micro-batch position on: the SmartMoE trace's first recorded iteration (positions
+    # 0-3) is nearly uniform (EP-layout imbalance 1.01 against ~1.5 after), so the default starts past it.
+    trace_offset: int = 4
+    # Systems compared (experiments.bench_train.SYSTEMS names): fsep, ep, fsdp_ep, ds_ep, ds_cap1.
+    systems: list[str] = field(default_factory=lambda: ["fsep", "ep", "fsdp_ep", "ds_ep", "ds_cap1"])
+
+
+@dataclass
+class BenchTrainExperiment(TrainExperiment):
+    bench_train: BenchTrainConfig = field(default_factory=BenchTrainConfig)
+
+
 # task -> its schema (stored as config `schema/<task>`).
 SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "quickstart": QuickstartExperiment,
@@ -436,6 +454,7 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "planner_speed": PlannerSpeedExperiment,
     "bench_fsep": BenchFsepExperiment,
     "train": TrainExperiment,
+    "bench_train": BenchTrainExperiment,
 }
 
 

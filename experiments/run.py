@@ -42,6 +42,7 @@ TASKS = {
     "planner_speed": "experiments.planner_speed:run",
     "bench_fsep": "experiments.bench_fsep:run",
     "train": "experiments.train:run",
+    "bench_train": "experiments.bench_train:run",
 }
 assert set(TASKS) == set(SCHEMAS), "every task needs a schema in experiments/config.py and vice versa"
 

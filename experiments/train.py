@@ -50,8 +50,9 @@ class RunSpec:
     extra: dict = field(default_factory=dict)
 
 
-def distribute(model, parallel: Parallel, groups, slots_per_device: int):
-    """Swap every block's MoE for the distributed layer of `parallel` (same weights; training.fsep.apply)."""
+def distribute(model, parallel: Parallel, groups, slots_per_device: int, deepspeed_kwargs: dict | None = None):
+    """Swap every block's MoE for the distributed layer of `parallel` (same weights; training.fsep.apply).
+    deepspeed_kwargs: apply_deepspeed_moe's drop_tokens / capacity_factor (the capacity-mode baseline)."""
     from training.fsep.apply import apply_deepspeed_moe, apply_ep, apply_fsdp_ep, apply_fsep
 
     if parallel is Parallel.fsep:
@@ -60,7 +61,7 @@ def distribute(model, parallel: Parallel, groups, slots_per_device: int):
         return apply_fsdp_ep(model, groups, slots_per_device)
     if parallel is Parallel.ep:
         return apply_ep(model, groups)
-    return apply_deepspeed_moe(model, groups.size)
+    return apply_deepspeed_moe(model, groups.size, **(deepspeed_kwargs or {}))
 
 
 def build(spec: RunSpec, rank: int, world: int):
@@ -81,7 +82,7 @@ def build(spec: RunSpec, rank: int, world: int):
     model = MoEDecoder(mcfg, seed=spec.seed).to(device_for(int(os.environ.get("LOCAL_RANK", rank))))
     if world > 1:
         model = distribute(model, spec.parallel, FSEPGroups(dist.group.WORLD, spec.devices_per_node),
-                           spec.slots_per_device)
+                           spec.slots_per_device, spec.extra.get("deepspeed"))
     layers = distributed_layers(model)
     balancer = None
     if layers:
