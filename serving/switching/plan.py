@@ -69,7 +69,8 @@ class KVAction:
     buffer_tokens: int = 0  # KV tokens reserved for it on dst: context * (1 + kv_headroom), rounded up (moves)
 
 
-@dataclass(frozen=True)
+# Not frozen: the Hydra schema nests this class, and OmegaConf makes a frozen dataclass read-only (no overrides).
+@dataclass
 class SwitchOptions:
     storage_bw: float | None = None  # bytes/s a node reads from storage (None: the cluster's figure)
     kv_move_min_tokens: int = 512  # requests with fewer context tokens drain instead of moving
@@ -96,9 +97,6 @@ class SwitchOptions:
         for key in ("rebuild_s", "engine_startup_s"):
             if getattr(self, key) < 0:
                 raise ValueError(f"SwitchOptions.{key} must be >= 0, got {getattr(self, key)}")
-
-
-DEFAULT_OPTIONS = SwitchOptions()  # frozen, so one shared default instance is safe
 
 
 @dataclass(frozen=True)

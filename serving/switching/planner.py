@@ -20,7 +20,6 @@ from serving.costmodel.models import ModelSpec
 from serving.costmodel.roofline import DEFAULT_PARAMS, kv_capacity_tokens
 from serving.scheduler.plan import DeploymentPlan
 from serving.switching.plan import (
-    DEFAULT_OPTIONS,
     STORAGE,
     InflightRequest,
     KVAction,
@@ -94,7 +93,7 @@ def _validate_inflight(inflight: Sequence[InflightRequest], current: DeploymentP
 
 
 def plan_switch(current: DeploymentPlan | None, target: DeploymentPlan, model: ModelSpec, cluster: ClusterSpec,
-                inflight: Sequence[InflightRequest] = (), options: SwitchOptions = DEFAULT_OPTIONS) -> SwitchPlan:
+                inflight: Sequence[InflightRequest] = (), options: SwitchOptions | None = None) -> SwitchPlan:
     """Plan the switch from `current` (None: a cold start, everything from storage) to `target`.
 
     1. Remap the target onto devices (serving.switching.remap): kept replicas need nothing.
@@ -105,6 +104,7 @@ def plan_switch(current: DeploymentPlan | None, target: DeploymentPlan, model: M
        their source; the others move their KV (cut and sourced the same way) to the target replica with room for
        context * (1 + kv_headroom) tokens that lets them continue first; with no room anywhere they drain.
     """
+    options = SwitchOptions() if options is None else options
     for name, plan in (("current", current), ("target", target)):
         if plan is not None:
             validate_plan(plan, cluster, model, name)
@@ -156,17 +156,17 @@ def plan_switch(current: DeploymentPlan | None, target: DeploymentPlan, model: M
     )
 
 
-def _kv_pieces(src_cfg, src_devs, dst_cfg, dst_devs, L, ukv, tokens) -> list[tuple[float, int, int, Shard]]:
-    """(bytes, src device, dst device, cell) of one request's KV moving between two replicas; the cells already on
-    the right device are left out."""
+def _kv_pieces(src_cfg, src_devs, dst_cfg, dst_devs, L, ukv) -> list[tuple[float, int, int, Shard]]:
+    """(bytes per context token, src device, dst device, cell) of a request's KV moving between two replicas; the
+    cells already on the right device are left out."""
     src_roles = list(zip(src_devs, replica_roles(L, src_cfg.tp, src_cfg.pp)))
     out = []
     for d, role in zip(dst_devs, replica_roles(L, dst_cfg.tp, dst_cfg.pp)):
         for cell in grid_cells(role, [r for _, r in src_roles]):
             s = next(s for s, r in src_roles if r.contains(cell))
-            nbytes = tokens * shard_bytes(cell, ukv)
-            if s != d and nbytes > 0:
-                out.append((nbytes, s, d, cell))
+            per_token = shard_bytes(cell, ukv)
+            if s != d and per_token > 0:
+                out.append((per_token, s, d, cell))
     return out
 
 
@@ -186,6 +186,7 @@ def _plan_kv(current, tgt, model, cluster, inflight, options, kept, ready, links
         if r.replica in staying:
             used[staying[r.replica]] += buffer(r.context_tokens)
     actions, total = [], 0.0
+    geometry = {}  # (current k, target k) -> _kv_pieces: the same for every request of the pair
     for r in sorted((r for r in inflight if r.replica not in staying), key=lambda r: (-r.context_tokens, r.id)):
         src_cfg, src_devs = current.replicas[r.replica], current.devices[r.replica]
         need = buffer(r.context_tokens)
@@ -194,7 +195,9 @@ def _plan_kv(current, tgt, model, cluster, inflight, options, kept, ready, links
             for k, (cfg, devs) in enumerate(zip(tgt.replicas, tgt.devices)):
                 if cap[k] - used[k] < need:
                     continue
-                pieces = _kv_pieces(src_cfg, src_devs, cfg, devs, L, ukv, r.context_tokens)
+                if (r.replica, k) not in geometry:
+                    geometry[r.replica, k] = _kv_pieces(src_cfg, src_devs, cfg, devs, L, ukv)
+                pieces = [(b * r.context_tokens, s, d, cell) for b, s, d, cell in geometry[r.replica, k]]
                 est = max([ready[k]] + [links.when(s, d, b)[1] for b, s, d, _ in pieces])
                 if best is None or (est, k) < best[:2]:
                     best = (est, k, pieces)
@@ -216,9 +219,10 @@ def _plan_kv(current, tgt, model, cluster, inflight, options, kept, ready, links
 
 
 def cold_reload_s(target: DeploymentPlan, model: ModelSpec, cluster: ClusterSpec,
-                  options: SwitchOptions = DEFAULT_OPTIONS) -> float:
+                  options: SwitchOptions | None = None) -> float:
     """Seconds a cold reload of the whole target takes (what vLLM pays to re-deploy: every engine restarts): each
     node reads its devices' shards from storage at storage_bw, then the engines start (options.engine_startup_s)."""
+    options = SwitchOptions() if options is None else options
     if not target.replicas:
         return 0.0
     return plan_switch(None, target, model, cluster, options=dataclasses.replace(options, rebuild_s=0.0)).total_s \
