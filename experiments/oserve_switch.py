@@ -87,7 +87,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             "under_paper_bound": sp.total_s < sc.paper_bound_s,
             "planner_cpu_s": cpu_s,
         })
-        log.info("%-32s total %.3f s (weights %.3f s, %d KV moves %.1f GB), cold reload %.1f s",
+        log.info("%-46s total %.3f s (weights %.3f s, %d KV moves %.1f GB), cold reload %.1f s",
                  rows[-1]["switch"], sp.total_s, rows[-1]["weights_s"], rows[-1]["kv_moved"], rows[-1]["kv_gb"], cold)
 
     csv_path = out_dir / "switch_cost.csv"

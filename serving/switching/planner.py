@@ -101,8 +101,9 @@ def plan_switch(current: DeploymentPlan | None, target: DeploymentPlan, model: M
        a piece the device already holds stays; the others, largest first, each come from the holder whose link
        finishes it first, NVLink before the network, storage only when no device holds it.
     3. In-flight requests of replicas that stop, longest context first: under kv_move_min_tokens they drain on
-       their source; the others move their KV (cut and sourced the same way) to the target replica with room for
-       context * (1 + kv_headroom) tokens that lets them continue first; with no room anywhere they drain.
+       their source; the others move their KV (cut the same way) to a target replica with room for
+       context * (1 + kv_headroom) tokens: one reached over NVLink alone before one across nodes, then the one that
+       lets them continue first; with no room anywhere they drain.
     """
     options = SwitchOptions() if options is None else options
     for name, plan in (("current", current), ("target", target)):
@@ -199,8 +200,10 @@ def _plan_kv(current, tgt, model, cluster, inflight, options, kept, ready, links
                     geometry[r.replica, k] = _kv_pieces(src_cfg, src_devs, cfg, devs, L, ukv)
                 pieces = [(b * r.context_tokens, s, d, cell) for b, s, d, cell in geometry[r.replica, k]]
                 est = max([ready[k]] + [links.when(s, d, b)[1] for b, s, d, _ in pieces])
-                if best is None or (est, k) < best[:2]:
-                    best = (est, k, pieces)
+                # NVLink before the network, as for weights: a replica reached inside the node(s) wins.
+                crosses = any(cluster.node_of(s) != cluster.node_of(d) for _, s, d, _ in pieces)
+                if best is None or (crosses, est, k) < best[0]:
+                    best = ((crosses, est, k), k, pieces)
         if best is None:
             actions.append(KVAction(r.id, False, r.replica, None, 0.0))
             continue

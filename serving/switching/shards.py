@@ -77,7 +77,9 @@ def validate_plan(plan: DeploymentPlan, cluster: ClusterSpec, model: ModelSpec, 
             if len({cluster.node_of(d) for d in devs[s * cfg.tp:(s + 1) * cfg.tp]}) > 1:
                 raise ValueError(f"{name} replica {k} ({cfg}): the TP group of stage {s} crosses nodes "
                                  f"(devices {devs[s * cfg.tp:(s + 1) * cfg.tp]})")
-        stage_layers(model.num_layers, cfg.pp)
+        if not 1 <= cfg.pp <= model.num_layers:
+            raise ValueError(f"{name} replica {k} ({cfg}): pp must be between 1 and {model.name}'s "
+                             f"{model.num_layers} layers")
 
 
 def replica_roles(num_layers: int, tp: int, pp: int) -> list[Shard]:

@@ -176,15 +176,19 @@ def test_kept_replicas_get_no_transfer():
     cur = plan([R(8), R(4), R(2), R(2)])
     sp = plan_switch(cur, cur, model, cluster)
     assert sp.transfers == () and sp.kept == (0, 1, 2, 3) and sp.removed == () and sp.replica_ready_s == (0.0,) * 4
-    # The target's packing would put its TP2s on other devices; they stay where they run.
+    # The target asks for TP2s on 4-7, where two of the four current ones run: those two are kept.
     tgt = plan([R(8), R(4), R(2), R(2)], [(8, 9, 10, 11, 12, 13, 14, 15), (0, 1, 2, 3), (4, 5), (6, 7)])
-    sp = plan_switch(plan([R(2)] * 4 + [R(4, 2)]), tgt, model, cluster)
-    assert sp.kept == (2, 3) and sp.kept_from == (0, 1) and sp.target.devices[2:] == ((0, 1), (2, 3))
-    assert sp.removed == (2, 3, 4)
-    assert not {t.dst for t in sp.transfers} & {0, 1, 2, 3}
-    # The new TP4 lands on the stopped TP2s at 4-7, whose halves hold its quarters: rebuilt with nothing to move.
-    assert sp.target.devices[1] in {(4, 6, 5, 7), (6, 4, 7, 5)} and not [t for t in sp.transfers if t.replica == 1]
+    cur = plan([R(2)] * 4 + [R(4, 2)])
+    sp = plan_switch(cur, tgt, model, cluster)
+    assert sp.kept == (2, 3) and sp.kept_from == (2, 3) and sp.target.devices[2:] == ((4, 5), (6, 7))
+    assert sp.removed == (0, 1, 4)
+    assert not {t.dst for t in sp.transfers} & {4, 5, 6, 7}
+    # The new TP4 lands on the stopped TP2s at 0-3, whose halves hold its quarters: rebuilt with nothing to move.
+    assert sp.target.devices[1] in {(0, 2, 1, 3), (2, 0, 3, 1)} and not [t for t in sp.transfers if t.replica == 1]
     assert sp.replica_ready_s[1:] == (0.0, 0.0, 0.0) and sp.replica_ready_s[0] > 0
+    # Asked elsewhere, a target TP2 still takes a running TP2 rather than a new place.
+    sp = plan_switch(cur, plan([R(2)], [(8, 9)]), model, cluster)
+    assert sp.kept == (0,) and sp.kept_from == (0,) and sp.transfers == ()
 
 
 def test_time_matches_hand_arithmetic_on_two_nodes():
@@ -317,3 +321,34 @@ def test_bad_input_is_one_line_error():
     with pytest.raises(ValueError, match="storage_bw"):
         toy_cluster(storage=0.0)
     assert Fraction(1, 2)  # fractions stay exact in shards (imported for the reference's column atoms)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_remap_keeps_at_least_what_the_packing_keeps(seed):
+    # Reference: the bytes in place and replicas kept with the target's own device lists, counted on atoms.
+    rng = random.Random(100 + seed)
+    cluster = toy_cluster(nodes=2, per_node=8)
+    cur, tgt = random_plan(rng, cluster, TOY, 16), random_plan(rng, cluster, TOY, 16)
+
+    def in_place(p):
+        before, after = held_atoms(cur, TOY), held_atoms(p, TOY)
+        return sum(atom_bytes(TOY, u) for d, need in after.items() for u, _ in need & before.get(d, set()))
+
+    sp = plan_switch(cur, tgt, TOY, cluster)
+    assert in_place(sp.target) >= in_place(tgt) - 1e-9
+    assert sp.in_place_bytes + sum(in_place(plan([sp.target.replicas[k]], [sp.target.devices[k]]))
+                                   for k in sp.kept) == pytest.approx(in_place(sp.target))
+    assert sorted(map(str, sp.target.replicas)) == sorted(map(str, tgt.replicas))
+
+
+def test_kv_moves_inside_the_node_before_across():
+    # The TP1 on device 0 stops; the kept TP1s on device 1 (same node) and device 2 (other node) both have room, and
+    # the network is the faster link here: the KV still goes to device 1.
+    cluster = toy_cluster(nodes=2, per_node=2, intra=10.0, inter=100.0)
+    opts = SwitchOptions(kv_move_min_tokens=1, kv_capacity_tokens=10_000)
+    cur = plan([R(1)] * 3, [(0,), (1,), (2,)])
+    sp = plan_switch(cur, plan([R(1), R(1)], [(1,), (2,)]), TOY, cluster, [InflightRequest(0, 0, 50, 1)], opts)
+    assert sp.kept == (0, 1) and sp.removed == (0,)
+    assert sp.kv[0].move and sp.kv[0].dst_replica == 0
+    assert [(t.src, t.dst, t.nbytes) for t in sp.transfers] == [(0, 1, 50 * TOY.kv_bytes_per_token)]
+    assert sp.kv[0].ready_s == pytest.approx(1 + 50 * TOY.kv_bytes_per_token / 10)
