@@ -59,9 +59,9 @@ def remap_target(current: DeploymentPlan | None, target: DeploymentPlan, model: 
         return 0.0 if inter is None else shard_bytes(inter, wb)
 
     kept = match_kept(current, target)  # where the target already asks for a running replica, that one
-    claimed = {c for _, c in kept}
+    claimed, placed = {c for _, c in kept}, {k for k, _ in kept}
     for k, cfg in enumerate(target.replicas):
-        if k in dict(kept):
+        if k in placed:
             continue
         c = next((c for c, cc in enumerate(current.replicas) if cc == cfg and c not in claimed), None)
         if c is not None:
