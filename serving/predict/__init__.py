@@ -11,27 +11,33 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from serving.predict.base import FORMAT, VERSION, Predictor, PredictorKind, rolling_forecast, rrmse
-from serving.predict.lstm import AggregateLSTMPredictor, LSTMPredictor
+from serving.predict.base import FORMAT, VERSION, LSTMOptions, Predictor, PredictorKind, rolling_forecast, rrmse
 from serving.predict.rules import EMA, MovingAverage, SeasonalNaive
 
-__all__ = ["Predictor", "PredictorKind", "make_predictor", "load_predictor", "rolling_forecast", "rrmse"]
+__all__ = ["LSTMOptions", "Predictor", "PredictorKind", "make_predictor", "load_predictor", "rolling_forecast",
+           "rrmse"]
 
-# One line per predictor: a new one is a Predictor subclass plus its entry here.
-REGISTRY: dict[PredictorKind, type[Predictor]] = {
-    PredictorKind.lstm: LSTMPredictor,
-    PredictorKind.aggregate_lstm: AggregateLSTMPredictor,
-    PredictorKind.moving_average: MovingAverage,
-    PredictorKind.ema: EMA,
-    PredictorKind.seasonal_naive: SeasonalNaive,
-}
+
+
+def registry() -> dict[PredictorKind, type[Predictor]]:
+    """One line per predictor: a new one is a Predictor subclass plus its entry here. The LSTM classes are imported
+    on first use, so that importing this package (e.g. for PredictorKind in a config schema) does not load torch."""
+    from serving.predict.lstm import AggregateLSTMPredictor, LSTMPredictor
+
+    return {
+        PredictorKind.lstm: LSTMPredictor,
+        PredictorKind.aggregate_lstm: AggregateLSTMPredictor,
+        PredictorKind.moving_average: MovingAverage,
+        PredictorKind.ema: EMA,
+        PredictorKind.seasonal_naive: SeasonalNaive,
+    }
 
 
 def make_predictor(kind: PredictorKind, window: int, **options) -> Predictor:
     """An unfitted predictor of `kind` reading `window` intervals; options are its class's keyword arguments
-    (lstm / aggregate_lstm: hidden, epochs, lr, seed, threads (+ share_window); ema: alpha; seasonal_naive: period)."""
+    (lstm / aggregate_lstm: LSTMOptions' fields (+ share_window); ema: alpha; seasonal_naive: period)."""
     try:
-        cls = REGISTRY[PredictorKind(kind)]
+        cls = registry()[PredictorKind(kind)]
     except ValueError:
         raise ValueError(f"unknown predictor kind {kind!r}; known: {[k.value for k in PredictorKind]}") from None
     import inspect

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -23,6 +24,24 @@ class PredictorKind(str, Enum):
     moving_average = "moving_average"  # mean of the last W intervals
     ema = "ema"  # exponential moving average over the last W intervals
     seasonal_naive = "seasonal_naive"  # the rate one period (in intervals) ago
+
+
+# Not frozen: a Hydra schema nests this class, and OmegaConf makes a frozen dataclass read-only (no overrides).
+@dataclass
+class LSTMOptions:
+    """Hyper-parameters of the LSTM predictors (keyword options of make_predictor; these are the defaults)."""
+
+    # Hidden size H of each LSTM (one layer).
+    hidden: int = 16
+    # Full-batch Adam steps (the kept weights are those of the best held-out epoch: lstm._train).
+    epochs: int = 150
+    lr: float = 0.01
+    # Weights are drawn from this seed (type j's LSTM from seed + j).
+    seed: int = 0
+    # torch threads while fitting and forecasting (results are bit-identical only at one fixed count).
+    threads: int = 1
+    # Share of the latest (window, next) training pairs held out to pick the epoch.
+    val_share: float = 0.2
 
 
 def check_window(window) -> int:

@@ -21,9 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from serving.predict.base import Predictor, PredictorKind
+from serving.predict.base import LSTMOptions, Predictor, PredictorKind
 
 LEVEL_FLOOR = 0.1  # in units of the training mean
+
+
+_D = LSTMOptions()
 
 
 class _WindowLSTM(nn.Module):
@@ -125,9 +128,8 @@ class LSTMPredictor(Predictor):
 
     kind = PredictorKind.lstm
 
-    def __init__(self, window: int, hidden: int = 16, epochs: int = 150, lr: float = 0.01, seed: int = 0,
-                 threads: int = 1,
-                 val_share: float = 0.2):
+    def __init__(self, window: int, hidden: int = _D.hidden, epochs: int = _D.epochs, lr: float = _D.lr,
+                 seed: int = _D.seed, threads: int = _D.threads, val_share: float = _D.val_share):
         super().__init__(window)
         _check_options(self.kind, hidden, epochs, lr, seed, threads, val_share)
         self.val_share = float(val_share)
@@ -176,8 +178,9 @@ class AggregateLSTMPredictor(Predictor):
 
     kind = PredictorKind.aggregate_lstm
 
-    def __init__(self, window: int, hidden: int = 16, epochs: int = 150, lr: float = 0.01, seed: int = 0,
-                 threads: int = 1, val_share: float = 0.2, share_window: int | None = None):
+    def __init__(self, window: int, hidden: int = _D.hidden, epochs: int = _D.epochs, lr: float = _D.lr,
+                 seed: int = _D.seed, threads: int = _D.threads, val_share: float = _D.val_share,
+                 share_window: int | None = None):
         super().__init__(window)
         _check_options(self.kind, hidden, epochs, lr, seed, threads, val_share)
         self.val_share = float(val_share)
