@@ -11,12 +11,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from serving.predict.base import FORMAT, VERSION, LSTMOptions, Predictor, PredictorKind, rolling_forecast, rrmse
+from serving.predict.base import (
+    FORMAT,
+    VERSION,
+    LSTMOptions,
+    Predictor,
+    PredictorKind,
+    poisson_floor,
+    rolling_forecast,
+    rrmse,
+)
 from serving.predict.rules import EMA, MovingAverage, SeasonalNaive
 
-__all__ = ["LSTMOptions", "Predictor", "PredictorKind", "make_predictor", "load_predictor", "rolling_forecast",
-           "rrmse"]
-
+__all__ = ["LSTMOptions", "Predictor", "PredictorKind", "make_predictor", "load_predictor", "poisson_floor",
+           "rolling_forecast", "rrmse"]
 
 
 def registry() -> dict[PredictorKind, type[Predictor]]:

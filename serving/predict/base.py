@@ -160,3 +160,16 @@ def rrmse(actual, forecast) -> float:
     if not mean > 0:
         raise ValueError(f"rrmse: the mean actual rate must be > 0, got {mean:g}")
     return float(np.sqrt(np.mean((f - a) ** 2)) / mean)
+
+
+def poisson_floor(actual, interval_s: float) -> float:
+    """The RRMSE that even the true rate would score if arrivals were Poisson: a bin of interval_s seconds at rate
+    lambda counts Poisson(lambda * interval_s) arrivals, so the observed rate has variance lambda / interval_s.
+    The actual rates [T, J] stand in for the unknown true ones. Halving the bin doubles this noise variance."""
+    a = np.asarray(actual, dtype=np.float64)
+    if not interval_s > 0:
+        raise ValueError(f"poisson_floor: interval_s must be > 0, got {interval_s!r}")
+    mean = a.mean() if a.size else 0.0
+    if not mean > 0:
+        raise ValueError(f"poisson_floor: the mean actual rate must be > 0, got {mean:g}")
+    return float(np.sqrt(np.mean(a / interval_s)) / mean)
