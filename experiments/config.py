@@ -189,9 +189,10 @@ class OServePredictConfig:
     # Share of each series' intervals the predictors are fitted on (the head); the rest (the tail) is scored.
     head_share: float = 0.7
     # Intervals of history per forecast (the paper's sequence length 50). Where the head holds fewer than
-    # window + min_train_pairs intervals (an hour gives 58 one-minute bins), it is clamped, with a warning.
+    # window + min_train_pairs intervals (an hour gives 58 one-minute bins, 40 in a 70% head), it is clamped, with a
+    # warning; fewer than ~30 pairs per type and the LSTM fits the noise.
     window: int = 50
-    min_train_pairs: int = 20
+    min_train_pairs: int = 30
     predictors: list[PredictorKind] = field(default_factory=lambda: list(PredictorKind))
     # Hyper-parameters of both LSTM predictors (serving.predict.LSTMOptions).
     lstm: LSTMOptions = field(default_factory=LSTMOptions)

@@ -140,12 +140,12 @@ def plot_by_bin(path: Path, cells: dict[str, dict[float, dict]], settings: dict)
         bins = sorted(by_bin)
         kinds = list(by_bin[bins[0]]["rrmse"])
         for i, k in enumerate(kinds):
-            plotting.line(ax, bins, [100 * by_bin[b]["rrmse"][k] for b in bins], k, index=i)
+            (ln,) = plotting.line(ax, bins, [100 * by_bin[b]["rrmse"][k] for b in bins], k, index=i)
+            if k in PAPER["rrmse"]:  # the paper's figure, in the same colour as ours
+                ax.axhline(100 * PAPER["rrmse"][k], color=ln.get_color(), linewidth=0.9, linestyle=(0, (1, 2)),
+                           label=f"paper {k} {100 * PAPER['rrmse'][k]:g}%")
         plotting.line(ax, bins, [100 * by_bin[b]["poisson_floor"] for b in bins], "Poisson floor", index=len(kinds),
                       color="gray")
-        for k, v in PAPER["rrmse"].items():
-            if k in kinds:
-                plotting.hline(ax, 100 * v, f"paper {k} {100 * v:g}%")
         ax.set_xlabel("bin size (s)")
         ax.set_ylabel("RRMSE (%)")
         ax.set_title(name)
