@@ -116,15 +116,19 @@ def score_series(cfg: DictConfig, rates: np.ndarray, bin_s: float, where: str) -
 
 
 def bin_effect(name: str, cells: dict[float, dict]) -> str:
-    """One sentence per trace: how each figure moves from the shortest to the longest bin, and why."""
+    """One sentence per trace: how each figure moves from the shortest to the longest bin, and what moves it."""
     bins = sorted(cells)
     lo, hi = cells[bins[0]], cells[bins[-1]]
     parts = [f"{k} {100 * lo['rrmse'][k]:.0f}% -> {100 * hi['rrmse'][k]:.0f}%" for k in lo["rrmse"]]
-    return (f"{name}: from {bins[0]:g} s to {bins[-1]:g} s bins, RRMSE {', '.join(parts)}; the Poisson floor falls "
+    text = (f"{name}: from {bins[0]:g} s to {bins[-1]:g} s bins, RRMSE {', '.join(parts)}; the Poisson floor falls "
             f"{100 * lo['poisson_floor']:.0f}% -> {100 * hi['poisson_floor']:.0f}% (longer bins average out arrival "
             f"noise) while the head shrinks {lo['head']} -> {hi['head']} intervals (window {lo['window']} -> "
-            f"{hi['window']}, {lo['train_pairs']} -> {hi['train_pairs']} training pairs per type), which starves the "
-            f"learned predictors")
+            f"{hi['window']}, {lo['train_pairs']} -> {hi['train_pairs']} training pairs per type)")
+    lstm, ma = PredictorKind.lstm.value, PredictorKind.moving_average.value
+    if lstm in lo["rrmse"] and ma in lo["rrmse"]:
+        gaps = ", ".join(f"{100 * (cells[b]['rrmse'][lstm] - cells[b]['rrmse'][ma]):+.0f}" for b in bins)
+        text += f"; per-type LSTM minus moving average, in points at {'/'.join(f'{b:g}' for b in bins)} s: {gaps}"
+    return text
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
