@@ -4,8 +4,10 @@ type shares (the aggregate baseline).
 Notation: N samples or forecasts, W window, J request types, H hidden size.
 
 Each LSTM reads a window of one normalised series (rate / its training mean, so one hyper-parameter set works for any
-rate scale) and predicts the next value as the window's mean plus a learned correction: the output layer starts at
-zero, so an untrained LSTM is the moving average and training moves it only where the data pays for it.
+rate scale), re-read relative to the window's own level, and predicts the next value as the window's mean plus a
+learned correction scaled by that level. The output layer starts at zero, so an untrained LSTM is the moving average,
+and the epoch kept is the one that scores best on held-out pairs (epoch 0 included): with the few hundred (window,
+next) pairs an hour-long trace gives, this keeps the LSTM from fitting the arrival noise.
 
 Training is deterministic: weights drawn from a seeded RNG (forked, so the caller's torch RNG is untouched), full-batch
 Adam, and torch pinned to `threads` threads (the CPU LSTM kernels are deterministic at a fixed thread count; there is
@@ -23,10 +25,8 @@ from torch import nn
 
 from serving.predict.base import LSTMOptions, Predictor, PredictorKind
 
-LEVEL_FLOOR = 0.1  # in units of the training mean
-
-
-_D = LSTMOptions()
+LEVEL_FLOOR = 0.1  # in units of the training mean: a window of all zeros still has a scale
+_D = LSTMOptions()  # the defaults, in one place
 
 
 class _WindowLSTM(nn.Module):
@@ -70,7 +70,7 @@ def _train(x: np.ndarray, window: int, hidden: int, epochs: int, lr: float, seed
     forecasts over the (window, next) pairs.
 
     1. Pairs in time order; the last `val_share` of them (at least one, when there are two or more) are held out.
-    2. Train on the rest for `epochs` epochs, scoring the held-out pairs before each step and after the last.
+    2. Train on the rest for `epochs` epochs, scoring the held-out pairs before the first step and after each.
     3. Keep the weights that scored best (epoch 0 is the moving average itself): an hour-long trace gives a few
        hundred pairs at most, and an LSTM trained to the end on them fits the noise.
     """
