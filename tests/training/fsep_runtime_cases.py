@@ -163,6 +163,18 @@ def case_accumulation_across_layouts(rank, n):
     assert_grads_close(dist_grads(model), want)
 
 
+def forward_saving(model, tokens) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The loss, and every tensor autograd saved for its backward."""
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        return loss_of(model, tokens), saved
+
+
 def case_memory_lifecycle(rank, n):
     """Free mode: no restored expert outlives its layer's forward (after the forward no restored byte is live, and
     the views of each layer's restored buffer that autograd saved have empty storage), and the peak over
@@ -174,9 +186,7 @@ def case_memory_lifecycle(rank, n):
         layers = distributed_layers(model)
         sched = layers[0].schedule
         per_layer = C * n * layers[0].shard_width * 4  # U*N*S fp32 bytes: round-robin puts C distinct experts here
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-            loss = loss_of(model, tokens[rank])
+        loss, saved = forward_saving(model, tokens[rank])
         after_forward = sched.live_bytes
         storages = {t.untyped_storage()._cdata: t for t in saved}
         buffers = [sched._forwards[i][-1].full.untyped_storage() for i in range(L)]
@@ -196,6 +206,50 @@ def case_memory_lifecycle(rank, n):
         assert sched.live_bytes == 0
 
 
+def traced_step(model, tokens) -> tuple[list, list]:
+    """Forward and backward events of one step, in order: ("restore", i) a restore all-to-all launched for layer i,
+    ("compute", i) layer i's expert compute, ("grad_start", i) / ("grad_finish", i) its gradient all-to-all."""
+    layers = distributed_layers(model)
+    index = {id(layer.expert_shard): i for i, layer in enumerate(layers)}
+    events = []
+    real_start, real_scatter, real_finish = (schedule_mod.start_restore, schedule_mod.start_gradient_scatter,
+                                             restore_ops.PendingGradient.finish)
+
+    def start(shard, *a, **kw):
+        events.append(("restore", index[id(shard)]))
+        return real_start(shard, *a, **kw)
+
+    def scatter(send, layout, *a, **kw):
+        i = next(i for i, layer in enumerate(layers) if layer._layout is layout)
+        events.append(("grad_start", i))
+        pending = real_scatter(send, layout, *a, **kw)
+        pending.layer_index = i
+        return pending
+
+    def finish(pending, dtype):
+        events.append(("grad_finish", pending.layer_index))
+        return real_finish(pending, dtype)
+
+    def traced(compute, i):
+        def run(*a):
+            events.append(("compute", i))
+            return compute(*a)
+        return run
+
+    for i, layer in enumerate(layers):
+        layer.compute = traced(layer.compute, i)
+    schedule_mod.start_restore, schedule_mod.start_gradient_scatter = start, scatter
+    restore_ops.PendingGradient.finish = finish
+    try:
+        loss = loss_of(model, tokens)
+        forward = list(events)
+        loss.backward()
+    finally:
+        schedule_mod.start_restore, schedule_mod.start_gradient_scatter = real_start, real_scatter
+        restore_ops.PendingGradient.finish = real_finish
+    return forward, events[len(forward):]
+
+
 def case_schedule_order(rank, n):
     """comm_opt: layer i+1's restore is launched before layer i's expert compute; in backward layer i-1's restore is
     launched before layer i's gradient scatter, and layer i's gradient all-to-all is finished only after layer i-1's
@@ -203,46 +257,11 @@ def case_schedule_order(rank, n):
     tokens = batches(n, seed=6)
     for comm_opt in (True, False):
         _, model = build(FSEPGroups.create(dist.group.WORLD), comm_opt=comm_opt)
-        layers = distributed_layers(model)
-        index = {id(layer.expert_shard): i for i, layer in enumerate(layers)}
-        events = []
-        real_start, real_scatter, real_finish = (schedule_mod.start_restore, schedule_mod.start_gradient_scatter,
-                                                 restore_ops.PendingGradient.finish)
-
-        def start(shard, *a, **kw):
-            events.append(("restore", index[id(shard)]))
-            return real_start(shard, *a, **kw)
-
-        def scatter(send, layout, *a, **kw):
-            i = next(i for i, layer in enumerate(layers) if layer._layout is layout)
-            events.append(("grad_start", i))
-            pending = real_scatter(send, layout, *a, **kw)
-            pending.layer_index = i
-            return pending
-
-        def finish(pending, dtype):
-            events.append(("grad_finish", pending.layer_index))
-            return real_finish(pending, dtype)
-
-        for layer in layers:
-            real_compute = layer.compute
-            layer.compute = (lambda rc, i: lambda *a: events.append(("compute", i)) or rc(*a))(real_compute,
-                                                                                              index[id(layer.expert_shard)])
-        schedule_mod.start_restore, schedule_mod.start_gradient_scatter = start, scatter
-        restore_ops.PendingGradient.finish = finish
-        try:
-            loss = loss_of(model, tokens[rank])
-            forward = list(events)
-            loss.backward()
-            backward = events[len(forward):]
-        finally:
-            schedule_mod.start_restore, schedule_mod.start_gradient_scatter = real_start, real_scatter
-            restore_ops.PendingGradient.finish = real_finish
+        forward, backward = traced_step(model, tokens[rank])
         pos = {e: forward.index(e) for e in forward}
         bpos = {e: backward.index(e) for e in backward}
         for i in range(L - 1):
-            before = pos[("restore", i + 1)] < pos[("compute", i)]
-            assert before == comm_opt, (comm_opt, forward)
+            assert (pos[("restore", i + 1)] < pos[("compute", i)]) == comm_opt, (comm_opt, forward)
         for i in range(1, L):
             assert (bpos[("restore", i - 1)] < bpos[("grad_start", i)]) == comm_opt, (comm_opt, backward)
             assert (bpos[("grad_finish", i)] > bpos[("grad_start", i - 1)]) == comm_opt, (comm_opt, backward)
