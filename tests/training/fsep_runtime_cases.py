@@ -268,6 +268,29 @@ def case_schedule_order(rank, n):
         assert all(bpos[("grad_finish", i)] > bpos[("grad_start", i)] for i in range(L))
 
 
+def case_deferred_gradient_runs_shard_hooks(rank, n):
+    """With the gradient all-to-all deferred (comm_opt), each shard's gradient still arrives through autograd: its
+    post-accumulate hook (what DeepSpeed's ZeRO and bf16 optimizers hook) runs once per backward, with the
+    gradient already in .grad, and accumulation over two backwards adds."""
+    tokens = batches(n, seed=8)
+    _, model = build(FSEPGroups.create(dist.group.WORLD))
+    layers = distributed_layers(model)
+    seen = {i: [] for i in range(L)}
+
+    def recorder(log):
+        return lambda p: log.append(p.grad.detach().clone())
+
+    for i, layer in enumerate(layers):
+        layer.expert_shard.register_post_accumulate_grad_hook(recorder(seen[i]))
+    model.zero_grad()
+    loss_of(model, tokens[rank]).backward()
+    assert all(len(v) == 1 for v in seen.values()), {i: len(v) for i, v in seen.items()}
+    loss_of(model, tokens[rank]).backward()
+    for i, layer in enumerate(layers):
+        assert len(seen[i]) == 2
+        torch.testing.assert_close(layer.expert_shard.grad, 2 * seen[i][0])
+
+
 def case_bf16_against_bf16_reference(rank, n):
     """bf16 compute and communication over fp32 shards (restore sends bf16; gradients summed in fp32) against the
     single-process layer under the same bf16 autocast. Tolerance: bf16 keeps 8 significant bits (relative rounding

@@ -348,7 +348,8 @@ class FSEPMoE(DistributedMoE):
         if pending is None:
             pending = self.start_restore()
         self.schedule.before_compute(pending)
-        return RestoreWeights.apply(self.expert_shard, pending, self.expert_parts())
+        grad_input = self.schedule.anchor if pending.defer_gradient else self.expert_shard  # schedule's doc
+        return RestoreWeights.apply(grad_input, pending, self.expert_parts())
 
     def end_compute(self, pending: RestoredExperts, out: torch.Tensor) -> None:
         """Free the restored experts unless keep_restored (restored again when the gradient reaches `out`)."""

@@ -59,15 +59,15 @@ def expert_views(full: torch.Tensor, parts) -> tuple[torch.Tensor, ...]:
 
 
 class RestoreWeights(torch.autograd.Function):
-    """forward: shard [E, S] -> (w1 [U, F, H], w3 [U, F, H], w2 [U, H, F]), views of `restored.buffer()` ([U, N*S],
-    what `restored` assembled from its restore all-to-all). backward: their gradients -> the gradient scatter, which
-    `restored.scatter_gradients` runs now (returns the [E, S] shard gradient) or defers (returns None and adds the
-    shard gradient itself later).
+    """forward: (w1 [U, F, H], w3 [U, F, H], w2 [U, H, F]), views of `restored.buffer()` ([U, N*S], what `restored`
+    assembled from its restore all-to-all); `grad_input` is the shard [E, S], or a placeholder when the gradient is
+    deferred. backward: their gradients -> the gradient scatter, which `restored.scatter_gradients` runs now
+    (returns the [E, S] shard gradient) or defers (returns None; the schedule accumulates it into the shard later).
 
     `restored` is the forward's restore state (training.fsep.schedule.RestoredExperts): layout, buffer, lifecycle."""
 
     @staticmethod
-    def forward(ctx, shard, restored, parts: tuple):
+    def forward(ctx, grad_input, restored, parts: tuple):
         ctx.restored, ctx.parts = restored, parts
         ctx.set_materialize_grads(False)  # a part nothing used gets None, written as zeros
         return expert_views(restored.buffer(), parts)

@@ -20,8 +20,8 @@ all on the token group, the paper's `no_comm_opt` ablation):
   - backward: when layer i's backward starts, the restore of layer i-1 is launched;
   - backward: the gradient all-to-all of layer i is launched, not waited: it finishes when layer i-1's is launched
     (one in flight) and at the end of the backward pass (an autograd engine callback), so it overlaps layer i-1's
-    backward; the shard gradient is then accumulated into `.grad` by the scheduler (as FSDP does), and autograd
-    itself returns None for the shard;
+    backward; the restore op's autograd input is then a placeholder, not the shard, and the finished gradient is
+    accumulated by a backward rooted at the shard (so the shard's gradient hooks run once, as usual);
   - restore and gradient traffic go on `FSEPGroups.restore_group`, apart from the token all-to-alls.
 
 Layout capture: each forward's `RestoredExperts` holds the layer's `LayerLayout` of that forward. A forward run
@@ -61,6 +61,7 @@ class RestoredExperts:
         self.full: torch.Tensor | None = None  # [U, N*S]; storage resized to 0 while freed
         self.filled = False  # full holds the restored values now
         self.recompute = False  # a recompute (activation checkpointing) took this forward's layout
+        self.defer_gradient = schedule.comm_opt  # its gradient all-to-all is deferred (decided at its forward)
         self.backward_started = False
         self.released = False
 
@@ -123,6 +124,9 @@ class RestoreSchedule:
         self._forwards: dict[int, list[RestoredExperts]] = {i: [] for i in range(len(self.layers))}
         self._deferred: list[tuple[object, PendingGradient]] = []  # (layer, gradient all-to-all in flight)
         self._callback_queued = False
+        # The autograd input of a restore whose gradient is deferred, in place of the shard: the shard's own
+        # gradient node is then reached only by the deferred gradient (one accumulation, one run of its hooks).
+        self.anchor = torch.empty(0, requires_grad=True)
         self.live_bytes = 0  # restored buffers filled + restores in flight, now
         self.peak_bytes = 0  # the most live_bytes since reset_peak
 
@@ -218,7 +222,7 @@ class RestoreSchedule:
         layer = restored.layer
         pending = start_gradient_scatter(send, restored.layout, layer.groups.rank, layer.num_experts,
                                          self.restore_group(layer))
-        if not self.comm_opt:
+        if not restored.defer_gradient:
             return pending.finish(layer.expert_shard.dtype)
         self.finish_gradients()  # the previous layer's: one in flight, overlapping this layer's remaining backward
         self._deferred.append((layer, pending))
@@ -233,12 +237,11 @@ class RestoreSchedule:
 
     def finish_gradients(self) -> None:
         """Finish every deferred gradient all-to-all and accumulate it into its shard's .grad (runs by itself at the
-        end of each backward pass; call it before reading shard gradients when driving autograd otherwise)."""
+        end of each backward pass, so a trainer need not call it; call it before reading shard gradients only when
+        autograd was driven without finishing a backward pass, e.g. torch.autograd.grad)."""
         deferred, self._deferred = self._deferred, []
         for layer, pending in deferred:
             shard = layer.expert_shard
-            g = pending.finish(shard.dtype)
-            if shard.grad is None:
-                shard.grad = g
-            else:
-                shard.grad.add_(g)
+            # Through autograd (a backward rooted at the leaf), not a write to .grad: it accumulates as autograd
+            # would and runs the hooks a wrapper registered on the shard's gradient (DeepSpeed's, FSDP-style).
+            torch.autograd.backward(shard, pending.finish(shard.dtype))
