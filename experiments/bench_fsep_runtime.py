@@ -15,8 +15,9 @@
     On a GPU (`experiments/device/fsep_cuda_step.py`) torch.cuda.max_memory_allocated measures the real peak.
 (b) Step time (forward+backward of an L-layer decoder) with the communication schedule on (comm_opt: restore of
     layer i+1 before layer i's compute, deferred gradient all-to-all, separate restore group) and off (the paper's
-    no_comm_opt), in free and keep modes; median over reps of the max over ranks of wall clock, process CPU time
-    (every thread of the rank: compute and gloo's copies) and main-thread CPU time. The no_comm_opt cost is put
+    no_comm_opt), in free and keep modes, the four timed in turn one step per round (so a shared machine's drift
+    falls on all alike); median over rounds of the max over ranks of wall clock, process CPU time (every thread of
+    the rank: compute and gloo's copies) and main-thread CPU time. The no_comm_opt cost is put
     beside the paper's Fig. 12 ablation (ablation_analysis_backup.csv: LAER against no_comm_opt, 8.6%).
     On gloo over CPU, gloo's async collectives run on its own threads and compete for the same 2 cores as the
     compute, so overlap can only hide waiting, not work: the gain here says little about NCCL on GPUs.
@@ -117,35 +118,45 @@ def _memory_row(cfg: RuntimeBenchConfig, groups, tokens, num_layers: int, keep: 
             "peak_bound_mib": persistent + activations + restored_peak}
 
 
-def _time_row(cfg: RuntimeBenchConfig, groups, tokens, comm_opt: bool, keep: bool) -> dict:
-    """Median step time over reps of (b), each rep the max over ranks."""
+MODES = ((False, True), (False, False), (True, True), (True, False))  # (keep_restored, comm_opt) of (b)
+
+
+def _time_rows(cfg: RuntimeBenchConfig, groups, tokens) -> list[dict]:
+    """(b): every mode's model built and warmed up, then the modes timed in turn, one step each per round, so drift
+    of a shared machine (other jobs, the allocator warming up) falls on every mode alike; per mode the median over
+    rounds of the max over ranks."""
     import torch
     import torch.distributed as dist
 
     from training.fsep import apply_fsep
 
-    model = apply_fsep(_model(cfg, cfg.time_layers), groups, cfg.slots, comm_opt=comm_opt, keep_restored=keep)
+    models = [apply_fsep(_model(cfg, cfg.time_layers), groups, cfg.slots, comm_opt=comm_opt, keep_restored=keep)
+              for keep, comm_opt in MODES]
 
-    def step():
+    def step(model):
         model.zero_grad(set_to_none=True)
         _loss(model, tokens).backward()
 
-    for _ in range(cfg.warmup):
-        step()
-    wall, cpu, thread = [], [], []
+    for model in models:
+        for _ in range(cfg.warmup):
+            step(model)
+    times = [[] for _ in MODES]  # per mode: (wall, process CPU, main-thread CPU) seconds per round
     for _ in range(cfg.reps):
-        dist.barrier()
-        t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
-        step()
-        dt = torch.tensor([time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - h0],
-                          dtype=torch.float64)
-        dist.all_reduce(dt, op=dist.ReduceOp.MAX)
-        wall.append(float(dt[0]))
-        cpu.append(float(dt[1]))
-        thread.append(float(dt[2]))
-    return {"part": "time", "mode": "keep" if keep else "free", "comm_opt": comm_opt, "layers": cfg.time_layers,
-            "wall_ms": 1e3 * statistics.median(wall), "cpu_ms": 1e3 * statistics.median(cpu),
-            "thread_cpu_ms": 1e3 * statistics.median(thread)}
+        for model, out in zip(models, times):
+            dist.barrier()
+            t0, c0, h0 = time.perf_counter(), time.process_time(), time.thread_time()
+            step(model)
+            dt = torch.tensor([time.perf_counter() - t0, time.process_time() - c0, time.thread_time() - h0],
+                              dtype=torch.float64)
+            dist.all_reduce(dt, op=dist.ReduceOp.MAX)
+            out.append(dt.tolist())
+    rows = []
+    for (keep, comm_opt), out in zip(MODES, times):
+        wall, cpu, thread = zip(*out)
+        rows.append({"part": "time", "mode": "keep" if keep else "free", "comm_opt": comm_opt,
+                     "layers": cfg.time_layers, "wall_ms": 1e3 * statistics.median(wall),
+                     "cpu_ms": 1e3 * statistics.median(cpu), "thread_cpu_ms": 1e3 * statistics.median(thread)})
+    return rows
 
 
 def _rank_main(rank: int, world_size: int, cfg: RuntimeBenchConfig) -> list[dict]:
@@ -158,7 +169,7 @@ def _rank_main(rank: int, world_size: int, cfg: RuntimeBenchConfig) -> list[dict
     g = torch.Generator().manual_seed(cfg.seed)
     tokens = torch.randint(0, 256, (world_size, cfg.batch, cfg.seq_len), generator=g)[rank]
     rows = [_memory_row(cfg, groups, tokens, n_layers, keep) for keep in (False, True) for n_layers in cfg.layers]
-    rows += [_time_row(cfg, groups, tokens, comm_opt, keep) for keep in (False, True) for comm_opt in (True, False)]
+    rows += _time_rows(cfg, groups, tokens)
     return rows
 
 
