@@ -7,14 +7,19 @@ R routes this device receives.
 
 Phases of one step, as in Megatron's dispatcher (each a method of DistributedMoE; which ones communicate is said
 there and in each method's docstring):
-  restore           storage -> (w1, w3, w2) of the expert in each of my C slots. FSEP: all_to_all_single of expert
-                    pieces, [E, S] shard -> [C, P]; EP: my experts are stored whole, no communication
+  restore           storage -> stacked (w1 [U,F,H], w3 [U,F,H], w2 [U,H,F]) of my U <= C distinct experts (a
+                    duplicate slot computes with its first copy's row). FSEP: all_to_all_single of expert pieces,
+                    [E, S] shard -> [U, P], scheduled across layers and freed after the compute
+                    (`training.fsep.schedule`); EP: my experts are stored whole, no communication
   route             router / trace-replay gate (no communication)
   dispatch          per-slot counts from the routing rule, count exchange and token all_to_all_single with uneven splits
   compute           each slot's SwiGLU expert on the tokens it received, block by (source, slot) block (no communication)
   combine           token all_to_all_single back, weighted sum of each token's k results (communication only in the a2a)
-  gradient scatter  restore's backward: slot gradients -> storage gradient. FSEP: gradient all-to-all + sum over
-                    replicas into the shard gradient (`restore.scatter_gradients`); EP: autograd's own, no communication
+  gradient scatter  restore's backward: restored-row gradients -> storage gradient. FSEP: gradient all-to-all + fp32
+                    sum over replicas into the shard gradient (`restore.start_gradient_scatter`, deferred by the
+                    schedule under comm_opt); EP: autograd's own, no communication
+Each forward captures the layer's layout (`LayerLayout`): its recompute and backward use it whatever set_placement
+does in between.
 """
 
 from __future__ import annotations
