@@ -123,7 +123,7 @@ class RestoreSchedule:
         self._prefetched: dict[int, RestoredExperts] = {}  # layer index -> its next forward's restore, in flight
         self._forwards: dict[int, list[RestoredExperts]] = {i: [] for i in range(len(self.layers))}
         self._deferred: list[tuple[object, PendingGradient]] = []  # (layer, gradient all-to-all in flight)
-        self._callback_queued = False
+        self._callback_task: int | None = None  # the backward pass whose end finishes the deferred gradients
         # The autograd input of a restore whose gradient is deferred, in place of the shard: the shard's own
         # gradient node is then reached only by the deferred gradient (one accumulation, one run of its hooks).
         self.anchor = torch.empty(0, requires_grad=True)
@@ -226,13 +226,14 @@ class RestoreSchedule:
             return pending.finish(layer.expert_shard.dtype)
         self.finish_gradients()  # the previous layer's: one in flight, overlapping this layer's remaining backward
         self._deferred.append((layer, pending))
-        if not self._callback_queued:
+        task = torch._C._current_graph_task_id()
+        if self._callback_task != task:  # once per backward pass (a failed one never ran its callback)
             torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
-            self._callback_queued = True
+            self._callback_task = task
         return None
 
     def _end_of_backward(self) -> None:
-        self._callback_queued = False
+        self._callback_task = None
         self.finish_gradients()
 
     def finish_gradients(self) -> None:
