@@ -168,7 +168,7 @@ def _rank_main(rank: int, world_size: int, cfg: BenchConfig, picks: list[tuple[i
     from common.stats import static_ep_imbalance
     from training.fsep import FSEPGroups, apply_ep, apply_fsdp_ep, apply_fsep
     from training.fsep.deepspeed_ep import DeepSpeedEP, capacity, dropped_routes
-    from training.fsep.layer import slot_weights
+    from training.fsep.restore import expert_views
     from training.moe import ReferenceMoE
     from training.planner import make_planner
 
@@ -184,10 +184,10 @@ def _rank_main(rank: int, world_size: int, cfg: BenchConfig, picks: list[tuple[i
         "ds_cap1": DeepSpeedEP(ref, groups, drop_tokens=True, capacity_factor=1.0),
         "ep": apply_ep(ref, groups, max_block_rows=mbr),
         "fsdp_ep": apply_fsdp_ep(ref, groups, e // n, max_block_rows=mbr),
-        "fsep": apply_fsep(ref, groups, cfg.slots, overlap_restore=cfg.overlap_restore, max_block_rows=mbr),
-        "balanced": apply_fsep(ref, groups, cfg.slots, overlap_restore=cfg.overlap_restore, max_block_rows=mbr),
+        "fsep": apply_fsep(ref, groups, cfg.slots, comm_opt=cfg.overlap_restore, max_block_rows=mbr),
+        "balanced": apply_fsep(ref, groups, cfg.slots, comm_opt=cfg.overlap_restore, max_block_rows=mbr),
         # (e) with the restore all-to-all not overlapped: what the forward overlap saves
-        "fsep_sync": apply_fsep(ref, groups, cfg.slots, overlap_restore=False, max_block_rows=mbr),
+        "fsep_sync": apply_fsep(ref, groups, cfg.slots, comm_opt=False, max_block_rows=mbr),
     }
     uniform = torch.full((e,), t * k // e, dtype=torch.int64)
     uniform[: t * k - int(uniform.sum())] += 1
@@ -206,7 +206,7 @@ def _rank_main(rank: int, world_size: int, cfg: BenchConfig, picks: list[tuple[i
     def phases(layer, tc):
         """Restore, token all-to-all (dispatch + combine) and compute, each fwd+bwd on its own."""
         def restore():
-            ws = [m for slot in layer.restore_weights(layer.start_restore()) for m in slot]
+            ws = layer.restore_weights(layer.start_restore())
             torch.autograd.backward(ws, [torch.ones_like(m) for m in ws])
 
         idx, w, _ = layer.router(x, tc)
@@ -218,12 +218,12 @@ def _rank_main(rank: int, world_size: int, cfg: BenchConfig, picks: list[tuple[i
             layer.combine(tokens, plan, w).sum().backward()
 
         tokens, plan = layer.dispatch(x, idx)
-        # The restored experts as one [C, P] leaf: compute's backward then assembles their gradient as the step's does.
-        ex = torch.stack([torch.cat([m.detach().reshape(-1) for m in slot]) for slot in layer.restore_weights()])
+        # The restored experts as one [U, P] leaf: compute's backward then assembles their gradient as the step's does.
+        ex = torch.cat([m.detach().flatten(1) for m in layer.restore_weights()], 1)
         ex.requires_grad_(True)
 
         def compute():
-            ws = slot_weights(ex, layer.expert_parts())
+            ws = expert_views(ex, layer.expert_parts())
             layer.compute(tokens.detach().requires_grad_(True), ws, plan).sum().backward()
 
         fns = (("restore_s", restore), ("token_a2a_s", a2a), ("compute_s", compute))

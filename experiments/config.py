@@ -303,6 +303,28 @@ class BenchFsepConfig:
 
 
 @dataclass
+class BenchFsepRuntimeConfig:
+    # gloo processes N (one thread each); decoder shape: H, F, E experts, top-k, C slots per device (N*C >= E).
+    ranks: int = 2
+    hidden: int = 64
+    ffn: int = 224
+    experts: int = 8
+    top_k: int = 2
+    slots: int = 4
+    # Tokens per rank: batch sequences of seq_len positions (random token ids).
+    batch: int = 4
+    seq_len: int = 64
+    # FSEP layer counts of the memory sweep (free vs keep restored experts).
+    layers: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    # Layers of the step-time model (comm_opt on vs off), timed steps per mode (median) and untimed warm-up steps.
+    time_layers: int = 4
+    reps: int = 7
+    warmup: int = 2
+    # The paper's Fig. 12 ablation (CSV method,avg_time_ms), relative to paths.data_dir.
+    paper_results: str = "laer_moe_paper_results/ablation_analysis_backup.csv"
+
+
+@dataclass
 class ServeReplica:
     # Tensor- and pipeline-parallel degrees of one replica.
     tp: int = 1
@@ -485,6 +507,11 @@ class BenchFsepExperiment(ExperimentConfig):
 
 
 @dataclass
+class BenchFsepRuntimeExperiment(ExperimentConfig):
+    bench_fsep_runtime: BenchFsepRuntimeConfig = field(default_factory=BenchFsepRuntimeConfig)
+
+
+@dataclass
 class TrainExperiment(ExperimentConfig):
     # The decoder's shape: a conf/model file (training.model.ModelConfig fields), e.g. model=tiny_mixtral.
     model: Any = None
@@ -531,6 +558,7 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "planner_quality": PlannerQualityExperiment,
     "planner_speed": PlannerSpeedExperiment,
     "bench_fsep": BenchFsepExperiment,
+    "bench_fsep_runtime": BenchFsepRuntimeExperiment,
     "train": TrainExperiment,
     "bench_train": BenchTrainExperiment,
     "oserve_switch_cost": OServeSwitchCostExperiment,

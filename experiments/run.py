@@ -42,6 +42,7 @@ TASKS = {
     "planner_quality": "experiments.planner_quality:run",
     "planner_speed": "experiments.planner_speed:run",
     "bench_fsep": "experiments.bench_fsep:run",
+    "bench_fsep_runtime": "experiments.bench_fsep_runtime:run",
     "train": "experiments.train:run",
     "bench_train": "experiments.bench_train:run",
     "oserve_switch_cost": "experiments.oserve_switch:run",

@@ -198,7 +198,7 @@ def case_padded_shards(rank, n):
 
 
 def case_restore_matches_plain_restore(rank, n):
-    """The runtime's restore (slot matrices, fused gradient layout, overlapped or not) against the plain [C, P]
+    """The runtime's restore (stacked matrices, fused gradient layout, comm_opt or not) against the plain [C, P]
     restore in tests/training/restore_reference.py: same restored experts, same shard gradient for a random upstream
     gradient, with P not divisible by N and an expert twice on one device."""
     rng = np.random.default_rng(31)
@@ -211,10 +211,13 @@ def case_restore_matches_plain_restore(rank, n):
     shard = layer.expert_shard.detach().clone().requires_grad_(True)
     want = restore_experts(shard, layer._slots, layer.num_elements, layer.groups.ep)
     (want * upstream).sum().backward()
-    for overlapped in (False, True):
+    for comm_opt in (False, True):
+        layer.schedule.comm_opt = comm_opt
         layer.zero_grad()
-        got = layer.restore_weights(layer.start_restore() if overlapped else None)
-        flat = torch.stack([torch.cat([m.reshape(-1) for m in slot]) for slot in got])  # [C, P]
+        got = layer.restore_weights(layer.start_restore())
+        assert got[0].shape[0] == len(set(layer.placement.slots[rank].tolist()))  # a duplicate restored once
+        rows = torch.cat([m.flatten(1) for m in got], 1)  # [U, P]
+        flat = rows[torch.from_numpy(layer._compute_slot)]  # [C, P]: each slot's restored expert
         assert torch.equal(flat, want.detach())
         (flat * upstream).sum().backward()
         torch.testing.assert_close(layer.expert_shard.grad, shard.grad, rtol=1e-5, atol=1e-5 * float(shard.grad.abs().max()))
@@ -223,7 +226,7 @@ def case_restore_matches_plain_restore(rank, n):
 def case_no_overlap_same_result(rank, n):
     e, c, k = 2 * n, 2, 2
     ref, x, g = setup(n, e, k, seed=600)
-    compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, overlap_restore=False), ref, x, g, rank)
+    compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, comm_opt=False), ref, x, g, rank)
 
 
 def case_max_block_rows_same_result(rank, n):

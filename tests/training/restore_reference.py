@@ -1,4 +1,4 @@
-"""The plain restore the product's `restore_slot_weights` is checked against (see fsep_cases.case_restore_*).
+"""The plain restore the product's restore (`training.fsep.restore.RestoreWeights`) is checked against (see fsep_cases.case_restore_*).
 
 Notation: N devices, E experts, C slots per device, P elements of one expert, S = ceil(P/N) shard width.
 Restore as a [C, P] tensor: one all-to-all in, trim; backward pads, cuts into N pieces and sends piece s back to
@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from training.fsep.restore import start_restore
-
 
 class RestoreExperts(torch.autograd.Function):
     """forward: shard [E, S] -> restored [C, P]. backward: [C, P] gradient -> [E, S] shard gradient."""
@@ -19,11 +17,12 @@ class RestoreExperts(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shard, slots, num_elements: int, group):
         n, c = slots.shape
-        pending = start_restore(shard, slots, group)
-        pending.work.wait()
+        send = shard.detach().index_select(0, slots.reshape(-1))  # [N*C, S]: device r's slots' pieces, r-major
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=group)
         ctx.save_for_backward(slots)
         ctx.num_experts, ctx.num_elements, ctx.group = shard.shape[0], num_elements, group
-        return pending.recv.permute(1, 0, 2).reshape(c, -1)[:, :num_elements]
+        return recv.view(n, c, -1).permute(1, 0, 2).reshape(c, -1)[:, :num_elements]
 
     @staticmethod
     def backward(ctx, grad):

@@ -21,6 +21,7 @@ from torch import nn
 
 from training.fsep.groups import FSEPGroups
 from training.fsep.layer import DistributedMoE, EPMoE, FSEPMoE
+from training.fsep.schedule import RestoreSchedule
 from training.moe.reference import ReferenceMoE
 from training.placement import Placement, fsdp_ep_placement
 
@@ -83,29 +84,45 @@ def distributed_layers(model: nn.Module) -> list[DistributedMoE]:
 
 
 def apply_fsep(model: nn.Module, groups: FSEPGroups, slots_per_device: int, placement: Placement | None = None,
-               overlap_restore: bool = True, device=None, max_block_rows: int | None = None):
+               comm_opt: bool = True, keep_restored: bool = False, compute_dtype: torch.dtype | None = None,
+               device=None, max_block_rows: int | None = None):
     """FSEPMoE for every MoE block, each holding this device's pieces of that block's experts, all starting from
-    `placement` (None: round-robin); each layer is re-laid out on its own afterwards (`set_placement`)."""
+    `placement` (None: round-robin); each layer is re-laid out on its own afterwards (`set_placement`). The layers
+    share one `RestoreSchedule` in module (= forward) order: comm_opt, keep_restored and compute_dtype as FSEPMoE's
+    (restore prefetch across layers, deferred gradient all-to-all, restore group; free or keep restored experts;
+    bf16 compute over fp32 shards)."""
 
     def build(ref: ReferenceMoE) -> FSEPMoE:
         layer = FSEPMoE(ref.hidden, ref.ffn, ref.num_experts, ref.top_k, slots_per_device, groups, placement,
-                        overlap_restore=overlap_restore, device=_device(ref, device), max_block_rows=max_block_rows)
+                        comm_opt=comm_opt, keep_restored=keep_restored, compute_dtype=compute_dtype,
+                        device=_device(ref, device), max_block_rows=max_block_rows)
         return layer.load_reference(ref)
 
-    return replace_moe_blocks(model, build)
+    return _share_schedule(replace_moe_blocks(model, build), comm_opt)
 
 
 def apply_fsdp_ep(model: nn.Module, groups: FSEPGroups, slots_per_device: int, device=None,
-                  max_block_rows: int | None = None):
+                  max_block_rows: int | None = None, comm_opt: bool = True, keep_restored: bool = False):
     """The LAER-MoE paper's static baseline: FSEP storage with the fixed FSDP+EP layout, never re-laid out."""
 
     def build(ref: ReferenceMoE) -> FSEPMoE:
         placement = fsdp_ep_placement(groups.size, ref.num_experts, slots_per_device)
         layer = FSEPMoE(ref.hidden, ref.ffn, ref.num_experts, ref.top_k, slots_per_device, groups, placement,
-                        device=_device(ref, device), max_block_rows=max_block_rows)
+                        comm_opt=comm_opt, keep_restored=keep_restored, device=_device(ref, device),
+                        max_block_rows=max_block_rows)
         return layer.load_reference(ref)
 
-    return replace_moe_blocks(model, build)
+    return _share_schedule(replace_moe_blocks(model, build), comm_opt)
+
+
+def _share_schedule(model: nn.Module, comm_opt: bool) -> nn.Module:
+    """One RestoreSchedule over the model's FSEP layers in module order, so each layer's restore is prefetched during
+    its neighbour's compute."""
+    layers = [m for m in model.modules() if isinstance(m, FSEPMoE)]
+    schedule = RestoreSchedule(layers, comm_opt)
+    for layer in layers:
+        layer.schedule = schedule
+    return model
 
 
 def apply_ep(model: nn.Module, groups: FSEPGroups, device=None, max_block_rows: int | None = None):

@@ -14,6 +14,19 @@ class FSEPGroups:
     ep: dist.ProcessGroup
     # Devices per node, for the routing rule's "prefer replicas on my node". 1 on a single-process-per-node test.
     devices_per_node: int = 1
+    # Group over the same ranks for restore and gradient-scatter traffic, apart from the token all-to-alls, so NCCL
+    # (one stream per group) runs them concurrently instead of in issue order. None: both on `ep`.
+    restore: dist.ProcessGroup | None = None
+
+    @classmethod
+    def create(cls, ep: dist.ProcessGroup, **fields) -> FSEPGroups:
+        """Groups over `ep`'s ranks with a separate restore group (collective: every rank of the world calls it);
+        `fields` are the other fields (devices_per_node)."""
+        return cls(ep, restore=dist.new_group(dist.get_process_group_ranks(ep)), **fields)
+
+    @property
+    def restore_group(self) -> dist.ProcessGroup:
+        return self.ep if self.restore is None else self.restore
 
     @property
     def size(self) -> int:

@@ -7,19 +7,25 @@ R routes this device receives.
 
 Phases of one step, as in Megatron's dispatcher (each a method of DistributedMoE; which ones communicate is said
 there and in each method's docstring):
-  restore           storage -> (w1, w3, w2) of the expert in each of my C slots. FSEP: all_to_all_single of expert
-                    pieces, [E, S] shard -> [C, P]; EP: my experts are stored whole, no communication
+  restore           storage -> stacked (w1 [U,F,H], w3 [U,F,H], w2 [U,H,F]) of my U <= C distinct experts (a
+                    duplicate slot computes with its first copy's row). FSEP: all_to_all_single of expert pieces,
+                    [E, S] shard -> [U, P], scheduled across layers and freed after the compute
+                    (`training.fsep.schedule`); EP: my experts are stored whole, no communication
   route             router / trace-replay gate (no communication)
   dispatch          per-slot counts from the routing rule, count exchange and token all_to_all_single with uneven splits
   compute           each slot's SwiGLU expert on the tokens it received, block by (source, slot) block (no communication)
   combine           token all_to_all_single back, weighted sum of each token's k results (communication only in the a2a)
-  gradient scatter  restore's backward: slot gradients -> storage gradient. FSEP: gradient all-to-all + sum over
-                    replicas into the shard gradient (`restore.scatter_gradients`); EP: autograd's own, no communication
+  gradient scatter  restore's backward: restored-row gradients -> storage gradient. FSEP: gradient all-to-all + fp32
+                    sum over replicas into the shard gradient (`restore.start_gradient_scatter`, deferred by the
+                    schedule under comm_opt); EP: autograd's own, no communication
+Each forward captures the layer's layout (`LayerLayout`): its recompute and backward use it whatever set_placement
+does in between.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +35,10 @@ from torch import nn
 
 from training.fsep.comm import all_to_all_tokens
 from training.fsep.groups import FSEPGroups
+from training.fsep.layout import LayerLayout
 from training.fsep.permute import inverse_permutation, permute_rows
-from training.fsep.restore import PendingRestore, restore_slot_weights, start_restore
+from training.fsep.restore import RestoreWeights, expert_views
+from training.fsep.schedule import RestoredExperts, RestoreSchedule
 from training.moe.reference import ReferenceMoE, Router, swiglu
 from training.placement import Placement
 from training.routing import split_row, split_row_by_weights
@@ -126,17 +134,46 @@ class DistributedMoE(nn.Module, ABC):
 
     # ---- layout ----------------------------------------------------------------------------------------------
     def _set_layout(self, placement: Placement, routing_fractions: np.ndarray | None) -> None:
-        """Layout bookkeeping the phases read (placement already checked against this layer's shape)."""
-        self.placement, self.routing_fractions = placement, routing_fractions
-        dev = self.router.weight.device
-        self._slots = torch.tensor(placement.slots, device=dev)  # [N, C]
-        # Flat slot ids (device-major) sorted by expert: routes sorted by expert map onto this sequence.
-        self._slots_by_expert = np.argsort(placement.slots.ravel(), kind="stable")
-        # Slots of my device holding the same expert compute as one: rows of a duplicate slot run in one matmul with
-        # the first copy's weights (same result, larger matmul; the duplicate's restored copy gets zero gradient,
-        # and the shard gradient sums over replicas either way).
-        mine = placement.slots[self.groups.rank]
-        self._compute_slot = np.array([int(np.flatnonzero(mine == j)[0]) for j in mine], dtype=np.int64)  # [C]
+        """Layout bookkeeping the phases read (placement already checked against this layer's shape): the layout
+        of the next forward on. A forward captures it (`_forward_layout`), so its recompute and backward keep it.
+        Slots of my device holding the same expert compute as one: rows of a duplicate slot run in one matmul with
+        the first copy's restored weights (same result, larger matmul; the shard gradient sums over replicas)."""
+        self._layout = LayerLayout.build(placement, routing_fractions, self.groups.rank, self.router.weight.device)
+        self._active: LayerLayout | None = None  # the layout of the forward running now, if any
+
+    @contextmanager
+    def _forward_layout(self, layout: LayerLayout):
+        """The phases of this forward read `layout` (placement, routing_fractions, ...) whatever set_placement does."""
+        self._active = layout
+        try:
+            yield
+        finally:
+            self._active = None
+
+    @property
+    def layout(self) -> LayerLayout:
+        """The layout the phases read: the running forward's, else the latest set_placement's."""
+        return self._layout if self._active is None else self._active
+
+    @property
+    def placement(self) -> Placement:
+        return self.layout.placement
+
+    @property
+    def routing_fractions(self) -> np.ndarray | None:
+        return self.layout.routing_fractions
+
+    @property
+    def _slots(self) -> torch.Tensor:
+        return self.layout.slots  # [N, C]
+
+    @property
+    def _slots_by_expert(self) -> np.ndarray:
+        return self.layout.slots_by_expert
+
+    @property
+    def _compute_slot(self) -> np.ndarray:
+        return self.layout.compute_slot  # [C] row of my restored weights per slot
 
     def slot_counts(self, expert_counts: np.ndarray) -> np.ndarray:
         """[N, C] routes this device sends to each slot, from its own [E] expert counts (its row of the rule)."""
@@ -152,14 +189,19 @@ class DistributedMoE(nn.Module, ABC):
 
     # ---- phases ----------------------------------------------------------------------------------------------
     @abstractmethod
-    def start_restore(self) -> PendingRestore | None:
-        """Launch the restore's communication without waiting (None: nothing to launch), so it overlaps routing
-        and dispatch; `restore_weights` finishes it."""
+    def start_restore(self) -> RestoredExperts | None:
+        """Begin this forward's restore (None: nothing to launch); what it returns captures the forward's layout
+        (`.layout`) and goes to `restore_weights`."""
 
     @abstractmethod
-    def restore_weights(self, pending: PendingRestore | None = None) -> list[tuple[torch.Tensor, ...]]:
-        """Restore: per slot (w1, w3, w2) of the expert it holds, what compute consumes. Its backward is the gradient
-        scatter into the storage's gradient. Whether either communicates is the storage's (see the subclass)."""
+    def restore_weights(self, pending: RestoredExperts | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Restore: (w1 [U, F, H], w3 [U, F, H], w2 [U, H, F]) stacked over the restored rows (row `_compute_slot[c]`
+        computes slot c), what compute consumes. Its backward is the gradient scatter into the storage's gradient.
+        Whether either communicates is the storage's (see the subclass)."""
+
+    def end_compute(self, pending: RestoredExperts | None, out: torch.Tensor) -> None:
+        """After the expert compute of a forward (out: its output): the storage's lifecycle step (FSEP frees the
+        restored experts here). No communication."""
 
     def dispatch(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, DispatchPlan]:
         """x [T, H], idx [T, k] -> received tokens [R, H] in (source, slot) blocks (communicates: counts, tokens).
@@ -196,11 +238,11 @@ class DistributedMoE(nn.Module, ABC):
                             np.tile(self._compute_slot, n).tolist())
         return recv, plan
 
-    def compute(self, tokens: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], plan: DispatchPlan) -> torch.Tensor:
+    def compute(self, tokens: torch.Tensor, weights: tuple[torch.Tensor, ...], plan: DispatchPlan) -> torch.Tensor:
         """Run each (source, slot) block of received rows through its slot's expert (no communication).
-        tokens [R, H] in wire order; weights[c] = (w1, w3, w2) of slot c (`restore_weights`, or `slot_weights` of a
-        [C, P] tensor). Duplicates of an expert on this device all use the first copy (same result; the duplicate's
-        restored copy gets zero gradient, the shard gradient sums replicas anyway)."""
+        tokens [R, H] in wire order; weights = (w1, w3, w2) stacked over restored rows (`restore_weights`, or
+        `slot_weights` of a [C, P] tensor); plan.block_slot names each block's row. Duplicates of an expert on this
+        device all use the first copy's row (same result; the shard gradient sums replicas anyway)."""
         blocks = [(slot, chunk) for slot, chunk in zip(plan.block_slot, tokens.split(plan.block_sizes)) if len(chunk)]
         if self.max_block_rows is not None:
             blocks = [(slot, piece) for slot, chunk in blocks for piece in chunk.split(self.max_block_rows)]
@@ -208,7 +250,7 @@ class DistributedMoE(nn.Module, ABC):
         # backward (a collective) even when it received no tokens.
         outs = []
         for slot, chunk in blocks or [(plan.block_slot[0], tokens[:0])]:
-            outs.append(swiglu(chunk, *weights[slot]))
+            outs.append(swiglu(chunk, *(w[slot] for w in weights)))
         return torch.cat(outs)
 
     def combine(self, out: torch.Tensor, plan: DispatchPlan, weights: torch.Tensor) -> torch.Tensor:
@@ -222,27 +264,41 @@ class DistributedMoE(nn.Module, ABC):
         """x [..., H] -> (y [..., H], aux_loss). target_counts [E]: replay these per-expert counts exactly."""
         shape = x.shape
         x = x.reshape(-1, self.hidden)
-        pending = self.start_restore()  # overlaps routing and dispatch
-        idx, w, aux = self.router(x, target_counts)
-        tokens, plan = self.dispatch(x, idx)
-        weights = self.restore_weights(pending)
-        y = self.combine(self.compute(tokens, weights, plan), plan, w)
+        pending = self.start_restore()  # in flight during routing and dispatch
+        with self._forward_layout(self._layout if pending is None else pending.layout):
+            idx, w, aux = self.router(x, target_counts)
+            tokens, plan = self.dispatch(x, idx)
+            out = self.compute(tokens, self.restore_weights(pending), plan)
+            self.end_compute(pending, out)
+            y = self.combine(out, plan, w)
         return y.reshape(shape), aux
 
 
 class FSEPMoE(DistributedMoE):
     """Fully Sharded Expert Parallel: persistent expert state per device is `expert_shard` [E, S] (piece d of every
     expert on device d), whatever the placement. `set_placement` changes only which experts the next restore builds
-    and where tokens go. Restore and gradient scatter communicate (one all_to_all_single each)."""
+    and where tokens go. Restore and gradient scatter communicate (one all_to_all_single each, on the restore group).
+
+    comm_opt: the fine-grained communication schedule (restore prefetch across layers, deferred gradient all-to-all,
+    separate restore group; `training.fsep.schedule`); False runs each synchronously where it is used.
+    keep_restored: keep restored experts from forward to backward instead of freeing them after the forward and
+    restoring them again for the backward (less communication, U*P more memory per layer; for small models).
+    compute_dtype: dtype of the restored experts, the restore's wire and the expert compute (bf16 for mixed
+    precision); None: the shard's. The shard (master weights) and its gradient keep their own dtype (fp32).
+
+    A layer built alone has its own schedule; `apply_fsep` gives all FSEP layers of a model one (`schedule`), so the
+    prefetch reaches across layers."""
 
     def __init__(self, hidden: int, ffn: int, num_experts: int, top_k: int, slots_per_device: int,
-                 groups: FSEPGroups, placement: Placement | None = None, overlap_restore: bool = True,
+                 groups: FSEPGroups, placement: Placement | None = None, comm_opt: bool = True,
+                 keep_restored: bool = False, compute_dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None, max_block_rows: int | None = None):
         super().__init__(hidden, ffn, num_experts, top_k, slots_per_device, groups, device, max_block_rows)
-        self.overlap_restore = overlap_restore
+        self.keep_restored, self.compute_dtype = keep_restored, compute_dtype
         self.shard_width = -(-self.num_elements // groups.size)  # S
         self.expert_shard = nn.Parameter(torch.zeros(num_experts, self.shard_width, device=device))
         self.set_placement(placement or default_placement(groups.size, num_experts, slots_per_device))
+        self.schedule = RestoreSchedule([self], comm_opt)
 
     # ---- storage ---------------------------------------------------------------------------------------------
     def _load_flat(self, flat):
@@ -252,6 +308,8 @@ class FSEPMoE(DistributedMoE):
 
     @torch.no_grad()
     def gather_expert_weights(self, grad: bool = False):
+        if grad:
+            self.schedule.finish_gradients()
         src = self.expert_shard.grad if grad else self.expert_shard
         parts = [torch.empty_like(src) for _ in range(self.groups.size)]
         dist.all_gather(parts, src.contiguous(), group=self.groups.ep)
@@ -259,9 +317,10 @@ class FSEPMoE(DistributedMoE):
 
     # ---- layout ----------------------------------------------------------------------------------------------
     def set_placement(self, placement: Placement, routing_fractions: np.ndarray | None = None) -> None:
-        """Use `placement` ([N, C] expert per slot) from the next forward on. routing_fractions [N, E, N] (optional,
-        a planner's routing): proportions over devices of the tokens from source i for expert j; without it the FSEP
-        rule applies. Moves no parameter, gradient or optimizer value."""
+        """Use `placement` ([N, C] expert per slot) from the next forward on (a forward already run keeps its own
+        layout for its recompute and backward). routing_fractions [N, E, N] (optional, a planner's routing):
+        proportions over devices of the tokens from source i for expert j; without it the FSEP rule applies. Moves
+        no parameter, gradient or optimizer value."""
         n, c, e = self.groups.size, self.slots_per_device, self.num_experts
         if not isinstance(placement, Placement):
             raise TypeError(f"set_placement takes a Placement, got {type(placement).__name__}")
@@ -282,16 +341,24 @@ class FSEPMoE(DistributedMoE):
         self._set_layout(placement, routing_fractions)
 
     # ---- phases ----------------------------------------------------------------------------------------------
-    def start_restore(self) -> PendingRestore | None:
-        """Launch the restore all-to-all asynchronously (communicates); None when overlap_restore is off."""
-        return start_restore(self.expert_shard, self._slots, self.groups.ep) if self.overlap_restore else None
+    def start_restore(self) -> RestoredExperts:
+        """This forward's restore, launched now under comm_opt (communicates) unless a prefetch already carries it;
+        a recompute gets its forward's (layout and buffer)."""
+        return self.schedule.begin_forward(self)
 
-    def restore_weights(self, pending: PendingRestore | None = None) -> list[tuple[torch.Tensor, ...]]:
-        """Per slot (w1, w3, w2) of my restored experts (communicates: one all_to_all_single, unless `pending`
-        already carries it, and one in backward, the gradient scatter). The backward writes each matrix's gradient
-        straight into the gradient all-to-all's send buffer."""
-        outs = restore_slot_weights(self.expert_shard, self._slots, self.expert_parts(), self.groups.ep, pending)
-        return [outs[i:i + 3] for i in range(0, len(outs), 3)]
+    def restore_weights(self, pending: RestoredExperts | None = None):
+        """(w1 [U, F, H], w3 [U, F, H], w2 [U, H, F]) of my distinct restored experts, views of the restored buffer
+        (communicates: the restore all-to-all unless already done, and in backward the gradient scatter). Launches
+        the next layer's restore first (comm_opt)."""
+        if pending is None:
+            pending = self.start_restore()
+        self.schedule.before_compute(pending)
+        grad_input = self.schedule.anchor if pending.defer_gradient else self.expert_shard  # schedule's doc
+        return RestoreWeights.apply(grad_input, pending, self.expert_parts())
+
+    def end_compute(self, pending: RestoredExperts, out: torch.Tensor) -> None:
+        """Free the restored experts unless keep_restored (restored again when the gradient reaches `out`)."""
+        self.schedule.end_compute(pending, out)
 
 
 class EPMoE(DistributedMoE):
@@ -324,4 +391,4 @@ class EPMoE(DistributedMoE):
 
     def restore_weights(self, pending=None):
         """Views of my whole experts (no communication, nor in backward)."""
-        return slot_weights(self.local_experts, self.expert_parts())
+        return expert_views(self.local_experts, self.expert_parts())

@@ -1,8 +1,14 @@
 """Restore: [E, S] expert shards -> the full experts of this device's slots, and its backward (the gradient scatter),
-as one autograd op.
+as one autograd op; the communication of both as separate launch / finish steps, so a scheduler can overlap them.
 
-Notation: N devices, E experts, C slots per device, P elements of one expert, S = ceil(P/N) shard width.
+Notation: N devices, E experts, C slots per device, U_r <= C distinct experts of device r (U on this device),
+P elements of one expert, S = ceil(P/N) shard width.
 Device d permanently holds piece d (elements d*S .. (d+1)*S - 1 of the zero-padded flat expert) of every expert.
+Each device restores its distinct experts once: a duplicate replica on one device shares its first copy's row.
+
+Precision: the shard (master weights) keeps its dtype (fp32); the restore sends and returns `dtype` (bf16 for bf16
+compute, cast from the shard on the sender, so the wire carries half the bytes); the gradient all-to-all carries the
+gradients' dtype; the sum over replicas into the shard gradient is done in fp32 (never coarser than the shard).
 """
 
 from __future__ import annotations
@@ -12,99 +18,120 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from training.fsep.layout import LayerLayout
+
 
 @dataclass
 class PendingRestore:
-    """A restore all-to-all already in flight (started by `start_restore`), so the forward can overlap it."""
+    """A restore all-to-all in flight (`start_restore`)."""
 
     work: object  # the async collective handle
-    recv: torch.Tensor  # [N, C, S] buffer it fills: pieces from every source device for each of my slots
+    recv: torch.Tensor  # [N, U, S] buffer it fills: piece s of each of my distinct experts, from device s
 
 
-def start_restore(shard: torch.Tensor, slots: torch.Tensor, group) -> PendingRestore:
-    """Launch the restore all-to-all without waiting: device d sends to each device r, for each slot c of r,
-    its piece of expert slots[r, c]."""
-    n, c = slots.shape
-    send = shard.detach().index_select(0, slots.reshape(-1))  # [N*C, S] ordered by destination device
-    recv = torch.empty_like(send)
-    work = dist.all_to_all_single(recv, send, group=group, async_op=True)
-    return PendingRestore(work, recv.view(n, c, -1))
+def start_restore(shard: torch.Tensor, layout: LayerLayout, rank: int, group, dtype: torch.dtype) -> PendingRestore:
+    """Launch the restore all-to-all without waiting (communicates): device d sends to each device r its piece of each
+    of r's distinct experts, cast to `dtype`."""
+    counts = layout.restored_counts
+    n, width = len(counts), shard.shape[1]
+    send = shard.detach().index_select(0, layout.restored).to(dtype)  # [sum_r U_r, S], by destination device
+    recv = torch.empty(n * counts[rank], width, dtype=dtype, device=shard.device)
+    work = dist.all_to_all_single(recv, send, [counts[rank]] * n, list(counts), group=group, async_op=True)
+    return PendingRestore(work, recv.view(n, counts[rank], width))
 
 
-class RestoreSlotWeights(torch.autograd.Function):
-    """forward: shard [E, S] -> every slot's weight matrices (views of the restored [C, N*S] buffer, `parts` shapes
-    in flat order, e.g. w1 [F, H], w3 [F, H], w2 [H, F]); slot-major, len(parts) outputs per slot.
-    backward: their gradients -> [E, S] shard gradient (the gradient scatter).
+def assemble(pending: PendingRestore, out: torch.Tensor) -> None:
+    """Wait for the restore and lay its pieces out as whole experts: out [U, N*S] (written through `.data`, so views
+    autograd saved of `out` keep their version and see the new values)."""
+    pending.work.wait()
+    n, u, width = pending.recv.shape
+    out.data.view(u, n, width).copy_(pending.recv.transpose(0, 1))
 
-    1. Forward: one all_to_all_single (equal splits, C*S elements per peer); piece s of slot c arrives from device s,
-       so the full expert is the concatenation over sources (trimmed to P by the views).
-    2. Backward: write each matrix's gradient straight into the [N, C, S] send layout of the gradient all-to-all (one
-       copy, where a [C, P] output's gradient would be assembled by a split/unbind backward and then permuted into
-       that layout: three), then `scatter_gradients`.
-    """
+
+def expert_views(full: torch.Tensor, parts) -> tuple[torch.Tensor, ...]:
+    """full [U, >= P] -> per part of `parts` (flat order, e.g. w1 [F, H], w3 [F, H], w2 [H, F]) the stacked [U, a, b]
+    view (columns beyond P are padding)."""
+    outs, off = [], 0
+    for a, b in parts:
+        outs.append(full[:, off:off + a * b].view(-1, a, b))
+        off += a * b
+    return tuple(outs)
+
+
+class RestoreWeights(torch.autograd.Function):
+    """forward: (w1 [U, F, H], w3 [U, F, H], w2 [U, H, F]), views of `restored.buffer()` ([U, N*S], what `restored`
+    assembled from its restore all-to-all); `grad_input` is the shard [E, S], or a placeholder when the gradient is
+    deferred. backward: their gradients -> the gradient scatter, which `restored.scatter_gradients` runs now
+    (returns the [E, S] shard gradient) or defers (returns None; the schedule accumulates it into the shard later).
+
+    `restored` is the forward's restore state (training.fsep.schedule.RestoredExperts): layout, buffer, lifecycle."""
 
     @staticmethod
-    def forward(ctx, shard, slots, parts: tuple, group, pending: PendingRestore | None):
-        n, c = slots.shape
-        num_elements = sum(a * b for a, b in parts)
-        if pending is None:
-            pending = start_restore(shard, slots, group)
-        pending.work.wait()
-        ctx.save_for_backward(slots)
-        ctx.num_experts, ctx.num_elements, ctx.parts, ctx.group = shard.shape[0], num_elements, parts, group
-        ctx.dtype, ctx.device = shard.dtype, shard.device
-        ctx.set_materialize_grads(False)  # an unused slot (a merged duplicate) gets None, written as zeros below
-        full = pending.recv.permute(1, 0, 2).reshape(c, -1)  # [C, N*S]
-        outs = []
-        for row in full.unbind(0):
-            off = 0
-            for a, b in parts:
-                outs.append(row[off:off + a * b].view(a, b))
-                off += a * b
-        return tuple(outs)
+    def forward(ctx, grad_input, restored, parts: tuple):
+        ctx.restored, ctx.parts = restored, parts
+        ctx.set_materialize_grads(False)  # a part nothing used gets None, written as zeros
+        return expert_views(restored.buffer(), parts)
 
     @staticmethod
     def backward(ctx, *grads):
-        (slots,) = ctx.saved_tensors
-        n, c = slots.shape
-        width = -(-ctx.num_elements // n)
-        send = torch.empty(n, c, width, dtype=ctx.dtype, device=ctx.device)  # piece d of every slot goes to device d
-        it = iter(grads)
-        for slot in range(c):
-            off = 0
-            for a, b in ctx.parts:
-                g = next(it)
-                _write_pieces(send[:, slot], off, None if g is None else g.reshape(-1), a * b)
-                off += a * b
-            _write_pieces(send[:, slot], off, None, n * width - off)  # padding
-        return scatter_gradients(send, slots, ctx.num_experts, ctx.group), None, None, None, None
+        restored = ctx.restored
+        send = gradient_send_buffer(grads, ctx.parts, restored.num_devices, restored.shard_width)
+        return restored.scatter_gradients(send), None, None
 
 
-def scatter_gradients(send: torch.Tensor, slots: torch.Tensor, num_experts: int, group) -> torch.Tensor:
-    """The gradient scatter (communicates: one all_to_all_single). send [N, C, S]: piece d of the gradient of each of
-    my slots, bound for device d. Device s receives, from every device r and slot c, the gradient of its piece of
-    expert slots[r, c] and sums the pieces of all replicas of an expert into its [E, S] shard gradient (index_add over
-    the slot -> expert map)."""
-    n, c, width = send.shape
-    recv = torch.empty_like(send)
-    dist.all_to_all_single(recv, send, group=group)
-    g = send.new_zeros(num_experts, width)
-    g.index_add_(0, slots.reshape(-1), recv.view(n * c, width))
-    return g
+def gradient_send_buffer(grads, parts, n: int, width: int) -> torch.Tensor:
+    """Gradients of the restored parts ([U, a, b] each, None for zero) -> [N, U, S]: piece d of every restored
+    expert's gradient, bound for device d. One copy: each part is written straight into its pieces."""
+    like = next(g for g in grads if g is not None)
+    u = like.shape[0]
+    send = torch.empty(n, u, width, dtype=like.dtype, device=like.device)
+    by_row = send.transpose(0, 1)  # [U, N, S] view
+    off = 0
+    for (a, b), g in zip(parts, grads):
+        _write_pieces(by_row, off, None if g is None else g.reshape(u, -1), a * b)
+        off += a * b
+    _write_pieces(by_row, off, None, n * width - off)  # padding
+    return send
 
 
 def _write_pieces(dst: torch.Tensor, offset: int, flat: torch.Tensor | None, length: int) -> None:
-    """Write flat elements offset .. offset+length-1 of one slot's padded expert (zeros when flat is None) into dst
-    [N, S], that slot's N pieces."""
-    width = dst.shape[1]
+    """Write flat elements offset .. offset+length-1 of every row's padded expert (zeros when flat is None) into dst
+    [U, N, S], each row's N pieces; flat [U, length]."""
+    width = dst.shape[2]
     for d in range(offset // width, (offset + length - 1) // width + 1) if length > 0 else ():
         lo, hi = max(offset, d * width), min(offset + length, (d + 1) * width)
-        piece = dst[d, lo - d * width:hi - d * width]
+        piece = dst[:, d, lo - d * width:hi - d * width]
         if flat is None:
             piece.zero_()
         else:
-            piece.copy_(flat[lo - offset:hi - offset])
+            piece.copy_(flat[:, lo - offset:hi - offset])
 
 
-def restore_slot_weights(shard, slots, parts, group, pending=None) -> tuple[torch.Tensor, ...]:
-    return RestoreSlotWeights.apply(shard, slots, tuple(parts), group, pending)
+@dataclass
+class PendingGradient:
+    """A gradient all-to-all in flight (`start_gradient_scatter`); `finish` sums it into the shard gradient."""
+
+    work: object  # the async collective handle
+    recv: torch.Tensor  # [sum_r U_r, S]: from every device r, the gradient of my piece of each of r's experts
+    index: torch.Tensor  # [sum_r U_r] the expert of each received row (LayerLayout.restored)
+    num_experts: int
+
+    def finish(self, dtype: torch.dtype) -> torch.Tensor:
+        """Wait; the [E, S] shard gradient: the pieces of all replicas of an expert summed in fp32 (then `dtype`)."""
+        self.work.wait()
+        acc = torch.promote_types(dtype, torch.float32)
+        g = torch.zeros(self.num_experts, self.recv.shape[1], dtype=acc, device=self.recv.device)
+        g.index_add_(0, self.index, self.recv.to(acc))
+        return g.to(dtype)
+
+
+def start_gradient_scatter(send: torch.Tensor, layout: LayerLayout, rank: int, num_experts: int,
+                           group) -> PendingGradient:
+    """The gradient scatter's all-to-all, launched without waiting (communicates). send [N, U, S]: piece d of the
+    gradient of each of my restored experts, bound for device d. Device s receives from every device r the gradient
+    of its piece of each of r's distinct experts."""
+    n, u, width = send.shape
+    counts = list(layout.restored_counts)
+    recv = send.new_empty(sum(counts), width)
+    work = dist.all_to_all_single(recv, send.view(n * u, width), counts, [u] * n, group=group, async_op=True)
+    return PendingGradient(work, recv, layout.restored, num_experts)
