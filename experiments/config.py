@@ -20,6 +20,7 @@ from common.topology import ClusterPreset
 from common.traces import TraceFormat
 from serving.costmodel import CostModelKind
 from serving.engines.config import EngineConfig
+from serving.engines.profile import ProfileGrid
 from serving.loadgen import LoadSpec
 from serving.scheduler import SchedulerConfig
 from serving.sim import SLO, Dispatcher, ReplayObjective, SchedulingPolicy
@@ -333,6 +334,24 @@ class BenchEnginesConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    # The engine of every replica (serving.engines.EngineConfig; engine.model "" = the tiny local model).
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_model_len=512))
+    # The replayed slice (serving.loadgen.LoadSpec), through the router and through the simulator alike.
+    loadgen: LoadSpec = field(default_factory=lambda: LoadSpec(num_requests=80))
+    trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
+    trace_format: TraceFormat = TraceFormat.azure
+    # Replicas, one per request type (fitted on the slice): type k goes to replica k alone.
+    num_replicas: int = 2
+    # Requests replayed first and discarded (first-call costs of the router and the engines).
+    warmup_requests: int = 8
+    # The profile of replica 0 the simulator is fed (serving.engines.profile.ProfileGrid).
+    profile: ProfileGrid = field(default_factory=ProfileGrid)
+    # Local Ray cluster size (CPUs).
+    num_cpus: int = 2
+
+
+@dataclass
 class TrainRunConfig:
     # Local ranks spawned (gloo on CPU); under torchrun / the deepspeed launcher their WORLD_SIZE wins.
     ranks: int = 2
@@ -409,6 +428,11 @@ class OServeBenchEnginesExperiment(ExperimentConfig):
 
 
 @dataclass
+class OServeCalibrateExperiment(ExperimentConfig):
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+
+
+@dataclass
 class BenchFsepExperiment(ExperimentConfig):
     bench_fsep: BenchFsepConfig = field(default_factory=BenchFsepConfig)
 
@@ -450,6 +474,7 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "oserve_bench": OServeBenchExperiment,
     "oserve_serve": OServeServeExperiment,
     "oserve_bench_engines": OServeBenchEnginesExperiment,
+    "oserve_calibrate": OServeCalibrateExperiment,
     "planner_quality": PlannerQualityExperiment,
     "planner_speed": PlannerSpeedExperiment,
     "bench_fsep": BenchFsepExperiment,

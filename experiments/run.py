@@ -38,6 +38,7 @@ TASKS = {
     "oserve_bench": "experiments.bench_oserve:run",
     "oserve_serve": "experiments.oserve_serve:run",
     "oserve_bench_engines": "experiments.bench_engines:run",
+    "oserve_calibrate": "experiments.calibrate_engines:run",
     "planner_quality": "experiments.planner_quality:run",
     "planner_speed": "experiments.planner_speed:run",
     "bench_fsep": "experiments.bench_fsep:run",

@@ -34,6 +34,7 @@ class LoadSpec:
     stream: bool = True  # streaming requests (TTFT is only observable with them)
     vllm_extras: bool = True  # send ignore_eos, so every output is exactly its length
     timeout_s: float = 300.0  # per request
+    prompt_base: int = 0  # prompt index of the first request (replays of other prompts: no prefix-cache hits)
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,10 @@ def fit_trace(trace: RequestTrace, spec: LoadSpec) -> RequestTrace:
 
 
 def prompt_ids(index: int, length: int, vocab: int = 256, offset: int = 10) -> list[int]:
-    """A deterministic prompt of `length` token ids (request `index` differs from the others, so no prefix cache
-    hides its prefill)."""
-    return [offset + (index * 7919 + 31 * p) % vocab for p in range(length)]
+    """A deterministic prompt of `length` token ids. Its first two tokens spell `index` (base `vocab`), so prompts
+    of indices under vocab**2 differ from their first KV block on and no prefix cache hides a prefill."""
+    head = [offset + index % vocab, offset + (index // vocab) % vocab]
+    return (head + [offset + (index * 7919 + 31 * p) % vocab for p in range(2, length)])[:length]
 
 
 async def replay(base_url: str, model: str, trace: RequestTrace, spec: LoadSpec,
@@ -88,7 +90,7 @@ async def replay(base_url: str, model: str, trace: RequestTrace, spec: LoadSpec,
         try:
             if spec.stream:
                 stream = await client.completions.create(
-                    model=model, prompt=prompt_ids(i, n_in), max_tokens=n_out, stream=True,
+                    model=model, prompt=prompt_ids(spec.prompt_base + i, n_in), max_tokens=n_out, stream=True,
                     stream_options={"include_usage": True}, extra_body=extra)
                 async for ev in stream:
                     if first is None and ev.choices:
@@ -96,7 +98,7 @@ async def replay(base_url: str, model: str, trace: RequestTrace, spec: LoadSpec,
                     if ev.usage is not None:
                         got = ev.usage.completion_tokens
             else:
-                r = await client.completions.create(model=model, prompt=prompt_ids(i, n_in), max_tokens=n_out,
+                r = await client.completions.create(model=model, prompt=prompt_ids(spec.prompt_base + i, n_in), max_tokens=n_out,
                                                     extra_body=extra)
                 got = r.usage.completion_tokens
             end = time.perf_counter()
