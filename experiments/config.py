@@ -326,6 +326,8 @@ class BenchEnginesConfig:
     # The replayed slice (serving.loadgen.LoadSpec): its lengths; its arrivals are replaced by Poisson at rate_rps.
     loadgen: LoadSpec = field(default_factory=lambda: LoadSpec(num_requests=40))
     rate_rps: float = 2.0
+    # Interleaved A/B rounds (ABBA order: direct first in even rounds, routed first in odd ones).
+    rounds: int = 3
     trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
     trace_format: TraceFormat = TraceFormat.azure
     # Local Ray cluster size, and how long vLLM's own server may take to become healthy.

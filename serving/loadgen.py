@@ -132,3 +132,32 @@ def summary(records: list[RequestRecord]) -> dict:
 
 def records_table(records: list[RequestRecord]) -> list[dict]:
     return [asdict(r) for r in records]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Replay a request file against an endpoint from a process of its own, so that the client's event loop shares
+    nothing with the server it measures:
+
+        python -m serving.loadgen BASE_URL MODEL REQUESTS.json OUT.json
+
+    REQUESTS.json: {"arrival_s": [...], "input_tokens": [...], "output_tokens": [...], "spec": {LoadSpec fields}};
+    OUT.json: the records (records_table)."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m serving.loadgen", description=main.__doc__.splitlines()[0])
+    ap.add_argument("base_url")
+    ap.add_argument("model")
+    ap.add_argument("requests")
+    ap.add_argument("out")
+    a = ap.parse_args(argv)
+    req = json.loads(open(a.requests).read())
+    trace = RequestTrace(np.asarray(req["arrival_s"], float), np.asarray(req["input_tokens"], np.int64),
+                         np.asarray(req["output_tokens"], np.int64), "file")
+    records = asyncio.run(replay(a.base_url, a.model, trace, LoadSpec(**req["spec"])))
+    with open(a.out, "w") as f:
+        json.dump(records_table(records), f)
+
+
+if __name__ == "__main__":
+    main()
