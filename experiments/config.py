@@ -287,6 +287,14 @@ class ServeReplica:
     dispatch: list[float] = field(default_factory=lambda: [1.0, 0.0])
 
 
+class PlanSource(Enum):
+    """Where experiment=oserve/serve takes its plan from. Lower-case names: OmegaConf matches a config value to the
+    member's name."""
+
+    config = "config"  # serve.replicas and serve.types, as written in the experiment file
+    scheduler = "scheduler"  # serving.scheduler on the trace slice's workload, the engine's profile as cost model
+
+
 @dataclass
 class ServeConfig:
     # The engine every replica runs (serving.engines.EngineConfig): engine.model ("" = the tiny local model, built
@@ -317,6 +325,16 @@ class ServeConfig:
     loadgen: LoadSpec = field(default_factory=lambda: LoadSpec(num_requests=0))
     trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
     trace_format: TraceFormat = TraceFormat.azure
+    # Where the plan comes from: config (serve.replicas above) or scheduler (serving.scheduler on the trace slice's
+    # workload with the engine's profile as cost model; on one CPU machine it has little to choose, hence not default).
+    plan_source: PlanSource = PlanSource.config
+    # plan_source scheduler: the engine's profile (profile.csv of an experiment=oserve/calibrate run), the requests of
+    # the slice it plans for (serve.loadgen's start and scaling), its k-means types, the local devices it places on.
+    profile_path: Optional[str] = None
+    plan_requests: int = 200
+    num_types: int = 2
+    num_devices: int = 2
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
 @dataclass
