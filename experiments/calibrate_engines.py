@@ -8,9 +8,10 @@ serving.sim fed the engine's own profile; the error of P50 / P99 TTFT and end-to
    type k to replica k alone, so the router (type affinity, then shortest queue) and the simulator's affinity
    dispatcher route every request identically.
 2. Start the replicas (Ray actors with vLLM engines) and the router on 127.0.0.1.
-3. Profile replica 0 alone through the router's own path into the engine (serving.engines.profile): prefill by
-   prompt length, decode step by batch size at two contexts; write profile.csv (the cost model's table format) and
-   profile.json (the rows, the engine's limits, the fitted IterationCost).
+3. Profile replica 0 alone (or, calibrate.profile_together, every replica at once, so the profile holds the
+   contention of replicas sharing the machine) through the router's own path into the engine
+   (serving.engines.profile): prefill by prompt length, decode step by batch size at two contexts; write profile.csv
+   (the cost model's table format) and profile.json (the rows, the engine's limits, the fitted IterationCost).
 4. Replay the slice through the router (a few requests first, discarded, to pay first-call costs).
 5. Simulate the same requests on as many replicas of the profiled cost, with the engine's scheduler limits.
 6. Per metric: real, simulated, error = sim / real - 1 against the goal (|error| <= 15% at P50, <= 25% at P99),
@@ -45,6 +46,7 @@ from serving.engines.profile import (
     model_spec,
     profile_cost_model,
     profile_replica,
+    profile_together,
     write_perf_table,
 )
 from serving.loadgen import fit_trace, replay
@@ -120,12 +122,18 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             out["startup"] = {r.name: asdict(r.times) for r in svc.executor.replicas}
             limits = await rep0.limits()
             t = time.perf_counter()
-            rows = await profile_replica(rep0, OmegaConf.to_object(c.profile), mspec.name, cluster.device.name,
-                                         engine.max_model_len)  # Step 3
+            grid = OmegaConf.to_object(c.profile)
+            if c.profile_together:
+                rows = await profile_together(svc.executor.replicas, grid, mspec.name, cluster.device.name,
+                                              engine.max_model_len)  # Step 3
+            else:
+                rows = await profile_replica(rep0, grid, mspec.name, cluster.device.name, engine.max_model_len)
             out["profile_s"] = time.perf_counter() - t
             await replay(url + "/v1", "tiny", warm, warm_spec)  # Step 4
+            before = dict(svc.dispatcher.served)
             records = await replay(url + "/v1", "tiny", trace, spec)
-            served = {f"type{j}@{name}": n for (j, name), n in sorted(svc.dispatcher.served.items())}
+            served = {f"type{j}@{name}": n - before.get((j, name), 0)
+                      for (j, name), n in sorted(svc.dispatcher.served.items())}
             return limits, rows, records, [r.name for r in svc.executor.replicas], served
         finally:
             await svc.stop()
@@ -166,7 +174,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "errors": {r["metric"]: r["error"] for r in rows_err}, "table": rows_err,
         "meets_goals": bool(all(r["meets"] for r in rows_err if r["meets"] is not None)),
         "answered": int(ok.sum()),
-        # Where requests went: the router's counts (warm-up requests included) and the simulator's.
+        # Where the measured requests went: the router's counts and the simulator's.
         "served_real": served, "served_sim": {n: int(v) for n, v in zip(names, np.bincount(res.replica, minlength=len(names)))},
         # Which term explains a miss: a fixed per-request cost the simulator leaves out, or the step times.
         "median_ttft_gap_s": float(np.median(real_lat["ttft_s"][ok] - sim_lat["ttft_s"][ok])),

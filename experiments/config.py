@@ -365,8 +365,10 @@ class CalibrateConfig:
     num_replicas: int = 2
     # Requests replayed first and discarded (first-call costs of the router and the engines).
     warmup_requests: int = 8
-    # The profile of replica 0 the simulator is fed (serving.engines.profile.ProfileGrid).
+    # The profile the simulator is fed (serving.engines.profile.ProfileGrid): of replica 0 alone, or with
+    # profile_together of every replica at once (they then contend for the cores as when all of them serve).
     profile: ProfileGrid = field(default_factory=ProfileGrid)
+    profile_together: bool = False
     # Local Ray cluster size (CPUs).
     num_cpus: int = 2
 

@@ -39,7 +39,7 @@ class ProfileGrid:
     decode_batches: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # b swept at each decode prompt
     decode_prompts: list[int] = field(default_factory=lambda: [16, 128])  # two contexts, so the slope b is fitted
     output_tokens: int = 16  # g: tokens generated per request (the decode steps timed per point)
-    repeats: int = 3  # measurements per point; the median is kept
+    repeats: int = 5  # measurements per point; the median is kept
 
 
 @dataclass(frozen=True)
@@ -83,22 +83,32 @@ def grid_points(grid: ProfileGrid, max_model_len: int) -> list[tuple[int, int]]:
 
 
 async def profile_replica(replica, grid: ProfileGrid, model: str, hardware: str, max_model_len: int) -> list[ProfileRow]:
-    """One row per grid point (module docstring); the replica should serve nothing else meanwhile."""
-    rows = []
+    """One row per grid point (module docstring); the replica should serve nothing else meanwhile. The repeats go
+    round the whole grid, so a burst of load from elsewhere spoils one repeat of several points, not one point."""
     g = int(grid.output_tokens)
     if g < 2:
         raise ValueError(f"profile.output_tokens: {g}; at least 2 tokens are needed to time a decode step")
+    points = grid_points(grid, max_model_len)
+    pre = [[] for _ in points]
+    dec = [[] for _ in points]
     first = 1_000_000  # prompt indices above any replayed trace's
-    for n, (p, b) in enumerate(grid_points(grid, max_model_len)):
-        pre, dec = [], []
-        for r in range(int(grid.repeats)):
-            a, d = await time_batch(replica, p, b, g, f"profile-{n}-{r}", first)
+    for r in range(int(grid.repeats)):
+        for n, (p, b) in enumerate(points):
+            a, d = await time_batch(replica, p, b, g, f"profile-{replica.name}-{n}-{r}", first)
             first += b
-            pre.append(a)
-            dec.append(d)
-        rows.append(ProfileRow(model, hardware, p, b, g, 1e3 * float(np.median(pre)), 1e3 * float(np.median(dec)),
-                               int(replica.config.tp)))
-    return rows
+            pre[n].append(a)
+            dec[n].append(d)
+    return [ProfileRow(model, hardware, p, b, g, 1e3 * float(np.median(pre[n])), 1e3 * float(np.median(dec[n])),
+                       int(replica.config.tp)) for n, (p, b) in enumerate(points)]
+
+
+async def profile_together(replicas, grid: ProfileGrid, model: str, hardware: str,
+                           max_model_len: int) -> list[ProfileRow]:
+    """Profile every replica at the same time (they contend for the machine as they do when all serve) and keep,
+    per point, the median over replicas."""
+    per = await asyncio.gather(*[profile_replica(r, grid, model, hardware, max_model_len) for r in replicas])
+    return [replace(rows[0], prompt_time=float(np.median([r.prompt_time for r in rows])),
+                    token_time=float(np.median([r.token_time for r in rows]))) for rows in zip(*per)]
 
 
 def write_perf_table(rows: list[ProfileRow], path: Path) -> Path:
