@@ -68,7 +68,8 @@ def direct_server(engine, port: int, timeout_s: float) -> subprocess.Popen:
     """vLLM's OpenAI server on one engine, in a session of its own (stopped by its process group)."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", engine.model, "--host",
            "127.0.0.1", "--port", str(port), "--dtype", engine.dtype, "--max-model-len", str(engine.max_model_len),
-           "--max-num-seqs", str(engine.max_num_seqs), "--served-model-name", "tiny"]
+           "--max-num-seqs", str(engine.max_num_seqs), "--served-model-name", "tiny",
+           "--disable-log-stats"]  # as the replicas run (their stats reach the router by a stat logger instead)
     if engine.enforce_eager:
         cmd.append("--enforce-eager")
     proc = subprocess.Popen(cmd, env=dict(os.environ, **engine_env(engine)), stdout=subprocess.DEVNULL,
@@ -182,7 +183,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             for r in range(int(b.rounds)):
                 row = {"round": r}
                 for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
+                    c0 = time.process_time()
                     row[side] = summary(await client_replay(urls[side], trace, spec_for(), work, f"r{r}-{side}"))
+                    # CPU of this process over the replay: the router's (and its Ray client's) when routed, ~0
+                    # when direct (the client is a process of its own): what the router costs, whatever the load.
+                    row[side]["driver_cpu_s"] = time.process_time() - c0
                     log.info("round %d %s: P50 e2e %.3f s, P99 e2e %.3f s, %.0f tok/s", r, side,
                              row[side]["p50_e2e_s"], row[side]["p99_e2e_s"], row[side]["output_tokens_per_s"])
                 rounds.append(row)
@@ -210,6 +215,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     out.update(paired(rounds))
     out["goal_added_p50_e2e"] = GOAL_ADDED_P50
     out["meets_goal"] = bool(out["added_p50_e2e_s"]["median"] <= GOAL_ADDED_P50)
+    out["router_cpu_ms_per_request"] = 1e3 * float(np.median([r["routed"]["driver_cpu_s"] for r in rounds])) / len(trace)
     out["driver_cpu_s"] = time.process_time() - cpu0
     out["wall_s"] = time.perf_counter() - wall0
     write_rounds(out_dir / "rounds.csv", rounds)
@@ -239,6 +245,7 @@ def print_table(out: dict) -> None:
     sw = out["switch"]
     lines.append(f"median [min,max] over {out['rounds']} ABBA rounds at {out['rate_rps']} rps; goal added P50 e2e <= "
                  f"{100 * GOAL_ADDED_P50:.0f}%: {'met' if out['meets_goal'] else 'NOT met'}")
+    lines.append(f"router CPU (this process, routed rounds): {out['router_cpu_ms_per_request']:.2f} ms per request")
     lines.append(f"switch under load: start+warm {sw['start_s']:.1f} s (load {sw['new_load_s']:.1f} s), drain "
                  f"{sw['drain_s']:.2f} s, total {sw['total_s']:.1f} s; {sw['under_load_errors']} errors of "
                  f"{sw['under_load_answered'] + sw['under_load_errors']}")
