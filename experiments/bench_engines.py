@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import json
 import logging
 import os
 import signal
@@ -46,7 +45,7 @@ from common.stats import RequestTypes
 from common.traces import RequestTrace, load_request_trace
 from serving.costmodel.iteration import ReplicaConfig
 from serving.engines.config import engine_env
-from serving.loadgen import LoadSpec, RequestRecord, fit_trace, summary
+from serving.loadgen import LoadSpec, fit_trace, replay_from_process, summary
 from serving.scheduler.plan import DeploymentPlan
 
 log = logging.getLogger(__name__)
@@ -101,21 +100,6 @@ def stop_direct(proc: subprocess.Popen) -> None:
 
 SIDES = ("direct", "routed")
 METRICS = ("p50_e2e_s", "p99_e2e_s", "p50_ttft_s", "p99_ttft_s", "output_tokens_per_s")
-
-
-async def client_replay(url: str, trace: RequestTrace, spec: LoadSpec, work: Path, tag: str) -> list[RequestRecord]:
-    """Replay `trace` against `url` from a load-generator process of its own (python -m serving.loadgen)."""
-    from dataclasses import asdict
-
-    req, res = work / f"{tag}.requests.json", work / f"{tag}.records.json"
-    req.write_text(json.dumps({"arrival_s": trace.arrival_s.tolist(), "input_tokens": trace.input_tokens.tolist(),
-                               "output_tokens": trace.output_tokens.tolist(), "spec": asdict(spec)}))
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "serving.loadgen", url, "tiny", str(req),
-                                                str(res), stderr=asyncio.subprocess.PIPE)
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator {tag} exited with {proc.returncode}: {err.decode()[-500:]}")
-    return [RequestRecord(**r) for r in json.loads(res.read_text())]
 
 
 def paired(rounds: list[dict]) -> dict:
@@ -178,13 +162,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
             urls["routed"] = await svc.start(one_replica_plan(0)) + "/v1"
             out["routed_start_s"] = time.perf_counter() - t
             for side in SIDES:
-                await client_replay(urls[side], trace, spec_for(), work, f"warm-{side}")
+                await replay_from_process(urls[side], "tiny", trace, spec_for(), work, f"warm-{side}")
             # Step 3
             for r in range(int(b.rounds)):
                 row = {"round": r}
                 for side in (SIDES if r % 2 == 0 else SIDES[::-1]):
                     c0 = time.process_time()
-                    row[side] = summary(await client_replay(urls[side], trace, spec_for(), work, f"r{r}-{side}"))
+                    row[side] = summary(await replay_from_process(urls[side], "tiny", trace, spec_for(), work, f"r{r}-{side}"))
                     # CPU of this process over the replay: the router's (and its Ray client's) when routed, ~0
                     # when direct (the client is a process of its own): what the router costs, whatever the load.
                     row[side]["driver_cpu_s"] = time.process_time() - c0
@@ -192,7 +176,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                              row[side]["p50_e2e_s"], row[side]["p99_e2e_s"], row[side]["output_tokens_per_s"])
                 rounds.append(row)
             # Step 4
-            load = asyncio.ensure_future(client_replay(urls["routed"], trace, spec_for(), work, "switch"))
+            load = asyncio.ensure_future(replay_from_process(urls["routed"], "tiny", trace, spec_for(), work, "switch"))
             await asyncio.sleep(min(2.0, float(trace.arrival_s[-1]) / 4))
             rep = await svc.apply(one_replica_plan(1))
             new = svc.executor.replicas[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -132,6 +133,24 @@ def summary(records: list[RequestRecord]) -> dict:
 
 def records_table(records: list[RequestRecord]) -> list[dict]:
     return [asdict(r) for r in records]
+
+
+async def replay_from_process(base_url: str, model: str, trace: RequestTrace, spec: LoadSpec, work: Path,
+                              tag: str) -> list[RequestRecord]:
+    """`replay` from a process of its own (`main`), so that the client shares no event loop or CPU thread with a
+    server in the caller's process (the router); its request and record files are kept in `work` as `tag`.*."""
+    import json
+    import sys
+
+    req, res = Path(work) / f"{tag}.requests.json", Path(work) / f"{tag}.records.json"
+    req.write_text(json.dumps({"arrival_s": trace.arrival_s.tolist(), "input_tokens": trace.input_tokens.tolist(),
+                               "output_tokens": trace.output_tokens.tolist(), "spec": asdict(spec)}))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "serving.loadgen", base_url, model, str(req),
+                                                str(res), stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator {tag} exited with {proc.returncode}: {err.decode()[-500:]}")
+    return [RequestRecord(**r) for r in json.loads(res.read_text())]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -217,12 +217,12 @@ def test_loadgen_records_every_request(router):
 def test_loadgen_process_replays_like_the_in_process_client(router, tmp_path):
     """The benchmark's client (serving.loadgen in a process of its own) answers every request, each its length."""
     from common.traces import RequestTrace
-    from experiments.bench_engines import client_replay
-    from serving.loadgen import LoadSpec
+    from serving.loadgen import LoadSpec, replay_from_process
 
     srv, _, _ = router
     trace = RequestTrace(np.arange(6) * 0.05, np.array([10, 300, 20, 250, 15, 5]), np.array([3, 8, 4, 6, 2, 1]))
-    recs = asyncio.run(client_replay(srv.url + "/v1", trace, LoadSpec(num_requests=6, prompt_base=7), tmp_path, "t"))
+    recs = asyncio.run(replay_from_process(srv.url + "/v1", "tiny", trace, LoadSpec(num_requests=6, prompt_base=7),
+                                            tmp_path, "t"))
     assert [r.error for r in recs] == [""] * 6
     assert [r.output_tokens for r in recs] == trace.output_tokens.tolist()
 
