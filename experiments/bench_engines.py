@@ -16,8 +16,9 @@ AsyncLLM. Both are up for the whole benchmark; only one is loaded at a time.
    drift in the machine's load hits both sides alike. Every replay is the same client code (serving.loadgen) in a
    process of its own, so the client shares no event loop with the router; each replay has prompts of its own (no
    prefix-cache hit across replays).
-4. Switch: while a replay runs, apply a plan that moves the replica to another device (on CPU a new engine: its
-   weights arrive by a reload): start + warm-up of the new one, drain of the old one, total.
+4. Switch: apply a plan that moves the replica to another device (on CPU a new engine: its weights arrive by a
+   reload) while a replay runs across the moment the new one takes over: start + warm-up of the new one, drain of
+   the old one, total, and the requests each answered (none lost).
 Figures: per side the median over rounds (and min / max) of P50 / P99 TTFT and e2e latency and output tokens/s; the
 added latency is the median over rounds of routed / direct - 1 within a round (goal: <= 5% at P50); the switch
 times. Writes rounds.csv, bench_engines.png. Wall-clock on a shared machine; the driver's CPU time beside.
@@ -176,14 +177,19 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                              row[side]["p50_e2e_s"], row[side]["p99_e2e_s"], row[side]["output_tokens_per_s"])
                 rounds.append(row)
             # Step 4
-            load = asyncio.ensure_future(replay_from_process(urls["routed"], "tiny", trace, spec_for(), work, "switch"))
-            await asyncio.sleep(min(2.0, float(trace.arrival_s[-1]) / 4))
-            rep = await svc.apply(one_replica_plan(1))
+            # The load starts so that its middle falls where the new replica is expected ready (the first one's start
+            # time): requests then straddle the table switch and the old replica has some to drain.
+            old_name, before = svc.executor.replicas[0].name, dict(svc.dispatcher.served)
+            switch = asyncio.ensure_future(svc.apply(one_replica_plan(1)))
+            await asyncio.sleep(max(0.0, out["routed_start_s"] - float(trace.arrival_s[-1]) / 2))
+            during = summary(await replay_from_process(urls["routed"], "tiny", trace, spec_for(), work, "switch"))
+            rep = await switch
             new = svc.executor.replicas[0]
-            during = summary(await load)
+            by = {name: n - before.get((j, name), 0) for (j, name), n in svc.dispatcher.served.items()}
             out["switch"] = {"start_s": rep.start_s, "drain_s": rep.drain_s, "total_s": rep.total_s,
                              "new_load_s": new.times.load_s, "new_warmup_s": new.times.warmup_s,
-                             "under_load_answered": during["answered"], "under_load_errors": during["errors"]}
+                             "under_load_answered": during["answered"], "under_load_errors": during["errors"],
+                             "served_by_old": by.get(old_name, 0), "served_by_new": by.get(new.name, 0)}
         finally:
             await svc.stop()
 
@@ -232,7 +238,8 @@ def print_table(out: dict) -> None:
     lines.append(f"router CPU (this process, routed rounds): {out['router_cpu_ms_per_request']:.2f} ms per request")
     lines.append(f"switch under load: start+warm {sw['start_s']:.1f} s (load {sw['new_load_s']:.1f} s), drain "
                  f"{sw['drain_s']:.2f} s, total {sw['total_s']:.1f} s; {sw['under_load_errors']} errors of "
-                 f"{sw['under_load_answered'] + sw['under_load_errors']}")
+                 f"{sw['under_load_answered'] + sw['under_load_errors']} (old replica answered {sw['served_by_old']}, "
+                 f"new {sw['served_by_new']})")
     print("\n".join(lines), flush=True)
     log.info("router overhead:\n%s", "\n".join(lines))
 
