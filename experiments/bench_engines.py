@@ -177,11 +177,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                              row[side]["p50_e2e_s"], row[side]["p99_e2e_s"], row[side]["output_tokens_per_s"])
                 rounds.append(row)
             # Step 4
-            # The load starts so that its middle falls where the new replica is expected ready (the first one's start
-            # time): requests then straddle the table switch and the old replica has some to drain.
-            old_name, before = svc.executor.replicas[0].name, dict(svc.dispatcher.served)
+            # The load starts so that its middle falls where the new replica is expected ready (after as long as the
+            # old one took to start): requests then straddle the table switch and the old replica has some to drain.
+            old = svc.executor.replicas[0]
+            old_name, before = old.name, dict(svc.dispatcher.served)
+            expected = old.times.placement_s + old.times.load_s + old.times.warmup_s
             switch = asyncio.ensure_future(svc.apply(one_replica_plan(1)))
-            await asyncio.sleep(max(0.0, out["routed_start_s"] - float(trace.arrival_s[-1]) / 2))
+            await asyncio.sleep(max(0.0, expected - float(trace.arrival_s[-1]) / 2))
             during = summary(await replay_from_process(urls["routed"], "tiny", trace, spec_for(), work, "switch"))
             rep = await switch
             new = svc.executor.replicas[0]
