@@ -11,7 +11,7 @@ AsyncLLM. Both are up for the whole benchmark; only one is loaded at a time.
 
 1. A trace slice (lengths scaled to the tiny model), its arrivals replaced by Poisson at bench_engines.rate_rps: the
    same fixed-rate open-loop load for both sides.
-2. Start both servers; one warm-up replay each (discarded).
+2. Start both servers (at once); one warm-up replay each (discarded).
 3. Rounds of A/B, interleaved ABBA (round r runs direct then routed when r is even, routed then direct when odd), so a
    drift in the machine's load hits both sides alike. Every replay is the same client code (serving.loadgen) in a
    process of its own, so the client shares no event loop with the router; each replay has prompts of its own (no
@@ -64,29 +64,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def direct_server(engine, port: int, timeout_s: float) -> subprocess.Popen:
-    """vLLM's OpenAI server on one engine, in a session of its own (stopped by its process group)."""
+def direct_server(engine, port: int) -> subprocess.Popen:
+    """vLLM's OpenAI server on one engine, in a session of its own (stopped by its process group); not yet healthy."""
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", engine.model, "--host",
            "127.0.0.1", "--port", str(port), "--dtype", engine.dtype, "--max-model-len", str(engine.max_model_len),
            "--max-num-seqs", str(engine.max_num_seqs), "--served-model-name", "tiny",
            "--disable-log-stats"]  # as the replicas run (their stats reach the router by a stat logger instead)
     if engine.enforce_eager:
         cmd.append("--enforce-eager")
-    proc = subprocess.Popen(cmd, env=dict(os.environ, **engine_env(engine)), stdout=subprocess.DEVNULL,
+    return subprocess.Popen(cmd, env=dict(os.environ, **engine_env(engine)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+async def healthy(proc: subprocess.Popen, port: int, timeout_s: float) -> float:
+    """Wait until vLLM's server answers /health; returns seconds since its launch was awaited."""
     import httpx
 
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vLLM's api_server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)
+    async with httpx.AsyncClient(timeout=2) as client:
+        while time.monotonic() - t0 < timeout_s:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM's api_server exited with {proc.returncode}")
+            try:
+                if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(1)
     raise RuntimeError(f"vLLM's api_server not healthy after {timeout_s} s")
 
 
@@ -150,9 +154,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
 
     # Step 2
     port = free_port()
-    t0 = time.perf_counter()
-    proc = direct_server(engine, port, float(b.start_timeout_s))
-    out["direct_start_s"] = time.perf_counter() - t0
+    proc = direct_server(engine, port)  # starts beside the replica below: the two start-ups overlap
     urls = {"direct": f"http://127.0.0.1:{port}/v1"}
     rounds: list[dict] = []
 
@@ -160,8 +162,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         svc = Service(engine, RequestTypes(np.zeros((1, 2))), max_in_flight=10_000, model_name="tiny")
         try:
             t = time.perf_counter()
-            urls["routed"] = await svc.start(one_replica_plan(0)) + "/v1"
-            out["routed_start_s"] = time.perf_counter() - t
+
+            async def routed_up():
+                urls["routed"] = await svc.start(one_replica_plan(0)) + "/v1"
+                out["routed_start_s"] = time.perf_counter() - t
+
+            _, out["direct_start_s"] = await asyncio.gather(routed_up(), healthy(proc, port, float(b.start_timeout_s)))
             for side in SIDES:
                 await replay_from_process(urls[side], "tiny", trace, spec_for(), work, f"warm-{side}")
             # Step 3
