@@ -20,6 +20,7 @@ from common.topology import ClusterPreset
 from common.traces import TraceFormat
 from serving.costmodel import CostModelKind
 from serving.engines.config import EngineConfig
+from serving.engines.profile import ProfileGrid
 from serving.loadgen import LoadSpec
 from serving.predict import LSTMOptions, PredictorKind
 from serving.scheduler import SchedulerConfig
@@ -335,6 +336,14 @@ class ServeReplica:
     dispatch: list[float] = field(default_factory=lambda: [1.0, 0.0])
 
 
+class PlanSource(Enum):
+    """Where experiment=oserve/serve takes its plan from. Lower-case names: OmegaConf matches a config value to the
+    member's name."""
+
+    config = "config"  # serve.replicas and serve.types, as written in the experiment file
+    scheduler = "scheduler"  # serving.scheduler on the trace slice's workload, the engine's profile as cost model
+
+
 @dataclass
 class ServeConfig:
     # The engine every replica runs (serving.engines.EngineConfig): engine.model ("" = the tiny local model, built
@@ -365,6 +374,16 @@ class ServeConfig:
     loadgen: LoadSpec = field(default_factory=lambda: LoadSpec(num_requests=0))
     trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
     trace_format: TraceFormat = TraceFormat.azure
+    # Where the plan comes from: config (serve.replicas above) or scheduler (serving.scheduler on the trace slice's
+    # workload with the engine's profile as cost model; on one CPU machine it has little to choose, hence not default).
+    plan_source: PlanSource = PlanSource.config
+    # plan_source scheduler: the engine's profile (profile.csv of an experiment=oserve/calibrate run), the requests of
+    # the slice it plans for (serve.loadgen's start and scaling), its k-means types, the local devices it places on.
+    profile_path: Optional[str] = None
+    plan_requests: int = 200
+    num_types: int = 2
+    num_devices: int = 2
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
 @dataclass
@@ -374,11 +393,33 @@ class BenchEnginesConfig:
     # The replayed slice (serving.loadgen.LoadSpec): its lengths; its arrivals are replaced by Poisson at rate_rps.
     loadgen: LoadSpec = field(default_factory=lambda: LoadSpec(num_requests=40))
     rate_rps: float = 2.0
+    # Interleaved A/B rounds (ABBA order: direct first in even rounds, routed first in odd ones).
+    rounds: int = 3
     trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
     trace_format: TraceFormat = TraceFormat.azure
     # Local Ray cluster size, and how long vLLM's own server may take to become healthy.
     num_cpus: int = 2
     start_timeout_s: float = 600.0
+
+
+@dataclass
+class CalibrateConfig:
+    # The engine of every replica (serving.engines.EngineConfig; engine.model "" = the tiny local model).
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_model_len=512))
+    # The replayed slice (serving.loadgen.LoadSpec), through the router and through the simulator alike.
+    loadgen: LoadSpec = field(default_factory=lambda: LoadSpec(num_requests=80))
+    trace_path: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
+    trace_format: TraceFormat = TraceFormat.azure
+    # Replicas, one per request type (fitted on the slice): type k goes to replica k alone.
+    num_replicas: int = 2
+    # Requests replayed first and discarded (first-call costs of the router and the engines).
+    warmup_requests: int = 8
+    # The profile the simulator is fed (serving.engines.profile.ProfileGrid): of replica 0 alone, or with
+    # profile_together of every replica at once (they then contend for the cores as when all of them serve).
+    profile: ProfileGrid = field(default_factory=ProfileGrid)
+    profile_together: bool = False
+    # Local Ray cluster size (CPUs).
+    num_cpus: int = 2
 
 
 @dataclass
@@ -502,6 +543,11 @@ class OServeBenchEnginesExperiment(ExperimentConfig):
 
 
 @dataclass
+class OServeCalibrateExperiment(ExperimentConfig):
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+
+
+@dataclass
 class BenchFsepExperiment(ExperimentConfig):
     bench_fsep: BenchFsepConfig = field(default_factory=BenchFsepConfig)
 
@@ -555,6 +601,7 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "oserve_serve": OServeServeExperiment,
     "oserve_bench_engines": OServeBenchEnginesExperiment,
     "oserve_predict": OServePredictExperiment,
+    "oserve_calibrate": OServeCalibrateExperiment,
     "planner_quality": PlannerQualityExperiment,
     "planner_speed": PlannerSpeedExperiment,
     "bench_fsep": BenchFsepExperiment,

@@ -9,7 +9,13 @@
 2. Optionally replay a trace slice through the router (serve.loadgen) and switch to serve.switch_to mid-way.
 3. Stop when the replay ends, after serve.duration_s, after serve.max_requests answered requests, or on Ctrl-C:
    router first, then replicas, then Ray, so no worker outlives the run.
-The plan is given in the experiment file (serve.replicas; the x_kj of each replica, serve.types its request types).
+The plan comes from serve.plan_source:
+  config     the experiment file (serve.replicas: the x_kj of each replica; serve.types its request types), the
+             default: on one CPU machine the scheduler has little to choose (TP and PP replicas share the same cores);
+  scheduler  serving.scheduler.oserve_search on the workload of the trace slice (serve.loadgen's slice and scaling,
+             serve.plan_requests requests; serve.num_types k-means types) for serve.num_devices devices, with the
+             engine's profile (serve.profile_path: profile.csv of an `experiment=oserve/calibrate` run) as the
+             measured cost model. The plan is logged and recorded.
 Writes requests.csv (per request TTFT / TPOT / e2e) when the load generator ran.
 """
 
@@ -20,18 +26,25 @@ import csv
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from common.datapaths import ensure_files, locate_data_dir
-from common.stats import RequestTypes
+from common.stats import RequestTypes, fit_request_types
+from common.topology import local_cpu
 from common.traces import load_request_trace
+from experiments.config import PlanSource
 from serving.costmodel.iteration import ReplicaConfig
+from serving.costmodel.measured import load_perf_table
 from serving.engines.config import EngineConfig
+from serving.engines.profile import engine_cluster, model_spec, profile_cost_model
 from serving.loadgen import LoadSpec, fit_trace, records_table, replay, summary
+from serving.scheduler import Problem, SchedulerConfig, oserve_search
 from serving.scheduler.plan import DeploymentPlan
+from serving.workload import build_workload
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +65,28 @@ def plan_from_config(replicas, num_types: int, key: str = "serve.replicas") -> D
         peak_utilisation=0.0, utilisation=(0.0,) * len(replicas), policy="config")
 
 
+def plan_from_scheduler(s, engine: EngineConfig, raw_trace) -> tuple[DeploymentPlan, RequestTypes]:
+    """The scheduler's plan for the workload of the trace slice (serve.loadgen's scaling, serve.plan_requests
+    requests) on serve.num_devices local devices, and the request types it was made for."""
+    if not s.profile_path:
+        raise ValueError("serve.profile_path: plan_source scheduler needs the engine's profile (profile.csv written "
+                         "by `experiment=oserve/calibrate`)")
+    trace = fit_trace(raw_trace, replace(OmegaConf.to_object(s.loadgen), num_requests=int(s.plan_requests)))
+    wl = build_workload(trace, int(s.num_types), seed=0)
+    # The same k-means as build_workload's (same points, k and seed): the router needs the centres it found.
+    types = fit_request_types(trace.input_tokens, trace.output_tokens, k=wl.num_types, seed=0)
+    sched: SchedulerConfig = OmegaConf.to_object(s.scheduler)
+    spec = model_spec(engine.model, engine.dtype, engine.max_model_len)
+    cluster = engine_cluster(int(s.num_devices), engine.kv_cache_gib * 2**30, spec, local_cpu())
+    cm = profile_cost_model(load_perf_table(s.profile_path, fit_context=True), spec, cluster, engine.max_num_seqs,
+                            sched.max_batched_tokens, engine.max_model_len)
+    plan = oserve_search(Problem.from_workload(cm, wl, sched), int(s.num_devices))
+    log.info("scheduler plan for %d requests (%.2f req/s, %d types) on %d devices: %s; x_kj %s", len(trace),
+             len(trace) / max(trace.duration_s, 1e-9), wl.num_types, int(s.num_devices), plan.describe(),
+             np.round(np.array(plan.dispatch), 3).tolist())
+    return plan, types
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict:
     from serving.engines.cluster import start_ray, stop_ray
     from serving.executor.service import Service, with_model
@@ -61,16 +96,23 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     engine = with_model(OmegaConf.to_object(s.engine) if OmegaConf.is_config(s.engine) else EngineConfig(**s.engine),
                         default_cache_root(os.environ))
-    types = RequestTypes(np.log1p(np.array([[float(a), float(b)] for a, b in s.types])))
-    plan = plan_from_config(s.replicas, types.num_types)
-    nxt = plan_from_config(s.switch_to, types.num_types, "serve.switch_to") if s.switch_to else None
     spec: LoadSpec = OmegaConf.to_object(s.loadgen)
-    trace = None
-    if spec.num_requests > 0:
+    source = s.plan_source
+    raw = None
+    if spec.num_requests > 0 or source is PlanSource.scheduler:
         data_dir = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [s.trace_path], cfg.paths.fallback,
                                 synthetic_dir=out_dir / "synthetic_data").root
-        trace = fit_trace(load_request_trace(Path(data_dir) / s.trace_path, s.trace_format), spec)
-    out: dict = {"model": engine.model, "plan": plan.describe()}
+        raw = load_request_trace(Path(data_dir) / s.trace_path, s.trace_format)
+    trace = fit_trace(raw, spec) if spec.num_requests > 0 else None
+    if source is PlanSource.scheduler:
+        plan, types = plan_from_scheduler(s, engine, raw)
+    else:
+        types = RequestTypes(np.log1p(np.array([[float(a), float(b)] for a, b in s.types])))
+        plan = plan_from_config(s.replicas, types.num_types)
+        log.info("plan from serve.replicas: %s", plan.describe())
+    nxt = plan_from_config(s.switch_to, types.num_types, "serve.switch_to") if s.switch_to else None
+    out: dict = {"model": engine.model, "plan": plan.describe(), "plan_source": source.name,
+                 "dispatch": [list(r) for r in plan.dispatch]}
 
     async def main():
         svc = Service(engine, types, int(s.max_in_flight), model_name=s.model_name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +35,7 @@ class LoadSpec:
     stream: bool = True  # streaming requests (TTFT is only observable with them)
     vllm_extras: bool = True  # send ignore_eos, so every output is exactly its length
     timeout_s: float = 300.0  # per request
+    prompt_base: int = 0  # prompt index of the first request (replays of other prompts: no prefix-cache hits)
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,10 @@ def fit_trace(trace: RequestTrace, spec: LoadSpec) -> RequestTrace:
 
 
 def prompt_ids(index: int, length: int, vocab: int = 256, offset: int = 10) -> list[int]:
-    """A deterministic prompt of `length` token ids (request `index` differs from the others, so no prefix cache
-    hides its prefill)."""
-    return [offset + (index * 7919 + 31 * p) % vocab for p in range(length)]
+    """A deterministic prompt of `length` token ids. Its first two tokens spell `index` (base `vocab`), so prompts
+    of indices under vocab**2 differ from their first KV block on and no prefix cache hides a prefill."""
+    head = [offset + index % vocab, offset + (index // vocab) % vocab]
+    return (head + [offset + (index * 7919 + 31 * p) % vocab for p in range(2, length)])[:length]
 
 
 async def replay(base_url: str, model: str, trace: RequestTrace, spec: LoadSpec,
@@ -88,7 +91,7 @@ async def replay(base_url: str, model: str, trace: RequestTrace, spec: LoadSpec,
         try:
             if spec.stream:
                 stream = await client.completions.create(
-                    model=model, prompt=prompt_ids(i, n_in), max_tokens=n_out, stream=True,
+                    model=model, prompt=prompt_ids(spec.prompt_base + i, n_in), max_tokens=n_out, stream=True,
                     stream_options={"include_usage": True}, extra_body=extra)
                 async for ev in stream:
                     if first is None and ev.choices:
@@ -96,7 +99,7 @@ async def replay(base_url: str, model: str, trace: RequestTrace, spec: LoadSpec,
                     if ev.usage is not None:
                         got = ev.usage.completion_tokens
             else:
-                r = await client.completions.create(model=model, prompt=prompt_ids(i, n_in), max_tokens=n_out,
+                r = await client.completions.create(model=model, prompt=prompt_ids(spec.prompt_base + i, n_in), max_tokens=n_out,
                                                     extra_body=extra)
                 got = r.usage.completion_tokens
             end = time.perf_counter()
@@ -130,3 +133,50 @@ def summary(records: list[RequestRecord]) -> dict:
 
 def records_table(records: list[RequestRecord]) -> list[dict]:
     return [asdict(r) for r in records]
+
+
+async def replay_from_process(base_url: str, model: str, trace: RequestTrace, spec: LoadSpec, work: Path,
+                              tag: str) -> list[RequestRecord]:
+    """`replay` from a process of its own (`main`), so that the client shares no event loop or CPU thread with a
+    server in the caller's process (the router); its request and record files are kept in `work` as `tag`.*."""
+    import json
+    import sys
+
+    req, res = Path(work) / f"{tag}.requests.json", Path(work) / f"{tag}.records.json"
+    req.write_text(json.dumps({"arrival_s": trace.arrival_s.tolist(), "input_tokens": trace.input_tokens.tolist(),
+                               "output_tokens": trace.output_tokens.tolist(), "spec": asdict(spec)}))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "serving.loadgen", base_url, model, str(req),
+                                                str(res), stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator {tag} exited with {proc.returncode}: {err.decode()[-500:]}")
+    return [RequestRecord(**r) for r in json.loads(res.read_text())]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Replay a request file against an endpoint from a process of its own, so that the client's event loop shares
+    nothing with the server it measures:
+
+        python -m serving.loadgen BASE_URL MODEL REQUESTS.json OUT.json
+
+    REQUESTS.json: {"arrival_s": [...], "input_tokens": [...], "output_tokens": [...], "spec": {LoadSpec fields}};
+    OUT.json: the records (records_table)."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m serving.loadgen", description=main.__doc__.splitlines()[0])
+    ap.add_argument("base_url")
+    ap.add_argument("model")
+    ap.add_argument("requests")
+    ap.add_argument("out")
+    a = ap.parse_args(argv)
+    req = json.loads(open(a.requests).read())
+    trace = RequestTrace(np.asarray(req["arrival_s"], float), np.asarray(req["input_tokens"], np.int64),
+                         np.asarray(req["output_tokens"], np.int64), "file")
+    records = asyncio.run(replay(a.base_url, a.model, trace, LoadSpec(**req["spec"])))
+    with open(a.out, "w") as f:
+        json.dump(records_table(records), f)
+
+
+if __name__ == "__main__":
+    main()

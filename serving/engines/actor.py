@@ -69,6 +69,13 @@ class ReplicaActor:
             pass
         return time.perf_counter() - t0
 
+    async def limits(self) -> dict:
+        """The scheduler limits vLLM resolved for this engine (its defaults depend on the platform)."""
+        sc, cc = self.engine.vllm_config.scheduler_config, self.engine.vllm_config.cache_config
+        return {"max_num_batched_tokens": int(sc.max_num_batched_tokens), "max_num_seqs": int(sc.max_num_seqs),
+                "block_size": int(cc.block_size), "chunked_prefill": bool(sc.enable_chunked_prefill),
+                "prefix_caching": bool(cc.enable_prefix_caching)}
+
     async def health(self) -> bool:
         if self.engine is None:
             return False

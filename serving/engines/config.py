@@ -33,6 +33,10 @@ def engine_env(cfg: EngineConfig) -> dict[str, str]:
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOKENIZERS_PARALLELISM": "false"}
     if cfg.device is Device.cpu:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
+        # The engine's torch threads: its CPU share. Ray sets this for its actors (to their num_cpus) but nothing
+        # does for an engine started elsewhere (vLLM's own server), which then spins one OpenMP thread per core and,
+        # on a busy machine, runs several times slower.
+        env["OMP_NUM_THREADS"] = str(max(1, int(cfg.cpus_per_replica)))
     return env
 
 

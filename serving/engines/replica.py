@@ -68,6 +68,9 @@ class Replica:
     async def stats(self) -> ReplicaStats:
         return await self.actor.stats.remote()
 
+    async def limits(self) -> dict:
+        return await self.actor.limits.remote()
+
     async def health(self) -> bool:
         try:
             return await self.actor.health.remote()

@@ -149,9 +149,10 @@ def build_app(dispatcher: Dispatcher, tokenizer, model_name: str, max_model_len:
 
         async def rest():
             yield head
-            if head.finish_reason is None:
-                async for c in chunks:
-                    yield c
+            # Read on after a last chunk too: the dispatcher's generator then ends normally and counts the request
+            # served (a one-token answer's only chunk is its last).
+            async for c in chunks:
+                yield c
 
         if not stream:
             text, n_out, reason = [], 0, None

@@ -212,3 +212,39 @@ def test_loadgen_records_every_request(router):
     assert all(0 < r.ttft_s <= r.e2e_s for r in recs)
     s = summary(recs)
     assert s["answered"] == 12 and s["p50_e2e_s"] <= s["p99_e2e_s"]
+
+
+def test_loadgen_process_replays_like_the_in_process_client(router, tmp_path):
+    """The benchmark's client (serving.loadgen in a process of its own) answers every request, each its length."""
+    from common.traces import RequestTrace
+    from serving.loadgen import LoadSpec, replay_from_process
+
+    srv, _, _ = router
+    trace = RequestTrace(np.arange(6) * 0.05, np.array([10, 300, 20, 250, 15, 5]), np.array([3, 8, 4, 6, 2, 1]))
+    recs = asyncio.run(replay_from_process(srv.url + "/v1", "tiny", trace, LoadSpec(num_requests=6, prompt_base=7),
+                                            tmp_path, "t"))
+    assert [r.error for r in recs] == [""] * 6
+    assert [r.output_tokens for r in recs] == trace.output_tokens.tolist()
+
+
+def test_paired_rounds_are_medians_of_within_round_ratios():
+    from experiments.bench_engines import METRICS, paired
+
+    def side(x):
+        return dict.fromkeys(METRICS, x)
+
+    rounds = [{"direct": side(1.0), "routed": side(1.1)}, {"direct": side(2.0), "routed": side(2.0)},
+              {"direct": side(1.0), "routed": side(1.3)}]
+    p = paired(rounds)
+    assert p["added_p50_e2e_s"]["median"] == pytest.approx(0.1)
+    assert p["added_p50_e2e_s"]["max"] == pytest.approx(0.3) and p["added_p50_e2e_s"]["min"] == pytest.approx(0.0)
+    assert p["throughput_ratio"]["median"] == pytest.approx(1.1)
+    assert p["direct_p99_e2e_s"] == {"median": 1.0, "min": 1.0, "max": 2.0}
+
+
+def test_loadgen_prompts_differ_from_their_first_block():
+    from serving.loadgen import prompt_ids
+
+    heads = {tuple(prompt_ids(i, 16)) for i in range(5000)}
+    assert len(heads) == 5000
+    assert [len(prompt_ids(i, n)) for i, n in ((0, 1), (3, 2), (9, 40))] == [1, 2, 40]
