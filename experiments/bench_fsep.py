@@ -206,7 +206,7 @@ def _rank_main(rank: int, world_size: int, cfg: BenchConfig, picks: list[tuple[i
     def phases(layer, tc):
         """Restore, token all-to-all (dispatch + combine) and compute, each fwd+bwd on its own."""
         def restore():
-            ws = [m for slot in layer.restore_weights(layer.start_restore()) for m in slot]
+            ws = layer.restore_weights(layer.start_restore())
             torch.autograd.backward(ws, [torch.ones_like(m) for m in ws])
 
         idx, w, _ = layer.router(x, tc)
@@ -219,7 +219,7 @@ def _rank_main(rank: int, world_size: int, cfg: BenchConfig, picks: list[tuple[i
 
         tokens, plan = layer.dispatch(x, idx)
         # The restored experts as one [C, P] leaf: compute's backward then assembles their gradient as the step's does.
-        ex = torch.stack([torch.cat([m.detach().reshape(-1) for m in slot]) for slot in layer.restore_weights()])
+        ex = torch.cat([m.detach().flatten(1) for m in layer.restore_weights()], 1)
         ex.requires_grad_(True)
 
         def compute():

@@ -10,8 +10,10 @@ there and in each method's docstring):
   restore           storage -> (w1, w3, w2) of the expert in each of my C slots. FSEP: all_to_all_single of expert
                     pieces, [E, S] shard -> [C, P]; EP: my experts are stored whole, no communication
   route             router / trace-replay gate (no communication)
-  dispatch          per-slot counts from the routing rule, count exchange and token all_to_all_single with uneven splits
-  compute           each slot's SwiGLU expert on the tokens it received, block by (source, slot) block (no communication)
+  dispatch          per-slot counts from the routing rule on the device, count exchange (the layer's one host sync)
+                    and token all_to_all_single with uneven splits
+  compute           received rows grouped by slot, every slot's SwiGLU expert as one grouped op per matrix
+                    (`experts.grouped_swiglu`; no communication)
   combine           token all_to_all_single back, weighted sum of each token's k results (communication only in the a2a)
   gradient scatter  restore's backward: slot gradients -> storage gradient. FSEP: gradient all-to-all + sum over
                     replicas into the shard gradient (`restore.scatter_gradients`); EP: autograd's own, no communication
@@ -28,40 +30,44 @@ import torch.distributed as dist
 from torch import nn
 
 from training.fsep.comm import all_to_all_tokens
+from training.fsep.experts import grouped_swiglu
 from training.fsep.groups import FSEPGroups
 from training.fsep.permute import inverse_permutation, permute_rows
 from training.fsep.restore import PendingRestore, restore_slot_weights, start_restore
-from training.moe.reference import ReferenceMoE, Router, swiglu
+from training.moe.gating import route_counts
+from training.moe.reference import ReferenceMoE, Router
 from training.placement import Placement
-from training.routing import split_row, split_row_by_weights
+from training.routing import slot_shares, split_counts
 
 
 @dataclass
 class DispatchPlan:
-    """What combine needs to undo dispatch (one forward's bookkeeping, not layer state)."""
+    """What compute and combine need to undo dispatch (one forward's bookkeeping, not layer state)."""
 
     send_order: torch.Tensor  # [T*k] route ids in send order (by destination device, then slot)
     send_inv: torch.Tensor  # [T*k] inverse of send_order: position of each route in the send buffer
     send_splits: list[int]  # [N] routes sent to each device
     recv_splits: list[int]  # [N] routes received from each device
-    block_sizes: list[int]  # [N*C] received rows per (source, slot) block, in wire order (source-major)
-    block_slot: list[int]  # [N*C] the slot whose restored expert computes each block (a duplicate's first copy)
+    by_slot: torch.Tensor  # [R] received row (wire order: (source, slot) blocks) at each row of the slot-grouped order
+    by_slot_inv: torch.Tensor  # [R] inverse of by_slot
+    group_sizes: list[int]  # [C] rows per slot in the grouped order (a duplicate's rows are its first copy's: 0)
+    group_ends: torch.Tensor  # [C] int32 cumulative group_sizes on the device (the grouped GEMM's offsets)
 
 
-def _block_gather(src_start: np.ndarray, length: np.ndarray, total: int, device) -> torch.Tensor:
+def _block_gather(src_start: torch.Tensor, length: torch.Tensor, total: int) -> torch.Tensor:
     """Index that lays blocks out back to back: output block b (length[b] rows, in the given order) reads the source
-    rows src_start[b] .. src_start[b] + length[b] - 1. Built from per-block offsets on the host (small) and one
-    repeat_interleave on the device."""
-    shift = src_start - (np.cumsum(length) - length)  # [blocks] source minus output position of each block
-    return torch.arange(total, device=device) + torch.repeat_interleave(
-        torch.from_numpy(shift).to(device), torch.from_numpy(length).to(device), output_size=total)
+    rows src_start[b] .. src_start[b] + length[b] - 1. Device tensors in and out; `total` (= length.sum(), known on
+    the host) lets repeat_interleave size its output without reading it back."""
+    shift = src_start - (torch.cumsum(length, 0) - length)  # [blocks] source minus output position of each block
+    return torch.arange(total, device=length.device) + torch.repeat_interleave(shift, length, output_size=total)
 
 
-def slot_weights(experts: torch.Tensor, parts) -> list[tuple[torch.Tensor, ...]]:
-    """experts [C, P] -> per slot the matrices of `parts` (views). unbind/split rather than slicing: their backward is
-    one stack/cat, where every slice's backward would allocate and zero-fill a whole [C, P] gradient."""
-    sizes = [a * b for a, b in parts]
-    return [tuple(m.view(shape) for m, shape in zip(row.split(sizes), parts)) for row in experts.unbind(0)]
+def slot_weights(experts: torch.Tensor, parts) -> tuple[torch.Tensor, ...]:
+    """experts [C, P] -> the stacked matrices of `parts` over slots (views), e.g. (w1 [C, F, H], w3 [C, F, H],
+    w2 [C, H, F]). split rather than slicing: its backward is one cat, where every slice's backward would allocate
+    and zero-fill a whole [C, P] gradient."""
+    c = experts.shape[0]
+    return tuple(m.view(c, *shape) for m, shape in zip(experts.split([a * b for a, b in parts], 1), parts))
 
 
 def default_placement(num_devices: int, num_experts: int, slots_per_device: int) -> Placement:
@@ -130,20 +136,22 @@ class DistributedMoE(nn.Module, ABC):
         self.placement, self.routing_fractions = placement, routing_fractions
         dev = self.router.weight.device
         self._slots = torch.tensor(placement.slots, device=dev)  # [N, C]
+        r, n = self.groups.rank, self.groups.size
+        # The routing rule's tables for my row, on my device: dispatch splits counts there with no host data.
+        self._shares = slot_shares(placement, [r], self.groups.devices_per_node,
+                                   None if routing_fractions is None else routing_fractions[r:r + 1], dev)
         # Flat slot ids (device-major) sorted by expert: routes sorted by expert map onto this sequence.
-        self._slots_by_expert = np.argsort(placement.slots.ravel(), kind="stable")
-        # Slots of my device holding the same expert compute as one: rows of a duplicate slot run in one matmul with
-        # the first copy's weights (same result, larger matmul; the duplicate's restored copy gets zero gradient,
-        # and the shard gradient sums over replicas either way).
-        mine = placement.slots[self.groups.rank]
-        self._compute_slot = np.array([int(np.flatnonzero(mine == j)[0]) for j in mine], dtype=np.int64)  # [C]
-
-    def slot_counts(self, expert_counts: np.ndarray) -> np.ndarray:
-        """[N, C] routes this device sends to each slot, from its own [E] expert counts (its row of the rule)."""
-        r = self.groups.rank
-        if self.routing_fractions is not None:
-            return split_row_by_weights(expert_counts, self.routing_fractions[r], self.placement, r)
-        return split_row(expert_counts, self.placement, r, self.groups.devices_per_node)
+        self._slots_by_expert = torch.from_numpy(np.argsort(placement.slots.ravel(), kind="stable")).to(dev)
+        self._unplaced = placement.replica_counts() == 0  # [E] experts whose tokens the rule cannot place
+        # Slots of my device holding the same expert compute as one: rows of a duplicate slot join the first copy's
+        # group (same result, larger matmul; the duplicate's restored copy gets zero gradient, and the shard
+        # gradient sums over replicas either way).
+        mine = placement.slots[r]
+        compute_slot = np.array([int(np.flatnonzero(mine == j)[0]) for j in mine], dtype=np.int64)  # [C]
+        block_group = np.tile(compute_slot, n)  # [N*C] group of each received (source, slot) block, wire order
+        self._block_group_host, self._block_group = block_group, torch.from_numpy(block_group).to(dev)
+        # Received blocks in grouped order: by group, then wire order (stable), so each group's rows are contiguous.
+        self._block_order = torch.from_numpy(np.argsort(block_group, kind="stable")).to(dev)
 
     def expert_parts(self) -> tuple[tuple[int, int], ...]:
         """Shapes of one expert's matrices in flat order: w1 [F, H], w3 [F, H], w2 [H, F]."""
@@ -157,59 +165,66 @@ class DistributedMoE(nn.Module, ABC):
         and dispatch; `restore_weights` finishes it."""
 
     @abstractmethod
-    def restore_weights(self, pending: PendingRestore | None = None) -> list[tuple[torch.Tensor, ...]]:
-        """Restore: per slot (w1, w3, w2) of the expert it holds, what compute consumes. Its backward is the gradient
-        scatter into the storage's gradient. Whether either communicates is the storage's (see the subclass)."""
+    def restore_weights(self, pending: PendingRestore | None = None) -> tuple[torch.Tensor, ...]:
+        """Restore: (w1 [C, F, H], w3 [C, F, H], w2 [C, H, F]) of the experts my slots hold, what compute consumes.
+        Its backward is the gradient scatter into the storage's gradient. Whether either communicates is the
+        storage's (see the subclass)."""
 
     def dispatch(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, DispatchPlan]:
         """x [T, H], idx [T, k] -> received tokens [R, H] in (source, slot) blocks (communicates: counts, tokens).
 
-        1. Count routes per expert on the device; only these E numbers come to the host (the split sizes the
-           all-to-all needs), and the routing rule splits them over slots (own row only).
+        1. Count routes per expert and split them over slots with the routing rule (`routing.split_counts`), on the
+           device.
         2. Routes sorted by expert take the slot sequence of that expert's replicas in order: a run of per_slot[s]
            routes per slot s. Sending by slot reorders whole runs, so the send order is the expert sort shifted by
-           one offset per run (no second sort, no [T*k] host round trip).
-        3. Exchange per-slot counts, then the tokens (uneven all_to_all_single).
-        Received rows stay in wire order, (source, slot) blocks: compute runs each block in place, so neither
-        direction needs a regrouping copy."""
-        n, c, k = self.groups.size, self.slots_per_device, self.top_k
-        dev = x.device
+           one offset per run (no second sort).
+        3. Exchange per-slot counts, then bring the expert counts and the sent and received per-slot counts to the
+           host in one transfer: the layer's only host sync (the token all-to-all needs its split sizes there).
+        4. The tokens (uneven all_to_all_single), and the device-side index that groups received rows by slot.
+        """
+        n, c, e = self.groups.size, self.slots_per_device, self.num_experts
+        m = n * c
         experts = idx.reshape(-1)  # [T*k]
         routes = experts.numel()
-        counts = torch.bincount(experts, minlength=self.num_experts).cpu().numpy()  # Step 1
-        self.expert_counts = counts
-        per_slot = self.slot_counts(counts)  # [N, C]
-        flat = per_slot.ravel()
-        by_expert = torch.argsort(experts, stable=True)  # Step 2
-        run_len = flat[self._slots_by_expert]
-        run_start = np.empty_like(flat)
-        run_start[self._slots_by_expert] = np.cumsum(run_len) - run_len  # where slot s's run sits in by_expert
-        send_order = by_expert.index_select(0, _block_gather(run_start, flat, routes, dev))
+        counts = route_counts(idx, e)  # Step 1, [E]
+        per_slot = split_counts(counts.unsqueeze(0), self._shares)[0]  # [N*C]
+        recv_counts = torch.empty_like(per_slot)  # Step 3, [N*C]: C per source, wire order
+        dist.all_to_all_single(recv_counts, per_slot, group=self.groups.ep)
+        host = torch.cat([counts, per_slot, recv_counts]).tolist()
+        self.expert_counts = np.array(host[:e], dtype=np.int64)
+        sent = np.array(host[e:e + m], dtype=np.int64).reshape(n, c)
+        got = np.array(host[e + m:], dtype=np.int64)
+        if sent.sum() != routes:
+            j = int(np.flatnonzero(self._unplaced & (self.expert_counts > 0))[0])
+            raise ValueError(f"expert {j} receives tokens from device {self.groups.rank} but has no replica")
+        send_splits, recv_splits = sent.sum(1).tolist(), got.reshape(n, c).sum(1).tolist()
+        by_expert = torch.argsort(experts, stable=True)  # Step 2 (its sizes are checked by now)
+        run_len = per_slot.index_select(0, self._slots_by_expert)
+        run_start = torch.empty_like(per_slot).index_copy_(0, self._slots_by_expert, torch.cumsum(run_len, 0) - run_len)
+        send_order = by_expert.index_select(0, _block_gather(run_start, per_slot, routes))
         send_inv = inverse_permutation(send_order)
-        recv_counts = torch.empty(n, c, dtype=torch.int64, device=dev)  # Step 3
-        dist.all_to_all_single(recv_counts, torch.from_numpy(per_slot).to(dev), group=self.groups.ep)
-        recv_counts = recv_counts.cpu().numpy()
-        send_splits = per_slot.sum(1).tolist()
-        recv_splits = recv_counts.sum(1).tolist()
-        recv = all_to_all_tokens(permute_rows(x, send_order, send_inv, k), recv_splits, send_splits, self.groups.ep)
-        plan = DispatchPlan(send_order, send_inv, send_splits, recv_splits, recv_counts.ravel().tolist(),
-                            np.tile(self._compute_slot, n).tolist())
+        recv = all_to_all_tokens(permute_rows(x, send_order, send_inv, self.top_k), recv_splits, send_splits,
+                                 self.groups.ep)  # Step 4
+        total = sum(recv_splits)
+        starts = torch.cumsum(recv_counts, 0) - recv_counts
+        by_slot = _block_gather(starts.index_select(0, self._block_order),
+                                recv_counts.index_select(0, self._block_order), total)
+        group_rows = torch.zeros(c, dtype=torch.int64, device=x.device).index_add_(0, self._block_group, recv_counts)
+        sizes = np.bincount(self._block_group_host, weights=got, minlength=c).astype(np.int64).tolist()
+        plan = DispatchPlan(send_order, send_inv, send_splits, recv_splits, by_slot, inverse_permutation(by_slot),
+                            sizes, torch.cumsum(group_rows, 0).to(torch.int32))
         return recv, plan
 
-    def compute(self, tokens: torch.Tensor, weights: list[tuple[torch.Tensor, ...]], plan: DispatchPlan) -> torch.Tensor:
-        """Run each (source, slot) block of received rows through its slot's expert (no communication).
-        tokens [R, H] in wire order; weights[c] = (w1, w3, w2) of slot c (`restore_weights`, or `slot_weights` of a
-        [C, P] tensor). Duplicates of an expert on this device all use the first copy (same result; the duplicate's
-        restored copy gets zero gradient, the shard gradient sums replicas anyway)."""
-        blocks = [(slot, chunk) for slot, chunk in zip(plan.block_slot, tokens.split(plan.block_sizes)) if len(chunk)]
-        if self.max_block_rows is not None:
-            blocks = [(slot, piece) for slot, chunk in blocks for piece in chunk.split(self.max_block_rows)]
-        # With no rows at all, one empty block still ties the output to the experts, so every device runs the restore
-        # backward (a collective) even when it received no tokens.
-        outs = []
-        for slot, chunk in blocks or [(plan.block_slot[0], tokens[:0])]:
-            outs.append(swiglu(chunk, *weights[slot]))
-        return torch.cat(outs)
+    def compute(self, tokens: torch.Tensor, weights: tuple[torch.Tensor, ...], plan: DispatchPlan) -> torch.Tensor:
+        """Received rows [R, H] (wire order) through their slots' experts, [R, H] back in wire order (no
+        communication). weights: (w1 [C, F, H], w3 [C, F, H], w2 [C, H, F]) from `restore_weights` (or `slot_weights`
+        of a [C, P] tensor). Rows are regrouped by slot so each matrix is one grouped op over all slots
+        (`experts.grouped_swiglu`); duplicates of an expert on this device compute as one group with the first copy's
+        weights (same result; the duplicate's restored copy gets zero gradient, the shard gradient sums replicas
+        anyway)."""
+        rows = permute_rows(tokens, plan.by_slot, plan.by_slot_inv)
+        out = grouped_swiglu(rows, *weights, plan.group_sizes, plan.group_ends, self.max_block_rows)
+        return permute_rows(out, plan.by_slot_inv, plan.by_slot)
 
     def combine(self, out: torch.Tensor, plan: DispatchPlan, weights: torch.Tensor) -> torch.Tensor:
         """Send results back and weight each token's k results by its [T, k] combine weights (communicates: one
@@ -286,12 +301,13 @@ class FSEPMoE(DistributedMoE):
         """Launch the restore all-to-all asynchronously (communicates); None when overlap_restore is off."""
         return start_restore(self.expert_shard, self._slots, self.groups.ep) if self.overlap_restore else None
 
-    def restore_weights(self, pending: PendingRestore | None = None) -> list[tuple[torch.Tensor, ...]]:
-        """Per slot (w1, w3, w2) of my restored experts (communicates: one all_to_all_single, unless `pending`
-        already carries it, and one in backward, the gradient scatter). The backward writes each matrix's gradient
-        straight into the gradient all-to-all's send buffer."""
+    def restore_weights(self, pending: PendingRestore | None = None) -> tuple[torch.Tensor, ...]:
+        """(w1 [C, F, H], w3 [C, F, H], w2 [C, H, F]) of my restored experts (communicates: one all_to_all_single,
+        unless `pending` already carries it, and one in backward, the gradient scatter). The backward writes each
+        matrix's gradient straight into the gradient all-to-all's send buffer."""
         outs = restore_slot_weights(self.expert_shard, self._slots, self.expert_parts(), self.groups.ep, pending)
-        return [outs[i:i + 3] for i in range(0, len(outs), 3)]
+        # Stacked over slots for the grouped compute (one copy each; an interim form until the restore builds them).
+        return tuple(torch.stack(outs[i::3]) for i in range(3))
 
 
 class EPMoE(DistributedMoE):
@@ -323,5 +339,5 @@ class EPMoE(DistributedMoE):
         return None
 
     def restore_weights(self, pending=None):
-        """Views of my whole experts (no communication, nor in backward)."""
+        """Stacked views of my whole experts (no communication, nor in backward)."""
         return slot_weights(self.local_experts, self.expert_parts())
