@@ -4,7 +4,10 @@ over the expert's replicas (node-local replicas first), and what that split cost
 Notation: N devices, E experts, C expert slots per device, G devices per node, K = N / G nodes.
 loads[i, j]: tokens from source device i for expert j; routing[i, j, d]: those of them computed on device d.
 
-The runtime calls `split_row` (the rule for its own row) or `split_row_by_weights` (a planner's explicit proportions);
+The rule itself is `split_counts`: tensor ops over per-layout tables (`slot_shares`), for the FSEP rule or a planner's
+explicit proportions. The runtime runs it on its device for its own row with no host sync; host callers (`split_row`,
+`split_row_by_weights`, `fsep_routing`) run the same ops on CPU tensors, all source rows at once (measured 3-30x
+faster than the per-expert Python loop it replaced, kept in tests/training/routing_reference.py as the reference).
 `traffic_summary` is the one definition of a routing's device tokens and sent tokens. The planner scores candidate
 layouts with the sums of the rule, `fsep_summaries` (exact) and `fsep_expected` (fractional, cheaper), without
 building [N, E, N] tensors: loops compiled with numba (measured to be what keeps the planners within the paper's solve
