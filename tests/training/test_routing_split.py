@@ -1,6 +1,7 @@
 """The vectorised routing split (`split_counts`, what the runtime runs on its device) against the per-expert loop it
 replaced (tests/training/routing_reference.py), bit for bit, on random layouts: replicas (two on one device too), node
-shapes, zero counts, experts without tokens, planner fractions with ties and all-zero rows."""
+shapes, zero counts, experts without tokens, planner fractions with ties and all-zero rows. The reference rounds with
+largest_remainder on numpy arrays, the rule on torch tensors: the check covers both of its backends."""
 
 from __future__ import annotations
 
