@@ -81,14 +81,14 @@ def build(spec: RunSpec, rank: int, world: int):
     # On its device before the transform: the distributed layers keep layout tensors where their weights are.
     model = MoEDecoder(mcfg, seed=spec.seed).to(device_for(int(os.environ.get("LOCAL_RANK", rank))))
     if world > 1:
-        model = distribute(model, spec.parallel, FSEPGroups(dist.group.WORLD, spec.devices_per_node),
-                           spec.slots_per_device, spec.extra.get("deepspeed"))
+        groups = FSEPGroups.from_launcher(dist.group.WORLD, os.environ, spec.devices_per_node)
+        model = distribute(model, spec.parallel, groups, spec.slots_per_device, spec.extra.get("deepspeed"))
     layers = distributed_layers(model)
     balancer = None
     if layers:
         planner = None
         if spec.parallel is Parallel.fsep:
-            planner = make_planner(spec.planner.name, world, spec.slots_per_device, spec.devices_per_node)
+            planner = make_planner(spec.planner.name, world, spec.slots_per_device, groups.devices_per_node)
         balancer = LoadBalancer(layers, dist.group.WORLD, planner, spec.planner.window)
     batches = TokenBatches(spec.tokens, spec.data.seq_len, spec.data.global_batch, rank, world, spec.data.seed)
     trainer = Trainer(model, spec.trainer, batches.batch_per_rank, lm_loss, balancer)

@@ -4,7 +4,10 @@ over the expert's replicas (node-local replicas first), and what that split cost
 Notation: N devices, E experts, C expert slots per device, G devices per node, K = N / G nodes.
 loads[i, j]: tokens from source device i for expert j; routing[i, j, d]: those of them computed on device d.
 
-The runtime calls `split_row` (the rule for its own row) or `split_row_by_weights` (a planner's explicit proportions);
+The rule itself is `split_counts`: tensor ops over per-layout tables (`slot_shares`), for the FSEP rule or a planner's
+explicit proportions. The runtime runs it on its device for its own row with no host sync; host callers (`split_row`,
+`split_row_by_weights`, `fsep_routing`) run the same ops on CPU tensors, all source rows at once (measured 3-30x
+faster than the per-expert Python loop it replaced, kept in tests/training/routing_reference.py as the reference).
 `traffic_summary` is the one definition of a routing's device tokens and sent tokens. The planner scores candidate
 layouts with the sums of the rule, `fsep_summaries` (exact) and `fsep_expected` (fractional, cheaper), without
 building [N, E, N] tensors: loops compiled with numba (measured to be what keeps the planners within the paper's solve
@@ -16,9 +19,11 @@ training.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from numba import njit
 
 from training.placement import Placement
@@ -45,80 +50,149 @@ def traffic_summary(routing: np.ndarray, devices_per_node: int) -> Traffic:
     return Traffic(traffic.sum(0), (traffic * (same & off)).sum(1), (traffic * ~same).sum(1))
 
 
+@dataclass(frozen=True)
+class SlotShares:
+    """The routing rule's tables for one layout and some source devices: from source row s, slot m takes an even share
+    (remainder rotated by the source index) of an `amount` of tokens over a group of `size[s, m]` slots, at
+    `position[s, m]` in that group. Built on the host once per layout (`slot_shares`) and moved to where the counts
+    are; `split_counts` then needs no host data (the runtime's dispatch calls it on the GPU with no sync).
+
+    Groups, device-major: the FSEP rule's group of (source s, expert j) is j's replicas on s's node, or all of j's
+    replicas when that node has none, and its amount is s's tokens for j. With a planner's fractions the group is j's
+    slots on one device d, and its amount is d's count of s's tokens for j (largest remainder of the fractions).
+    """
+
+    sources: torch.Tensor  # [S, 1] int64 source device of each row (the remainder's rotation offset)
+    expert: torch.Tensor  # [M] int64 expert held by each slot, M = N*C slots device-major
+    device: torch.Tensor  # [M] int64 device of each slot
+    size: torch.Tensor  # [S, M] int64 slots in the slot's group for that source; 0: it takes none of its tokens
+    position: torch.Tensor  # [S, M] int64 the slot's place in its group
+    fractions: torch.Tensor | None  # [S, E, N] float64 proportions over devices (None: the FSEP rule)
+    fraction_sums: torch.Tensor | None  # [S, E] float64 their sums along N, taken by numpy (as the planner's)
+
+
+def slot_shares(placement: Placement, sources, devices_per_node: int, fractions: np.ndarray | None = None,
+                device=None) -> SlotShares:
+    """The tables of `split_counts` for source devices `sources` [S] (host numpy, O(S * N * C)).
+
+    fractions: [S, E, N] non-negative proportions over devices for each source row's experts (a planner's routing;
+    only devices holding the expert may have weight, need not sum to 1); None: the FSEP rule (node-local replicas
+    first). A (source, expert) whose fractions sum to 0 falls back to the expert's holder counts.
+    """
+    n, c, e = placement.num_devices, placement.slots_per_device, placement.num_experts
+    g = devices_per_node
+    if g < 1 or n % g:
+        raise ValueError(f"{n} devices do not split into nodes of {g}")
+    src = np.asarray(sources, dtype=np.int64).reshape(-1)
+    if np.any((src < 0) | (src >= n)):
+        raise ValueError(f"source devices {src.tolist()} outside [0, {n})")
+    flat = placement.slots.ravel()  # [M]
+    slot_dev = np.arange(flat.size) // c
+    holders = placement.holders()  # [E, N]
+    replicas = holders.sum(1)  # [E]
+    # occ: the slot's place among all replicas of its expert (device-major); a group is a contiguous run of them.
+    order = np.argsort(flat, kind="stable")
+    occ = np.empty(flat.size, dtype=np.int64)
+    occ[order] = np.arange(flat.size) - (np.cumsum(replicas) - replicas)[flat[order]]
+    table = None
+    if fractions is None:
+        per_node = holders.reshape(e, n // g, g).sum(2)  # [E, K]
+        node = (src // g)[:, None]  # [S, 1]
+        local = per_node[flat[None, :], node]  # [S, M] replicas of the slot's expert on the source's node
+        on_node = (slot_dev // g)[None, :] == node
+        size = np.where(local > 0, local * on_node, replicas[flat][None, :])
+        before = (np.cumsum(per_node, 1) - per_node)[flat[None, :], node]  # replicas on earlier nodes
+        position = np.where(local > 0, occ[None, :] - before, occ[None, :])
+    else:
+        w = np.asarray(fractions, dtype=np.float64)
+        if w.shape != (src.size, e, n):
+            raise ValueError(f"fractions shape {w.shape} does not match ({src.size}, {e}, {n})")
+        w = np.where(w.sum(-1, keepdims=True) > 0, w, holders[None].astype(np.float64))
+        sums = w.sum(-1)
+        sums[sums <= 0] = 1.0  # an expert without a replica: no share anywhere (its tokens are refused by the caller)
+        size = np.broadcast_to(holders[flat, slot_dev], (src.size, flat.size))
+        position = np.broadcast_to(occ - (np.cumsum(holders, 1) - holders)[flat, slot_dev], size.shape)
+        table = (torch.from_numpy(np.ascontiguousarray(w)).to(device), torch.from_numpy(sums).to(device))
+
+    def put(a):
+        return torch.from_numpy(np.array(a, dtype=np.int64)).to(device)  # a copy: placements are read-only
+
+    return SlotShares(put(src[:, None]), put(flat), put(slot_dev), put(size), put(position),
+                      *(table if table is not None else (None, None)))
+
+
+def split_counts(counts: torch.Tensor, shares: SlotShares) -> torch.Tensor:
+    """The routing rule: counts [S, E] int64 tokens of each source row per expert -> [S, M] int64 tokens of each
+    source computed by each slot (device-major). Tensor ops only, on the counts' device (no host sync).
+
+    1. Each slot's amount: the source's count for its expert (FSEP rule), or the largest-remainder count of its device
+       (planner fractions; `training.rounding`, ties: lower device index, so the counts sum to the load).
+    2. A group of r slots shares an amount x: floor(x / r) each, and one more for the x mod r positions starting at the
+       source index (mod r), so no replica is favoured systematically.
+    An expert with tokens but no replica gets no slot: its tokens are missing from the sum (callers check).
+    """
+    if shares.fractions is None:
+        amount = counts.index_select(1, shares.expert)  # Step 1
+    else:
+        split = largest_remainder(counts.unsqueeze(-1).double() * shares.fractions / shares.fraction_sums.unsqueeze(-1),
+                                  counts)  # [S, E, N]
+        n = split.shape[-1]
+        amount = split.flatten(1).index_select(1, shares.expert * n + shares.device)
+    size = shares.size.clamp_min(1)  # Step 2
+    base = amount // size
+    extra = (shares.position - shares.sources) % size < amount - base * size
+    return (base + extra) * (shares.size > 0)
+
+
+def _check_loads(loads: np.ndarray, placement: Placement) -> None:
+    if np.any(loads < 0):
+        raise ValueError("loads must be non-negative")
+    missing = (loads > 0) & (placement.replica_counts() == 0)[None, :]
+    if missing.any():
+        i, j = np.argwhere(missing)[0]
+        raise ValueError(f"expert {j} receives tokens from device {i} but has no replica")
+
+
 def split_row(load_row: np.ndarray, placement: Placement, source: int, devices_per_node: int) -> np.ndarray:
-    """The FSEP routing rule for one source device, per slot.
+    """The FSEP routing rule (`split_counts`) for one source device on the host.
 
     Tokens from `source` for expert j split evenly over j's replicas (slots) on the source's node; if j has none there,
     evenly over all its replicas. A device holding two replicas of j gets two shares, one per slot.
-    Integer split: each replica gets floor(load / r); the remainder goes one each to replicas (in device-major slot
-    order) starting at an offset that rotates with the source device, so no replica is favoured systematically.
-
     load_row: [E] integer tokens from `source` routed to each expert.
     Returns [N, C] int64 tokens from `source` computed by each slot; its sum per expert equals load_row.
     """
+    return _split_rows(load_row, placement, source, devices_per_node, None)
+
+
+def split_row_by_weights(load_row: np.ndarray, weights: np.ndarray, placement: Placement, source: int) -> np.ndarray:
+    """A planner's routing proportions turned into integer per-slot counts for one source device (`split_counts`).
+
+    load_row: [E] integer tokens from `source` per expert. weights: [E, N] non-negative proportions over devices
+    (need not sum to 1; only devices holding the expert may have weight). An expert with tokens but all-zero weights
+    falls back to the proportions of its replica counts. Returns [N, C] int64.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    n, e = placement.num_devices, placement.num_experts
+    if weights.shape != (e, n):
+        raise ValueError(f"weights {weights.shape} do not match ({e}, {n})")
+    return _split_rows(load_row, placement, source, 1, weights[None])
+
+
+def _split_rows(load_row, placement, source, devices_per_node, fractions):
     n, e = placement.num_devices, placement.num_experts
     load_row = np.asarray(load_row)
     if load_row.shape != (e,):
         raise ValueError(f"load row shape {load_row.shape} does not match placement ({e} experts)")
-    if n % devices_per_node:
-        raise ValueError(f"{n} devices do not split into nodes of {devices_per_node}")
     if not 0 <= source < n:
         raise ValueError(f"source device {source} outside [0, {n})")
-    if np.any(load_row < 0):
-        raise ValueError("loads must be non-negative")
-    flat = placement.slots.ravel()  # [N*C] expert per slot, device-major
-    slot_dev = np.arange(flat.size) // placement.slots_per_device
-    local = slot_dev // devices_per_node == source // devices_per_node  # [N*C] slot on the source's node
-    out = np.zeros(flat.size, dtype=np.int64)
-    for j in np.flatnonzero(load_row):
-        holds = flat == j
-        eligible = np.flatnonzero(holds & local) if (holds & local).any() else np.flatnonzero(holds)
-        if eligible.size == 0:
-            raise ValueError(f"expert {j} receives tokens from device {source} but has no replica")
-        r = eligible.size
-        base, rem = divmod(int(load_row[j]), r)
-        share = np.full(r, base, dtype=np.int64)
-        share[(np.arange(rem) + source) % r] += 1
-        out[eligible] = share
-    return out.reshape(placement.slots.shape)
-
-
-def split_row_by_weights(load_row: np.ndarray, weights: np.ndarray, placement: Placement, source: int) -> np.ndarray:
-    """A planner's routing proportions turned into integer per-slot counts for one source device.
-
-    load_row: [E] integer tokens from `source` per expert. weights: [E, N] non-negative proportions over devices
-    (need not sum to 1; only devices holding the expert may have weight). Per expert:
-      1. device counts: load * w / sum w by largest remainder (`training.rounding`; ties: lower device index), so
-         the counts are deterministic and sum to the load;
-      2. a device's count splits evenly over its slots holding the expert, remainder rotated by the source index.
-    An expert with tokens but all-zero weights falls back to `split_row`'s even split over all its replicas.
-    Returns [N, C] int64.
-    """
-    n, e, c = placement.num_devices, placement.num_experts, placement.slots_per_device
-    load_row = np.asarray(load_row)
-    weights = np.asarray(weights, dtype=np.float64)
-    if load_row.shape != (e,) or weights.shape != (e, n):
-        raise ValueError(f"load row {load_row.shape} / weights {weights.shape} do not match ({e},) / ({e}, {n})")
-    holders = placement.holders()  # [E, N]
-    out = np.zeros((n, c), dtype=np.int64)
-    for j in np.flatnonzero(load_row):
-        w = weights[j]
-        if w.sum() <= 0:
-            w = holders[j].astype(np.float64)
-        if w.sum() <= 0:
-            raise ValueError(f"expert {j} receives tokens from device {source} but has no replica")
-        dev = largest_remainder(int(load_row[j]) * w / w.sum(), int(load_row[j]))  # Step 1
-        for d in np.flatnonzero(dev):  # Step 2
-            cs = np.flatnonzero(placement.slots[d] == j)
-            base, r = divmod(int(dev[d]), cs.size)
-            share = np.full(cs.size, base, dtype=np.int64)
-            share[(np.arange(r) + source) % cs.size] += 1
-            out[d, cs] = share
-    return out
+    shares = slot_shares(placement, [source], devices_per_node, fractions)
+    _check_loads(load_row[None], placement)
+    counts = torch.from_numpy(np.ascontiguousarray(load_row[None], dtype=np.int64))
+    return split_counts(counts, shares).numpy().reshape(placement.slots.shape)
 
 
 def fsep_routing(loads: np.ndarray, placement: Placement, devices_per_node: int) -> np.ndarray:
-    """The FSEP routing rule over all source devices (see `split_row`, which the runtime calls for its own row).
+    """The FSEP routing rule over all source devices (`split_counts`, all rows at once).
 
     loads: [N, E] integer tokens from source device i routed to expert j.
     Returns routing [N, E, N] int64: tokens from i for j computed on device d; routing.sum(2) == loads.
@@ -127,12 +201,12 @@ def fsep_routing(loads: np.ndarray, placement: Placement, devices_per_node: int)
     n, e = placement.num_devices, placement.num_experts
     if loads.shape != (n, e):
         raise ValueError(f"loads shape {loads.shape} does not match placement ({n} devices, {e} experts)")
-    routing = np.zeros((n, e, n), dtype=np.int64)
-    dev_of_slot = np.repeat(np.arange(n), placement.slots_per_device)
-    for i in range(n):
-        per_slot = split_row(loads[i], placement, i, devices_per_node).ravel()  # [N*C]
-        np.add.at(routing[i], (placement.slots.ravel(), dev_of_slot), per_slot)
-    return routing
+    shares = slot_shares(placement, np.arange(n), devices_per_node)
+    _check_loads(loads, placement)
+    per_slot = split_counts(torch.from_numpy(np.ascontiguousarray(loads, dtype=np.int64)), shares)  # [N, M]
+    routing = torch.zeros(n, e * n, dtype=torch.int64)
+    routing.index_add_(1, shares.expert * n + shares.device, per_slot)
+    return routing.view(n, e, n).numpy()
 
 
 @compiled

@@ -50,7 +50,7 @@ def main(out_dir: Path) -> dict:
     cfg = ModelConfig(vocab_size=1024, hidden=512, ffn=1792, num_layers=2, num_heads=8, num_kv_heads=2,
                       num_experts=8, top_k=2, max_seq_len=512, aux_loss_coef=0.01)
     tokens = torch.randint(0, cfg.vocab_size, (8, 512), device=dev)
-    groups = FSEPGroups.create(dist.group.WORLD)
+    groups = FSEPGroups.create(dist.group.WORLD, devices_per_node=1)
     results = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "config": cfg.__dict__,
                "tokens": list(tokens.shape), "modes": []}
     for keep in (False, True):

@@ -117,7 +117,7 @@ def case_identity_layout(rank, n):
     for k in (1, 2):
         e = 2 * n
         ref, x, g = setup(n, e, k, seed=1 + k)
-        layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD), 2, Placement(np.arange(e).reshape(n, 2), e))
+        layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), 2, Placement(np.arange(e).reshape(n, 2), e))
         compare(layer, ref, x, g, rank)
 
 
@@ -129,7 +129,7 @@ def case_random_layouts_with_replicas(rank, n):
         ref, x, g = setup(n, e, k, seed=100 + trial)
         placement = random_placement(rng, n, e, c)
         assert placement.replica_counts().max() > 1
-        compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, placement), ref, x, g, rank)
+        compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), c, placement), ref, x, g, rank)
 
 
 def case_expert_twice_on_one_device(rank, n):
@@ -139,14 +139,14 @@ def case_expert_twice_on_one_device(rank, n):
         ref, x, g = setup(n, e, k, seed=200 + k)
         placement = random_placement(rng, n, e, c, twice_on_one=True)
         assert placement.slots[0, 0] == placement.slots[0, 1]
-        compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, placement), ref, x, g, rank)
+        compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), c, placement), ref, x, g, rank)
 
 
 def case_one_slot_per_device(rank, n):
     for k, e in ((1, n), (2, n), (1, n - 1)):  # C = 1; with E < N one expert is replicated
         ref, x, g = setup(n, e, k, seed=300 + e + k)
         slots = (np.arange(n) % e).reshape(n, 1)
-        compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD), 1, Placement(slots, e)), ref, x, g, rank)
+        compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), 1, Placement(slots, e)), ref, x, g, rank)
 
 
 def case_skewed_replay_with_idle_experts(rank, n):
@@ -156,7 +156,7 @@ def case_skewed_replay_with_idle_experts(rank, n):
         ref, x, g = setup(n, e, k, seed=400 + k)
         targets = skewed_targets(rng, n, e, k)
         assert any((t == 0).any() for t in targets)
-        layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, random_placement(rng, n, e, c))
+        layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), c, random_placement(rng, n, e, c))
         compare(layer, ref, x, g, rank, targets)
         y, _ = layer(x[rank], targets[rank])  # the replay gate reproduced the counts exactly
         idx, _, _ = layer.router(x[rank], targets[rank])
@@ -171,7 +171,7 @@ def case_node_local_rule_and_planner_weights(rank, n):
     dpn = 2 if n % 2 == 0 else 1
     compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD, dpn), c, placement), ref, x, g, rank)
     weights = rng.random((n, e, n)) * (placement.holders()[None] > 0)  # proportions only on holders
-    layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD), c)
+    layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), c)
     layer.set_placement(placement, weights)
     compare(layer, ref, x, g, rank)
 
@@ -187,7 +187,7 @@ def case_padded_shards(rank, n):
         for k in (1, 2):
             e, c = n + 2, 2
             ref, x, g = setup(n, e, k, seed=650 + k)
-            layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, random_placement(rng, n, e, c))
+            layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), c, random_placement(rng, n, e, c))
             assert layer.shard_width * n > layer.num_elements
             compare(layer, ref, x, g, rank)
             want = reference_shard(ref.w1.grad, ref.w3.grad, ref.w2.grad, n, rank)
@@ -203,7 +203,7 @@ def case_restore_matches_plain_restore(rank, n):
     gradient, with P not divisible by N and an expert twice on one device."""
     rng = np.random.default_rng(31)
     e, c, h, f = n + 1, 3, 7, 5  # P = 105
-    layer = FSEPMoE(h, f, e, 2, c, FSEPGroups(dist.group.WORLD), random_placement(rng, n, e, c, twice_on_one=True))
+    layer = FSEPMoE(h, f, e, 2, c, FSEPGroups(dist.group.WORLD, 1), random_placement(rng, n, e, c, twice_on_one=True))
     torch.manual_seed(40 + rank)
     with torch.no_grad():
         layer.expert_shard.normal_()
@@ -226,7 +226,7 @@ def case_restore_matches_plain_restore(rank, n):
 def case_no_overlap_same_result(rank, n):
     e, c, k = 2 * n, 2, 2
     ref, x, g = setup(n, e, k, seed=600)
-    compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, comm_opt=False), ref, x, g, rank)
+    compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), c, comm_opt=False), ref, x, g, rank)
 
 
 def case_max_block_rows_same_result(rank, n):
@@ -236,15 +236,15 @@ def case_max_block_rows_same_result(rank, n):
     e, c, k = n + 1, 3, 2
     ref, x, g = setup(n, e, k, seed=700)
     placement = random_placement(rng, n, e, c, twice_on_one=True)
-    compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, placement, max_block_rows=3), ref, x, g, rank)
+    compare(apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), c, placement, max_block_rows=3), ref, x, g, rank)
     ref, x, g = setup(n, 2 * n, k, seed=701)
-    compare(apply_ep(ref, FSEPGroups(dist.group.WORLD), max_block_rows=3), ref, x, g, rank)
+    compare(apply_ep(ref, FSEPGroups(dist.group.WORLD, 1), max_block_rows=3), ref, x, g, rank)
 
 
 def case_baselines_ep_and_fsdp_ep(rank, n):
     e, k = 2 * n, 2
     ref, x, g = setup(n, e, k, seed=700)
-    groups = FSEPGroups(dist.group.WORLD)
+    groups = FSEPGroups(dist.group.WORLD, 1)
     compare(apply_ep(ref, groups), ref, x, g, rank)
     compare(apply_fsdp_ep(ref, groups, 2), ref, x, g, rank)
     targets = skewed_targets(np.random.default_rng(3), n, e, k)
@@ -255,7 +255,7 @@ def case_relayouts_leave_parameters_unchanged(rank, n):
     rng = np.random.default_rng(19)
     e, c, k = 2 * n, 3, 2
     ref, x, g = setup(n, e, k, seed=800)
-    layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD), c)
+    layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), c)
     before = [p.detach().clone() for p in layer.parameters()]
     y_ref, _ = ref_step(ref, x, g)
     for i in range(100):
@@ -271,7 +271,7 @@ def case_relayouts_leave_parameters_unchanged(rank, n):
 def case_optimizer_step_on_shards(rank, n):
     e, c, k = 2 * n, 3, 2
     ref, x, g = setup(n, e, k, seed=900)
-    layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD), c, random_placement(np.random.default_rng(5), n, e, c))
+    layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), c, random_placement(np.random.default_rng(5), n, e, c))
     ref_step(ref, x, g)
     torch.optim.Adam(ref.parameters(), lr=1e-2).step()
     layer.zero_grad()
@@ -290,7 +290,7 @@ def case_optimizer_step_on_shards(rank, n):
 def case_persistent_parameter_count(rank, n):
     for e, c in ((2 * n, 2), (2 * n + 1, 3)):
         ref, _, _ = setup(n, e, 2, seed=1000)
-        layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD), c)
+        layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), c)
         p = 3 * H * F
         expert_params = sum(q.numel() for name, q in layer.named_parameters() if not name.startswith("router"))
         assert expert_params == e * math.ceil(p / n), (expert_params, e * math.ceil(p / n))
@@ -300,7 +300,7 @@ def case_persistent_parameter_count(rank, n):
 def case_weights_round_trip(rank, n):
     """Both layers load the same weights: reference -> FSEP / EP -> reference is exact."""
     ref, _, _ = setup(n, 2 * n, 2, seed=1200)
-    groups = FSEPGroups(dist.group.WORLD)
+    groups = FSEPGroups(dist.group.WORLD, 1)
     for layer in (apply_fsep(ref, groups, 3), apply_ep(ref, groups)):
         back = export_reference(layer)
         for a, b in zip(back.parameters(), ref.parameters()):
@@ -308,7 +308,7 @@ def case_weights_round_trip(rank, n):
 
 
 def case_clear_errors(rank, n):
-    groups = FSEPGroups(dist.group.WORLD)
+    groups = FSEPGroups(dist.group.WORLD, 1)
     try:
         FSEPMoE(H, F, 2 * n + 1, 2, 2, groups)
         raise AssertionError("N*C < E accepted")
@@ -349,7 +349,7 @@ def case_deepspeed_dropless_equals_reference(rank, n):
     for k in (1, 2):
         e = 2 * n
         ref, x, g = setup(n, e, k, seed=1100 + k)
-        layer = DeepSpeedEP(ref, FSEPGroups(dist.group.WORLD), drop_tokens=False)
+        layer = DeepSpeedEP(ref, FSEPGroups(dist.group.WORLD, 1), drop_tokens=False)
         targets = skewed_targets(np.random.default_rng(k), n, e, k)
         for tg in (None, targets):
             ref.zero_grad()

@@ -108,10 +108,10 @@ def case_model_of_several_layers(rank, n):
     single-process model's."""
     tokens = batches(n, seed=1)
     rng = np.random.default_rng(3)
-    for groups, kw in ((FSEPGroups.create(dist.group.WORLD), {}),
-                       (FSEPGroups(dist.group.WORLD), {"keep_restored": True}),
-                       (FSEPGroups(dist.group.WORLD), {"comm_opt": False}),
-                       (FSEPGroups(dist.group.WORLD), {"comm_opt": False, "keep_restored": True})):
+    for groups, kw in ((FSEPGroups.create(dist.group.WORLD, devices_per_node=1), {}),
+                       (FSEPGroups(dist.group.WORLD, 1), {"keep_restored": True}),
+                       (FSEPGroups(dist.group.WORLD, 1), {"comm_opt": False}),
+                       (FSEPGroups(dist.group.WORLD, 1), {"comm_opt": False, "keep_restored": True})):
         ref, model = build(groups, **kw)
         relayout(model, rng, n)
         want = ref_grads(ref, [tokens])
@@ -132,7 +132,7 @@ def case_checkpointing_with_relayouts(rank, n):
     want = ref_grads(ref, [tokens])
     for reentrant in (False, True):
         for keep in (False, True):
-            model = checkpointed(apply_fsep(copy.deepcopy(ref), FSEPGroups.create(dist.group.WORLD), C,
+            model = checkpointed(apply_fsep(copy.deepcopy(ref), FSEPGroups.create(dist.group.WORLD, devices_per_node=1), C,
                                             keep_restored=keep), reentrant)
             relayout(model, rng, n)
             loss = loss_of(model, tokens[rank])
@@ -146,7 +146,7 @@ def case_accumulation_across_layouts(rank, n):
     its forward and backward, and two forwards in flight at once: the accumulated gradients equal the reference's."""
     mbs = [batches(n, seed=10 + i) for i in range(3)]
     rng = np.random.default_rng(7)
-    ref, model = build(FSEPGroups.create(dist.group.WORLD))
+    ref, model = build(FSEPGroups.create(dist.group.WORLD, devices_per_node=1))
     want = ref_grads(ref, [mbs[0], mbs[1], mbs[2][:, :1], mbs[2][:, 1:]])
     model.zero_grad()
     relayout(model, rng, n)
@@ -182,7 +182,7 @@ def case_memory_lifecycle(rank, n):
     from forward to backward. Both give everything back after the backward."""
     tokens = batches(n, seed=4)
     for keep in (False, True):
-        _, model = build(FSEPGroups.create(dist.group.WORLD), keep_restored=keep)
+        _, model = build(FSEPGroups.create(dist.group.WORLD, devices_per_node=1), keep_restored=keep)
         layers = distributed_layers(model)
         sched = layers[0].schedule
         per_layer = C * n * layers[0].shard_width * 4  # U*N*S fp32 bytes: round-robin puts C distinct experts here
@@ -256,7 +256,7 @@ def case_schedule_order(rank, n):
     is launched. comm_opt off: each restore launched right before its own compute, gradients finished at once."""
     tokens = batches(n, seed=6)
     for comm_opt in (True, False):
-        _, model = build(FSEPGroups.create(dist.group.WORLD), comm_opt=comm_opt)
+        _, model = build(FSEPGroups.create(dist.group.WORLD, devices_per_node=1), comm_opt=comm_opt)
         forward, backward = traced_step(model, tokens[rank])
         pos = {e: forward.index(e) for e in forward}
         bpos = {e: backward.index(e) for e in backward}
@@ -273,7 +273,7 @@ def case_deferred_gradient_runs_shard_hooks(rank, n):
     post-accumulate hook (what DeepSpeed's ZeRO and bf16 optimizers hook) runs once per backward, with the
     gradient already in .grad, and accumulation over two backwards adds."""
     tokens = batches(n, seed=8)
-    _, model = build(FSEPGroups.create(dist.group.WORLD))
+    _, model = build(FSEPGroups.create(dist.group.WORLD, devices_per_node=1))
     layers = distributed_layers(model)
     seen = {i: [] for i in range(L)}
 
@@ -304,7 +304,7 @@ def case_bf16_against_bf16_reference(rank, n):
         e = 2 * n
         ref, x, g = setup(n, e, k, seed=1300 + k)
         x, g = x.bfloat16(), g.bfloat16()
-        layer = apply_fsep(ref, FSEPGroups.create(dist.group.WORLD), 3, random_placement(np.random.default_rng(k), n,
+        layer = apply_fsep(ref, FSEPGroups.create(dist.group.WORLD, devices_per_node=1), 3, random_placement(np.random.default_rng(k), n,
                                                                                            e, 3, twice_on_one=True),
                            compute_dtype=torch.bfloat16)
         assert layer.expert_shard.dtype == torch.float32
@@ -343,7 +343,7 @@ def case_standalone_layer_defaults(rank, n):
 
     ref, x, g = setup(n, 2 * n, 2, seed=1400)
     for keep in (False, True):
-        layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD), 2, keep_restored=keep)
+        layer = apply_fsep(ref, FSEPGroups(dist.group.WORLD, 1), 2, keep_restored=keep)
         assert layer.schedule.layers == [layer]
         compare(layer, ref, x, g, rank)
     assert isinstance(ref, ReferenceMoE)

@@ -53,7 +53,7 @@ def make(parallel: Parallel | None, rank: int, world: int, planner: str | None =
 
     model = MoEDecoder(NO_AUX if parallel is Parallel.deepspeed_ep else CFG, seed=0)
     if parallel is not None:
-        model = distribute(model, parallel, FSEPGroups(dist.group.WORLD), C)
+        model = distribute(model, parallel, FSEPGroups(dist.group.WORLD, 1), C)
     layers = distributed_layers(model)
     balancer = None
     if layers:
@@ -92,7 +92,7 @@ def rel(a: list[float], b: list[float]) -> float:
 def case_shards_survive_initialize(rank, n, ctx):
     from training.trainer import Trainer
 
-    model = distribute(MoEDecoder(CFG, seed=0), Parallel.fsep, FSEPGroups(dist.group.WORLD), C)
+    model = distribute(MoEDecoder(CFG, seed=0), Parallel.fsep, FSEPGroups(dist.group.WORLD, 1), C)
     before = [m.expert_shard.detach().clone() for m in distributed_layers(model)]
     Trainer(model, trainer_cfg(1), B, lm_loss)
     for b, m in zip(before, distributed_layers(model)):

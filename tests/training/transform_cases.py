@@ -111,7 +111,7 @@ def check_moe_layers(model, ref_model):
 
 # ---------------------------------------------------------------------------------------------------------------
 def case_decoder_fsep(rank, n):
-    groups = FSEPGroups(dist.group.WORLD)
+    groups = FSEPGroups(dist.group.WORLD, 1)
     cfg = tiny_config()
     tokens = batch(cfg, n)
     placement = random_placement(np.random.default_rng(1), n, cfg.num_experts, 3)
@@ -126,7 +126,7 @@ def case_decoder_fsep(rank, n):
 
 def case_decoder_fsep_tied_bias_and_relayout(rank, n):
     """Tied embeddings, QKV bias, top-1; layers re-laid out independently after the transform."""
-    groups = FSEPGroups(dist.group.WORLD)
+    groups = FSEPGroups(dist.group.WORLD, 1)
     cfg = tiny_config(tie_embeddings=True, qkv_bias=True, top_k=1, num_experts=3, num_layers=3)
     tokens = batch(cfg, n, seed=1)
     ref_model, ref_logits, ref_losses = decoder_reference(cfg, tokens, seed=5)
@@ -139,7 +139,7 @@ def case_decoder_fsep_tied_bias_and_relayout(rank, n):
 
 
 def case_decoder_ep_and_fsdp_ep(rank, n):
-    groups = FSEPGroups(dist.group.WORLD)
+    groups = FSEPGroups(dist.group.WORLD, 1)
     cfg = tiny_config()
     tokens = batch(cfg, n, seed=2)
     targets = replay_targets(n, cfg.num_layers, cfg.num_experts, cfg.top_k, seed=3)
@@ -181,7 +181,7 @@ def case_layer_still_accepted(rank, n):
     from training.moe import ReferenceMoE
 
     torch.manual_seed(0)
-    layer = apply_fsep(ReferenceMoE(8, 12, 4, 2), FSEPGroups(dist.group.WORLD), 2)
+    layer = apply_fsep(ReferenceMoE(8, 12, 4, 2), FSEPGroups(dist.group.WORLD, 1), 2)
     assert isinstance(layer, FSEPMoE)
 
 
@@ -234,7 +234,7 @@ def case_hf_mixtral(rank, n):
 
     from training.hf import HFMoEBlock
 
-    groups = FSEPGroups(dist.group.WORLD)
+    groups = FSEPGroups(dist.group.WORLD, 1)
     tokens = batch(tiny_config(), n, seed=6)
     ref_model, ref_logits, ref_losses, ref_aux = hf_reference(tokens)
     ref_blocks = [m for m in ref_model.modules() if isinstance(m, MixtralSparseMoeBlock)]

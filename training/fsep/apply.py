@@ -144,7 +144,7 @@ def apply_deepspeed_moe(model: nn.Module, ep_size: int, drop_tokens: bool = Fals
     if ep_size != dist.get_world_size():
         raise ValueError(f"apply_deepspeed_moe: ep_size = {ep_size} must equal the world size "
                          f"{dist.get_world_size()} (expert-data-parallel replicas are not supported)")
-    groups = FSEPGroups(dist.group.WORLD)
+    groups = FSEPGroups(dist.group.WORLD, 1)  # DeepSpeed routes by itself: no node-local rule to feed
     return replace_moe_blocks(model, lambda ref: DeepSpeedEP(ref, groups, drop_tokens, capacity_factor))
 
 

@@ -12,8 +12,10 @@ there and in each method's docstring):
                     [E, S] shard -> [U, P], scheduled across layers and freed after the compute
                     (`training.fsep.schedule`); EP: my experts are stored whole, no communication
   route             router / trace-replay gate (no communication)
-  dispatch          per-slot counts from the routing rule, count exchange and token all_to_all_single with uneven splits
-  compute           each slot's SwiGLU expert on the tokens it received, block by (source, slot) block (no communication)
+  dispatch          per-slot counts from the routing rule on the device, count exchange (the layer's one host sync)
+                    and token all_to_all_single with uneven splits
+  compute           received rows grouped by slot, every slot's SwiGLU expert as one grouped op per matrix
+                    (`experts.grouped_swiglu`; no communication)
   combine           token all_to_all_single back, weighted sum of each token's k results (communication only in the a2a)
   gradient scatter  restore's backward: restored-row gradients -> storage gradient. FSEP: gradient all-to-all + fp32
                     sum over replicas into the shard gradient (`restore.start_gradient_scatter`, deferred by the
@@ -34,42 +36,46 @@ import torch.distributed as dist
 from torch import nn
 
 from training.fsep.comm import all_to_all_tokens
+from training.fsep.experts import grouped_swiglu
 from training.fsep.groups import FSEPGroups
 from training.fsep.layout import LayerLayout
 from training.fsep.permute import inverse_permutation, permute_rows
 from training.fsep.restore import RestoreWeights, expert_views
 from training.fsep.schedule import RestoredExperts, RestoreSchedule
-from training.moe.reference import ReferenceMoE, Router, swiglu
+from training.moe.gating import route_counts
+from training.moe.reference import ReferenceMoE, Router
 from training.placement import Placement
-from training.routing import split_row, split_row_by_weights
+from training.routing import split_counts
 
 
 @dataclass
 class DispatchPlan:
-    """What combine needs to undo dispatch (one forward's bookkeeping, not layer state)."""
+    """What compute and combine need to undo dispatch (one forward's bookkeeping, not layer state)."""
 
     send_order: torch.Tensor  # [T*k] route ids in send order (by destination device, then slot)
     send_inv: torch.Tensor  # [T*k] inverse of send_order: position of each route in the send buffer
     send_splits: list[int]  # [N] routes sent to each device
     recv_splits: list[int]  # [N] routes received from each device
     block_sizes: list[int]  # [N*C] received rows per (source, slot) block, in wire order (source-major)
-    block_slot: list[int]  # [N*C] the slot whose restored expert computes each block (a duplicate's first copy)
+    block_order: list[int]  # [N*C] wire blocks in grouped order: by the slot that computes them, then wire order
+    group_sizes: list[int]  # [U] rows per restored expert in the grouped order (a duplicate slot's rows join its row)
+    group_ends: torch.Tensor  # [U] int32 cumulative group_sizes on the device (the grouped GEMM's offsets)
 
 
-def _block_gather(src_start: np.ndarray, length: np.ndarray, total: int, device) -> torch.Tensor:
+def _block_gather(src_start: torch.Tensor, length: torch.Tensor, total: int) -> torch.Tensor:
     """Index that lays blocks out back to back: output block b (length[b] rows, in the given order) reads the source
-    rows src_start[b] .. src_start[b] + length[b] - 1. Built from per-block offsets on the host (small) and one
-    repeat_interleave on the device."""
-    shift = src_start - (np.cumsum(length) - length)  # [blocks] source minus output position of each block
-    return torch.arange(total, device=device) + torch.repeat_interleave(
-        torch.from_numpy(shift).to(device), torch.from_numpy(length).to(device), output_size=total)
+    rows src_start[b] .. src_start[b] + length[b] - 1. Device tensors in and out; `total` (= length.sum(), known on
+    the host) lets repeat_interleave size its output without reading it back."""
+    shift = src_start - (torch.cumsum(length, 0) - length)  # [blocks] source minus output position of each block
+    return torch.arange(total, device=length.device) + torch.repeat_interleave(shift, length, output_size=total)
 
 
-def slot_weights(experts: torch.Tensor, parts) -> list[tuple[torch.Tensor, ...]]:
-    """experts [C, P] -> per slot the matrices of `parts` (views). unbind/split rather than slicing: their backward is
-    one stack/cat, where every slice's backward would allocate and zero-fill a whole [C, P] gradient."""
-    sizes = [a * b for a, b in parts]
-    return [tuple(m.view(shape) for m, shape in zip(row.split(sizes), parts)) for row in experts.unbind(0)]
+def _reorder_blocks(x: torch.Tensor, sizes: list[int], order: list[int]) -> torch.Tensor:
+    """x's row blocks (`sizes`, back to back) laid out in `order`: one cat of views, a plain copy each way (as
+    Megatron's sort_chunks_by_idxs), measured cheaper on a CPU than a row gather by an index."""
+    chunks = x.split(sizes)
+    picked = [chunks[i] for i in order if sizes[i]]
+    return torch.cat(picked) if len(picked) > 1 else picked[0] if picked else x
 
 
 def default_placement(num_devices: int, num_experts: int, slots_per_device: int) -> Placement:
@@ -138,7 +144,8 @@ class DistributedMoE(nn.Module, ABC):
         of the next forward on. A forward captures it (`_forward_layout`), so its recompute and backward keep it.
         Slots of my device holding the same expert compute as one: rows of a duplicate slot run in one matmul with
         the first copy's restored weights (same result, larger matmul; the shard gradient sums over replicas)."""
-        self._layout = LayerLayout.build(placement, routing_fractions, self.groups.rank, self.router.weight.device)
+        self._layout = LayerLayout.build(placement, routing_fractions, self.groups.rank, self.groups.devices_per_node,
+                                         self.router.weight.device)
         self._active: LayerLayout | None = None  # the layout of the forward running now, if any
 
     @contextmanager
@@ -168,19 +175,12 @@ class DistributedMoE(nn.Module, ABC):
         return self.layout.slots  # [N, C]
 
     @property
-    def _slots_by_expert(self) -> np.ndarray:
+    def _slots_by_expert(self) -> torch.Tensor:
         return self.layout.slots_by_expert
 
     @property
     def _compute_slot(self) -> np.ndarray:
         return self.layout.compute_slot  # [C] row of my restored weights per slot
-
-    def slot_counts(self, expert_counts: np.ndarray) -> np.ndarray:
-        """[N, C] routes this device sends to each slot, from its own [E] expert counts (its row of the rule)."""
-        r = self.groups.rank
-        if self.routing_fractions is not None:
-            return split_row_by_weights(expert_counts, self.routing_fractions[r], self.placement, r)
-        return split_row(expert_counts, self.placement, r, self.groups.devices_per_node)
 
     def expert_parts(self) -> tuple[tuple[int, int], ...]:
         """Shapes of one expert's matrices in flat order: w1 [F, H], w3 [F, H], w2 [H, F]."""
@@ -206,52 +206,56 @@ class DistributedMoE(nn.Module, ABC):
     def dispatch(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, DispatchPlan]:
         """x [T, H], idx [T, k] -> received tokens [R, H] in (source, slot) blocks (communicates: counts, tokens).
 
-        1. Count routes per expert on the device; only these E numbers come to the host (the split sizes the
-           all-to-all needs), and the routing rule splits them over slots (own row only).
+        1. Count routes per expert and split them over slots with the routing rule (`routing.split_counts`), on the
+           device.
         2. Routes sorted by expert take the slot sequence of that expert's replicas in order: a run of per_slot[s]
            routes per slot s. Sending by slot reorders whole runs, so the send order is the expert sort shifted by
-           one offset per run (no second sort, no [T*k] host round trip).
-        3. Exchange per-slot counts, then the tokens (uneven all_to_all_single).
-        Received rows stay in wire order, (source, slot) blocks: compute runs each block in place, so neither
-        direction needs a regrouping copy."""
-        n, c, k = self.groups.size, self.slots_per_device, self.top_k
-        dev = x.device
+           one offset per run (no second sort).
+        3. Exchange per-slot counts, then bring the expert counts and the sent and received per-slot counts to the
+           host in one transfer: the layer's only host sync (the token all-to-all needs its split sizes there).
+        4. The tokens (uneven all_to_all_single).
+        """
+        n, c, e = self.groups.size, self.slots_per_device, self.num_experts
+        m = n * c
         experts = idx.reshape(-1)  # [T*k]
         routes = experts.numel()
-        counts = torch.bincount(experts, minlength=self.num_experts).cpu().numpy()  # Step 1
-        self.expert_counts = counts
-        per_slot = self.slot_counts(counts)  # [N, C]
-        flat = per_slot.ravel()
-        by_expert = torch.argsort(experts, stable=True)  # Step 2
-        run_len = flat[self._slots_by_expert]
-        run_start = np.empty_like(flat)
-        run_start[self._slots_by_expert] = np.cumsum(run_len) - run_len  # where slot s's run sits in by_expert
-        send_order = by_expert.index_select(0, _block_gather(run_start, flat, routes, dev))
+        counts = route_counts(idx, e)  # Step 1, [E]
+        per_slot = split_counts(counts.unsqueeze(0), self.layout.shares)[0]  # [N*C]
+        recv_counts = torch.empty_like(per_slot)  # Step 3, [N*C]: C per source, wire order
+        dist.all_to_all_single(recv_counts, per_slot, group=self.groups.ep)
+        host = torch.cat([counts, per_slot, recv_counts]).tolist()
+        self.expert_counts = np.array(host[:e], dtype=np.int64)
+        sent = np.array(host[e:e + m], dtype=np.int64).reshape(n, c)
+        got = np.array(host[e + m:], dtype=np.int64)
+        if sent.sum() != routes:
+            j = int(np.flatnonzero(self.layout.unplaced & (self.expert_counts > 0))[0])
+            raise ValueError(f"expert {j} receives tokens from device {self.groups.rank} but has no replica")
+        send_splits, recv_splits = sent.sum(1).tolist(), got.reshape(n, c).sum(1).tolist()
+        by_expert = torch.argsort(experts, stable=True)  # Step 2 (its sizes are checked by now)
+        run_len = per_slot.index_select(0, self._slots_by_expert)
+        run_start = torch.empty_like(per_slot).index_copy_(0, self._slots_by_expert, torch.cumsum(run_len, 0) - run_len)
+        send_order = by_expert.index_select(0, _block_gather(run_start, per_slot, routes))
         send_inv = inverse_permutation(send_order)
-        recv_counts = torch.empty(n, c, dtype=torch.int64, device=dev)  # Step 3
-        dist.all_to_all_single(recv_counts, torch.from_numpy(per_slot).to(dev), group=self.groups.ep)
-        recv_counts = recv_counts.cpu().numpy()
-        send_splits = per_slot.sum(1).tolist()
-        recv_splits = recv_counts.sum(1).tolist()
-        recv = all_to_all_tokens(permute_rows(x, send_order, send_inv, k), recv_splits, send_splits, self.groups.ep)
-        plan = DispatchPlan(send_order, send_inv, send_splits, recv_splits, recv_counts.ravel().tolist(),
-                            np.tile(self._compute_slot, n).tolist())
+        recv = all_to_all_tokens(permute_rows(x, send_order, send_inv, self.top_k), recv_splits, send_splits,
+                                 self.groups.ep)  # Step 4
+        layout, u = self.layout, self.layout.num_rows  # u restored rows compute the received blocks
+        group_rows = torch.zeros(u, dtype=torch.int64, device=x.device).index_add_(0, layout.block_group, recv_counts)
+        sizes = np.bincount(layout.block_group_host, weights=got, minlength=u).astype(np.int64).tolist()
+        plan = DispatchPlan(send_order, send_inv, send_splits, recv_splits, got.tolist(), layout.block_order, sizes,
+                            torch.cumsum(group_rows, 0).to(torch.int32))
         return recv, plan
 
     def compute(self, tokens: torch.Tensor, weights: tuple[torch.Tensor, ...], plan: DispatchPlan) -> torch.Tensor:
-        """Run each (source, slot) block of received rows through its slot's expert (no communication).
-        tokens [R, H] in wire order; weights = (w1, w3, w2) stacked over restored rows (`restore_weights`, or
-        `slot_weights` of a [C, P] tensor); plan.block_slot names each block's row. Duplicates of an expert on this
-        device all use the first copy's row (same result; the shard gradient sums replicas anyway)."""
-        blocks = [(slot, chunk) for slot, chunk in zip(plan.block_slot, tokens.split(plan.block_sizes)) if len(chunk)]
-        if self.max_block_rows is not None:
-            blocks = [(slot, piece) for slot, chunk in blocks for piece in chunk.split(self.max_block_rows)]
-        # With no rows at all, one empty block still ties the output to the experts, so every device runs the restore
-        # backward (a collective) even when it received no tokens.
-        outs = []
-        for slot, chunk in blocks or [(plan.block_slot[0], tokens[:0])]:
-            outs.append(swiglu(chunk, *(w[slot] for w in weights)))
-        return torch.cat(outs)
+        """Received rows [R, H] (wire order) through their slots' experts, [R, H] back in wire order (no
+        communication). weights: (w1 [U, F, H], w3 [U, F, H], w2 [U, H, F]) from `restore_weights` (or
+        `restore.expert_views` of a [U, P] tensor), one row per distinct expert of my slots. Rows are regrouped by
+        restored row so each matrix is one grouped op over all of them (`experts.grouped_swiglu`); duplicates of an
+        expert on this device compute as one group (the shard gradient sums replicas anyway)."""
+        order = plan.block_order
+        rows = _reorder_blocks(tokens, plan.block_sizes, order)
+        out = grouped_swiglu(rows, *weights, plan.group_sizes, plan.group_ends, self.max_block_rows)
+        back = np.argsort(order).tolist()  # grouped position of each wire block
+        return _reorder_blocks(out, [plan.block_sizes[i] for i in order], back)
 
     def combine(self, out: torch.Tensor, plan: DispatchPlan, weights: torch.Tensor) -> torch.Tensor:
         """Send results back and weight each token's k results by its [T, k] combine weights (communicates: one

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from training.placement import Placement
+from training.routing import SlotShares, slot_shares
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,9 @@ class LayerLayout:
     routing_fractions: np.ndarray | None
     # [N, C] placement.slots as a tensor on the layer's device.
     slots: torch.Tensor
-    # [N*C] flat slot ids (device-major) sorted by expert: routes sorted by expert map onto this sequence.
-    slots_by_expert: np.ndarray
+    # [N*C] flat slot ids (device-major) sorted by expert, on the layer's device: routes sorted by expert map onto
+    # this sequence.
+    slots_by_expert: torch.Tensor
     # [C] for each of my slots, the row of my restored weights that computes its tokens (rows are my distinct
     # experts in first-appearance order, so a duplicate uses its first copy's row).
     compute_slot: np.ndarray
@@ -34,18 +36,39 @@ class LayerLayout:
     restored: torch.Tensor
     # [N] U_r, the restored rows of each device.
     restored_counts: tuple[int, ...]
+    # The routing rule's tables for my row, on the layer's device: dispatch splits counts there with no host data.
+    shares: SlotShares
+    # [E] experts with no replica (the rule cannot place their tokens).
+    unplaced: np.ndarray
+    # [N*C] restored row (compute group) of each received (source, slot) block in wire order, on the host and on
+    # the device; duplicates of an expert on my device share their first copy's row.
+    block_group_host: np.ndarray
+    block_group: torch.Tensor
+    # [N*C] wire blocks in grouped order: by row, then wire order (stable), so each row's tokens are contiguous.
+    block_order: list[int]
+
+    @property
+    def num_rows(self) -> int:
+        """U: my restored rows, the groups of the expert compute."""
+        return int(self.compute_slot.max()) + 1
 
     @classmethod
-    def build(cls, placement: Placement, routing_fractions: np.ndarray | None, rank: int,
+    def build(cls, placement: Placement, routing_fractions: np.ndarray | None, rank: int, devices_per_node: int,
               device: torch.device | str | None) -> LayerLayout:
         distinct = [_first_appearance(row) for row in placement.slots]
         mine = placement.slots[rank]
         rows = {int(j): i for i, j in enumerate(distinct[rank])}
+        compute_slot = np.array([rows[int(j)] for j in mine], dtype=np.int64)
+        block_group = np.tile(compute_slot, placement.slots.shape[0])
+        shares = slot_shares(placement, [rank], devices_per_node,
+                             None if routing_fractions is None else routing_fractions[rank:rank + 1], device)
         return cls(placement, routing_fractions, torch.tensor(placement.slots, device=device),
-                   np.argsort(placement.slots.ravel(), kind="stable"),
-                   np.array([rows[int(j)] for j in mine], dtype=np.int64),
+                   torch.from_numpy(np.argsort(placement.slots.ravel(), kind="stable")).to(device),
+                   compute_slot,
                    torch.tensor(np.concatenate(distinct), dtype=torch.int64, device=device),
-                   tuple(len(d) for d in distinct))
+                   tuple(len(d) for d in distinct), shares, placement.replica_counts() == 0,
+                   block_group, torch.from_numpy(block_group).to(device),
+                   np.argsort(block_group, kind="stable").tolist())
 
 
 def _first_appearance(row: np.ndarray) -> np.ndarray:

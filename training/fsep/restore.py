@@ -50,12 +50,12 @@ def assemble(pending: PendingRestore, out: torch.Tensor) -> None:
 
 def expert_views(full: torch.Tensor, parts) -> tuple[torch.Tensor, ...]:
     """full [U, >= P] -> per part of `parts` (flat order, e.g. w1 [F, H], w3 [F, H], w2 [H, F]) the stacked [U, a, b]
-    view (columns beyond P are padding)."""
-    outs, off = [], 0
-    for a, b in parts:
-        outs.append(full[:, off:off + a * b].view(-1, a, b))
-        off += a * b
-    return tuple(outs)
+    view (columns beyond P are padding). split rather than slicing: on a parameter its backward is one cat, where
+    every slice's backward would allocate and zero-fill a whole [U, P] gradient."""
+    sizes = [a * b for a, b in parts]
+    pad = full.shape[1] - sum(sizes)
+    pieces = full.split(sizes + [pad] if pad else sizes, 1)
+    return tuple(m.view(-1, a, b) for m, (a, b) in zip(pieces, parts))
 
 
 class RestoreWeights(torch.autograd.Function):

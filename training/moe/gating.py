@@ -37,7 +37,8 @@ def replay_assignment(target_counts: torch.Tensor | np.ndarray, num_tokens: int,
     run of at most T consecutive cells never covers one token twice, so every token gets k distinct experts.
     Deterministic: it depends only on the counts.
     """
-    c = np.asarray(torch.as_tensor(target_counts).cpu(), dtype=np.int64)
+    # Host data (a trace row): a tensor on a GPU would cost a sync here.
+    c = np.asarray(target_counts.cpu() if isinstance(target_counts, torch.Tensor) else target_counts, dtype=np.int64)
     if c.ndim != 1 or np.any(c < 0):
         raise ValueError(f"target_counts must be a non-negative [E] vector, got shape {c.shape}")
     if c.sum() != num_tokens * k:
@@ -71,9 +72,18 @@ def scale_counts(row: np.ndarray, total: int, cap: int) -> np.ndarray:
     return out
 
 
+def route_counts(idx: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """[E] int64 routes per expert of idx [T, k], on idx's device. scatter_add rather than bincount: on CUDA bincount
+    reads its input's max back to the host (a sync)."""
+    flat = idx.reshape(-1)
+    return torch.zeros(num_experts, dtype=torch.int64, device=idx.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 def switch_aux_loss(probs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Switch-Transformer load-balancing loss E * sum_j f_j * P_j over this device's tokens:
-    f_j fraction of routes to expert j (no gradient), P_j mean router probability of j."""
-    e = probs.shape[1]
-    f = torch.bincount(idx.reshape(-1), minlength=e).to(probs.dtype) / idx.numel()
-    return e * (f * probs.mean(0)).sum()
+    f_j fraction of routes to expert j (no gradient), P_j mean router probability of j.
+    A device with no tokens contributes 0 with zero gradient (not 0/0: a NaN would poison the router gradient that
+    every device's all-reduce sums)."""
+    t, e = probs.shape
+    f = route_counts(idx, e).to(probs.dtype) / max(idx.numel(), 1)
+    return e * (f * (probs.sum(0) / max(t, 1))).sum()
