@@ -134,6 +134,14 @@ class _Optim:
         self.plain = isinstance(opt, torch.optim.Optimizer)
         self.opt = opt
         self.inner = opt if self.plain else opt.optimizer  # the torch optimizer over the flat partitions
+        if not self.plain and self.started():
+            self._link()
+
+    def _link(self) -> None:
+        """Point every parameter's fragment at the current AdamW state. DeepSpeed links lazily (for its own saves),
+        possibly before the state existed, which leaves the fragments empty: relink."""
+        self.opt._hp_optimizer_states_linked = False
+        self.opt._lazy_init_hp_params_optimizer_state()
 
     def started(self) -> bool:
         return any(self.inner.state.values())
@@ -161,9 +169,8 @@ class _Optim:
         for p in groups:
             self.inner.state[p] = {"step": torch.tensor(step, dtype=torch.float32),
                                    **{k: torch.zeros_like(p) for k in MOMENTS}}
-        if not self.plain:  # point every parameter's fragment at the new state
-            self.opt._hp_optimizer_states_linked = False
-            self.opt._lazy_init_hp_params_optimizer_state()
+        if not self.plain:
+            self._link()
 
     def set(self, p: nn.Parameter, key: str, value: torch.Tensor) -> None:
         if self.plain:

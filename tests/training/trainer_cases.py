@@ -154,23 +154,37 @@ def case_zero_1_and_2_equal_single_process(rank, n, ctx):
         assert err < 1e-5, f"ZeRO-{stage}: losses differ from single-process by {err:.2e} relative"
 
 
-def case_kill_and_resume_is_exact(rank, n, ctx):
-    """4 steps straight == 2 steps, save, a fresh trainer loads, 2 more (FSEP with the planner in the loop)."""
-    root = ctx["tmp"] / "resume"
+def _kill_and_resume(rank, n, ctx, parallel: Parallel, tcfg: TrainerConfig | None = None, name: str = "resume"):
+    """4 steps straight == 2 steps, save, a fresh trainer loads, 2 more."""
+    root = ctx["tmp"] / name
     batches = data(4, n)
-    straight, bal = make(Parallel.fsep, rank, n)
+    straight, bal = make(parallel, rank, n, tcfg=tcfg)
     want = [m.loss for m in train(straight, batches, rank, n, range(4))]
-    bal.close()
-    first, bal = make(Parallel.fsep, rank, n)
+    if bal is not None:
+        bal.close()
+    first, bal = make(parallel, rank, n, tcfg=tcfg)
     got = [m.loss for m in train(first, batches, rank, n, range(2))]
     path = checkpoint.save(root, first, bal)
-    bal.close()
+    if bal is not None:
+        bal.close()
     del first  # "killed": nothing of it is used again
-    second, bal = make(Parallel.fsep, rank, n)
+    second, bal = make(parallel, rank, n, tcfg=tcfg)
     checkpoint.load(path, second, bal)
     got += [m.loss for m in train(second, batches, rank, n, range(2, 4))]
-    bal.close()
-    assert got == want, f"resumed losses {got} differ from uninterrupted {want}"
+    if bal is not None:
+        bal.close()
+    assert got == want, f"{name}: resumed losses {got} differ from uninterrupted {want}"
+
+
+def case_kill_and_resume_is_exact(rank, n, ctx):
+    """FSEP with the planner in the loop (planner history, layouts, AdamW moments of the shards)."""
+    _kill_and_resume(rank, n, ctx, Parallel.fsep)
+
+
+def case_kill_and_resume_zero2_and_deepspeed_moe(rank, n, ctx):
+    """ZeRO-2 (DeepSpeed's flat, partitioned dense optimizer state) under FSEP, and DeepSpeed-MoE's own experts."""
+    _kill_and_resume(rank, n, ctx, Parallel.fsep, trainer_cfg(100, zero_stage=2), "zero2")
+    _kill_and_resume(rank, n, ctx, Parallel.deepspeed_ep, name="ds_moe")
 
 
 def case_save_then_next_step(rank, n, ctx):
