@@ -14,21 +14,16 @@ Per step (`LoadBalancer`):
   4. rank 0 submits every layer's window sum [N, E] to its planner process.
 
 Plans are identical on every rank because one rank plans and broadcasts them (`layout_digest` lets a test check it).
-The planner runs in a separate process (`PlannerProcess`), not a thread: a thread would hold the interpreter lock
-while it plans and stall the training step; planning once rather than on every rank leaves the other ranks' CPUs
-to training.
+The planner runs in its own process (`training.planner.AsyncPlanner`, which says why not a thread); planning once
+rather than on every rank leaves the other ranks' CPUs to training. Layouts change only at step boundaries (step 3):
+every rank must agree on the plan in force, and switching inside a step would need a collective mid-forward.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
-import subprocess
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,7 +31,7 @@ import torch.distributed as dist
 
 from training.fsep.layer import DistributedMoE, FSEPMoE
 from training.placement import Placement
-from training.planner import Planner
+from training.planner import AsyncPlanner, Planner
 from training.routing import fsep_summary
 
 
@@ -49,62 +44,6 @@ class StepLoads:
     wait_s: float  # time rank 0 waited for the previous step's plans (planner time on the critical path; 0 elsewhere)
     solve_s: float  # planner CPU time of the plans taken this step, all layers (in the background; 0 off rank 0)
     plan_lag: int | None  # steps between the newest loads a layout in force next step saw and that step (None: no plan)
-
-
-class PlannerProcess:
-    """A planner in its own Python process (this module run as a script), fed over a pipe: `submit(step, loads)` with
-    loads [L, N, E] returns at once; `wait()` returns (step, [(slots [N, C], routing fractions [N, E, N] or None)] per
-    layer, solve CPU seconds) of the oldest submission not yet collected. A subprocess rather than
-    multiprocessing: ranks launched by common.launch are daemonic and may not start multiprocessing children."""
-
-    def __init__(self, planner: Planner):
-        root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root] + os.environ.get("PYTHONPATH", "").split(os.pathsep)),
-               "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}  # one core's worth: the ranks need the others
-        self._proc = subprocess.Popen([sys.executable, "-m", "training.loads"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, env=env)
-        self._send(planner)
-
-    def _send(self, obj) -> None:
-        pickle.dump(obj, self._proc.stdin)
-        self._proc.stdin.flush()
-
-    def submit(self, step: int, loads: np.ndarray) -> None:
-        self._send((int(step), np.asarray(loads, dtype=np.int64)))
-
-    def wait(self) -> tuple[int, list, float]:
-        try:
-            reply = pickle.load(self._proc.stdout)
-        except EOFError:
-            raise RuntimeError(f"planner process exited (code {self._proc.wait()}); its error is on stderr") from None
-        if isinstance(reply, BaseException):
-            raise RuntimeError("planner failed") from reply
-        return reply
-
-    def close(self) -> None:
-        if self._proc.poll() is None:
-            try:
-                self._send(None)
-                self._proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
-            self._proc.wait(timeout=10)
-
-
-def _serve(stdin, stdout) -> None:
-    """The planner process: a pickled Planner, then (step, loads [L, N, E]) until None."""
-    planner = pickle.load(stdin)
-    while (msg := pickle.load(stdin)) is not None:
-        step, loads = msg
-        t0 = time.process_time()
-        try:
-            plans = [planner.plan(x) for x in loads]
-            out = (step, [(p.layout.slots, None if p.fsep_routed else p.routing.astype(np.float64)) for p in plans],
-                   time.process_time() - t0)
-        except Exception as err:  # the trainer raises it
-            out = err
-        pickle.dump(out, stdout)
-        stdout.flush()
 
 
 class LoadBalancer:
@@ -121,7 +60,7 @@ class LoadBalancer:
         self.history: deque[np.ndarray] = deque(maxlen=window)  # [L, N, E] per micro-batch, newest last
         self._micro: list[np.ndarray] = []  # this step's [L, E] per micro-batch (this rank only)
         self.planning = planner is not None
-        self._process = PlannerProcess(planner) if self.planning and dist.get_rank(group) == 0 else None
+        self._process = AsyncPlanner(planner) if self.planning and dist.get_rank(group) == 0 else None
         self._submitted: int | None = None  # step whose window the planners are working on
         self._plan_step: int | None = None  # step whose window the layouts in force were planned from
 
@@ -165,9 +104,11 @@ class LoadBalancer:
         if self._process is not None:
             t0 = time.perf_counter()
             try:
-                step, plans, solve_s = self._process.wait()
-                if step != self._submitted:
-                    raise RuntimeError(f"planner answered step {step}, expected {self._submitted}")
+                result = self._process.wait()
+                if result.step != self._submitted:
+                    raise RuntimeError(f"planner answered step {result.step}, expected {self._submitted}")
+                solve_s = result.solve_s
+                plans = [(p.slots, p.routing) for p in result.plans]
                 header[:-1] = torch.from_numpy(np.stack([slots for slots, _ in plans]).ravel())
                 header[-1] = int(any(f is not None for _, f in plans))  # 1: routing fractions follow
             except Exception as err:  # tell every rank (they wait in the broadcast), then raise
@@ -242,5 +183,3 @@ class LoadBalancer:
             self._process.close()
 
 
-if __name__ == "__main__":  # the planner process of PlannerProcess
-    _serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -13,6 +13,7 @@ import pytest
 
 from common.launch import run_local
 from tests.training.trainer_cases import run_cases
+from training.train_config import Parallel
 
 ENV = {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))}
 CASES = ["case_shards_survive_initialize", "case_fsep_planner_equals_single_process",
@@ -52,13 +53,17 @@ def test_resume_on_one_rank_continues_with_the_same_loss(two_ranks):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("src, dst", [(2, 4), (4, 2), (1, 2)])
-def test_resume_on_another_rank_count(tmp_path, src, dst):
-    saved = _check(run_local(run_cases, src, "gloo", args=(["case_save_then_next_step"], str(tmp_path), 0),
-                             env=ENV, timeout_s=900), ["case_save_then_next_step"])
+@pytest.mark.parametrize("src, dst, parallel", [(2, 4, Parallel.fsep), (4, 2, Parallel.fsep), (1, 2, Parallel.fsep),
+                                                (4, 2, Parallel.deepspeed_ep)])
+def test_resume_on_another_rank_count(tmp_path, src, dst, parallel):
+    """FSEP (Shard(1) of the flat experts) and DeepSpeed-MoE (Shard(0)) checkpoints re-shard through DCP."""
+    saved = _check(run_local(run_cases, src, "gloo", args=(["case_save_then_next_step"], str(tmp_path), 0, (),
+                                                           parallel), env=ENV, timeout_s=900),
+                   ["case_save_then_next_step"])
     path = str(tmp_path / f"from{src}")
-    got = _check(run_local(run_cases, dst, "gloo", args=(["case_resume_next_step"], str(tmp_path), 0, (path,)),
-                           env=ENV, timeout_s=900), ["case_resume_next_step"])["resumed"][path]
+    got = _check(run_local(run_cases, dst, "gloo", args=(["case_resume_next_step"], str(tmp_path), 0, (path,),
+                                                         parallel), env=ENV, timeout_s=900),
+                 ["case_resume_next_step"])["resumed"][path]
     assert abs(got - saved["next_loss"]) <= 1e-6 * abs(saved["next_loss"])
 
 

@@ -190,7 +190,7 @@ def case_kill_and_resume_zero2_and_deepspeed_moe(rank, n, ctx):
 def case_save_then_next_step(rank, n, ctx):
     """Train 2 steps, save, and record the next step's loss: another rank count resumes from it (`resume_next_step`).
     Global batch fixed (2*B sequences), so every rank count sees the same data."""
-    parallel = None if n == 1 else Parallel.fsep
+    parallel = None if n == 1 else ctx["parallel"]
     trainer, bal = make(parallel, rank, n)
     batches = data(3, 2)
     train(trainer, batches, rank, n, range(2))
@@ -202,7 +202,7 @@ def case_save_then_next_step(rank, n, ctx):
 
 def case_resume_next_step(rank, n, ctx):
     """Resume every checkpoint saved by another rank count (ctx["resume_from"]) and take the next step."""
-    parallel = None if n == 1 else Parallel.fsep
+    parallel = None if n == 1 else ctx["parallel"]
     batches = data(3, 2)
     ctx["resumed"] = {}
     for path in ctx["resume_from"]:
@@ -214,11 +214,13 @@ def case_resume_next_step(rank, n, ctx):
             bal.close()
 
 
-def run_cases(rank: int, n: int, cases: list[str], tmp: str, steps: int, resume_from: tuple = ()) -> dict:
+def run_cases(rank: int, n: int, cases: list[str], tmp: str, steps: int, resume_from: tuple = (),
+              parallel: Parallel = Parallel.fsep) -> dict:
+    """parallel: of the save/resume cases on N > 1 ranks."""
     os.environ["LOCAL_RANK"] = str(rank)
     from pathlib import Path
 
-    ctx = {"tmp": Path(tmp), "steps": steps, "resume_from": list(resume_from)}
+    ctx = {"tmp": Path(tmp), "steps": steps, "resume_from": list(resume_from), "parallel": parallel}
     out = run_each({name: globals()[name] for name in cases}, rank, n, ctx)
     out["_ctx"] = {k: v for k, v in ctx.items() if k in ("layout_changes", "next_loss", "resumed")}
     return out
