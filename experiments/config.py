@@ -429,8 +429,10 @@ class TrainExperiment(ExperimentConfig):
 class BenchTrainConfig:
     # Training steps run (and discarded) before the measured ones: allocator, DeepSpeed and planner warm-up.
     warmup_steps: int = 2
-    # Measured training steps per (system, routing).
+    # Measured training steps per (system, routing) and repeat.
     measure_steps: int = 4
+    # Runs of every (system, routing), interleaved across systems; the table reports their median and min/max.
+    repeats: int = 3
     # Replay the trace from this micro-batch position on: the SmartMoE trace's first recorded iteration (positions
     # 0-3) is nearly uniform (EP-layout imbalance 1.01 against ~1.5 after), so the default starts past it.
     trace_offset: int = 4
