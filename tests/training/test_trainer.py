@@ -19,7 +19,8 @@ ENV = {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(s
 CASES = ["case_shards_survive_initialize", "case_fsep_planner_equals_single_process",
          "case_ep_equals_single_process", "case_deepspeed_moe_equals_single_process",
          "case_zero_1_and_2_equal_single_process",
-         "case_kill_and_resume_is_exact", "case_kill_and_resume_zero2_and_deepspeed_moe", "case_save_then_next_step"]
+         "case_kill_and_resume_is_exact", "case_kill_and_resume_zero2_and_deepspeed_moe", "case_save_then_next_step",
+         "case_bf16_equals_bf16_single_process"]
 
 
 def _check(results: list[dict], cases: list[str]) -> dict:
@@ -47,8 +48,9 @@ def test_resume_on_one_rank_continues_with_the_same_loss(two_ranks):
     tmp, res = two_ranks
     want = _check(res, ["case_save_then_next_step"])["next_loss"]
     src = str(tmp / "from2")
-    got = _check(run_local(run_cases, 1, "gloo", args=(["case_resume_next_step"], str(tmp), 0, (src,)), env=ENV,
-                           timeout_s=600), ["case_resume_next_step"])["resumed"][src]
+    one = ["case_resume_next_step", "case_bf16_equals_bf16_single_process"]  # bf16: the dense model on one rank
+    got = _check(run_local(run_cases, 1, "gloo", args=(one, str(tmp), 0, (src,)), env=ENV, timeout_s=600),
+                 one)["resumed"][src]
     assert abs(got - want) <= 1e-6 * abs(want), f"next-step loss after 2 -> 1 re-shard {got}, uninterrupted {want}"
 
 

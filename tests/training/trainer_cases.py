@@ -85,6 +85,59 @@ def reference_losses(batches: torch.Tensor, n: int, cfg: ModelConfig = CFG, clip
     return losses
 
 
+def reference_losses_bf16(batches: torch.Tensor, n: int, cfg: ModelConfig = CFG) -> list[float]:
+    """Mixed precision as DeepSpeed's bf16 mode: a bf16 model, fp32 master weights (of the bf16-rounded start, as
+    DeepSpeed makes them) and AdamW, no clipping."""
+    model = MoEDecoder(cfg, seed=0).to(torch.bfloat16)
+    master = [p.detach().float() for p in model.parameters()]
+    opt = torch.optim.AdamW(master, lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    losses = []
+    for step in batches:
+        total = 0.0
+        for micro in step:
+            for r in range(n):
+                out = model(rank_rows(micro, r, n))
+                lm = lm_loss(out.logits, rank_rows(micro, r, n))
+                ((lm + out.aux_loss) / (M * n)).backward()
+                total += lm.item() / (M * n)
+        for m, p in zip(master, model.parameters()):
+            m.grad, p.grad = p.grad.float(), None
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            for m, p in zip(master, model.parameters()):
+                p.copy_(m)
+        losses.append(total)
+    return losses
+
+
+# Why 5e-2 relative over 4 steps. bf16 keeps 8 mantissa bits (rounding 2^-9 = 2e-3 per value), and AdamW turns a
+# gradient element of rounding size into a full lr-sized step, so runs that round in different places drift apart.
+# Measured: DeepSpeed's stage-0 bf16 optimizer (FP16_Optimizer in bf16 mode: bf16 gradient accumulation) descends
+# slower than this reference by 2.6e-2 relative at step 4 on ONE rank (no distribution involved), 2.8e-2 with EP on
+# 2 ranks: distributing adds little beyond DeepSpeed's own bf16 arithmetic. 5e-2 covers that; a lost 1/N or a
+# gradient summed twice doubles or halves every update, which moves the step-4 loss by ~0.2 (5e-2 relative) or more.
+BF16_RTOL = 5e-2
+
+
+def case_bf16_equals_bf16_single_process(rank, n, ctx):
+    """trainer.precision=bf16 (DeepSpeed's bf16 optimizer: bf16 weights, fp32 masters): dense on one rank, EP on N."""
+    from training.train_config import Precision
+
+    steps = 4
+    batches = data(steps, n)
+    tcfg = TrainerConfig(steps=100, micro_batches=M, lr=LR, schedule=LRSchedule.constant, grad_clip=0.0,
+                         precision=Precision.bf16)
+    trainer, _ = make(None if n == 1 else Parallel.ep, rank, n, tcfg=tcfg)
+    assert next(trainer.module.parameters()).dtype == torch.bfloat16, "the engine did not cast the model to bf16"
+    losses = [m.loss for m in train(trainer, batches, rank, n, range(steps))]
+    ref = reference_losses_bf16(batches, n)
+    err = rel(losses, ref)
+    assert err < BF16_RTOL, f"bf16 losses {losses} differ from the bf16 single-process {ref} by {err:.2e} relative"
+    assert ref[-1] < ref[0] - 5e-2, "fixture: the loss must fall by more than the tolerance"
+    ctx["bf16_err"] = err
+
+
 def rel(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) / abs(y) for x, y in zip(a, b))
 
@@ -222,6 +275,6 @@ def run_cases(rank: int, n: int, cases: list[str], tmp: str, steps: int, resume_
 
     ctx = {"tmp": Path(tmp), "steps": steps, "resume_from": list(resume_from), "parallel": parallel}
     out = run_each({name: globals()[name] for name in cases}, rank, n, ctx)
-    out["_ctx"] = {k: v for k, v in ctx.items() if k in ("layout_changes", "next_loss", "resumed")}
+    out["_ctx"] = {k: v for k, v in ctx.items() if k in ("layout_changes", "next_loss", "resumed", "bf16_err")}
     return out
 
