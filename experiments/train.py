@@ -89,7 +89,7 @@ def build(spec: RunSpec, rank: int, world: int):
         planner = None
         if spec.parallel is Parallel.fsep:
             planner = make_planner(spec.planner.name, world, spec.slots_per_device, spec.devices_per_node)
-        balancer = LoadBalancer(layers, dist.group.WORLD, planner, spec.planner.window)
+        balancer = LoadBalancer(layers, dist.group.WORLD, planner, spec.planner.window, spec.planner.wait)
     batches = TokenBatches(spec.tokens, spec.data.seq_len, spec.data.global_batch, rank, world, spec.data.seed)
     trainer = Trainer(model, spec.trainer, batches.batch_per_rank, lm_loss, balancer)
     torch.manual_seed(spec.seed + rank)
@@ -260,7 +260,10 @@ def summary(rows: list[dict], spec: RunSpec, world: int) -> dict:
     if "planner_solve_s" in rows[-1]:
         out["planner_solve_s_total"] = sum(r.get("planner_solve_s", 0.0) for r in rows)
         out["planner_wait_s_total"] = sum(r.get("planner_wait_s", 0.0) for r in rows)
+        out["planner_wait_s_max"] = max(r.get("planner_wait_s", 0.0) for r in rows)
         out["step_s_total"] = sum(r["step_s"] for r in rows)
+        # The planner's share of the critical path: rank 0's waits for plans over its step time (should be ~0).
+        out["planner_wait_fraction"] = out["planner_wait_s_total"] / max(out["step_s_total"], 1e-12)
     return out
 
 

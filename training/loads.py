@@ -7,11 +7,13 @@ Per step (`LoadBalancer`):
   1. after every micro-batch `record()` stacks each layer's [E] `expert_counts` (left by DistributedMoE.dispatch)
   2. `end_step()`: one all_gather of this rank's [M, L, E] counts, so every rank holds the same [M, L, N, E]; they
      join the history of the last W micro-batches
-  3. rank 0 takes the plans of the previous step's submission (planned in the background during this step),
-     waiting only if they are still running (the wait is the planner time on the critical path, measured), and
-     broadcasts their layouts; every rank sets them on its layers, from the next step's restore on. A layout is
-     therefore built from loads that end one full step before the step that uses it (a one-step lag)
-  4. rank 0 submits every layer's window sum [N, E] to its planner process.
+  3. rank 0 takes the plans of the pending submission (planned in the background during this step) and broadcasts
+     their layouts; every rank sets them on its layers, from the next step's restore on. If they are still running,
+     rank 0 waits for them (`wait_for_plans`: the wait is the planner time on the critical path, measured; a layout
+     is then built from loads that end one full step before the step that uses it) or, without wait_for_plans,
+     broadcasts "no new plan" and tries again next step (no wait; the lag grows by a step instead, and which step a
+     plan lands on then depends on timing, so runs are not bit-reproducible)
+  4. with nothing pending, rank 0 submits every layer's window sum [N, E] to its planner process.
 
 Plans are identical on every rank because one rank plans and broadcasts them (`layout_digest` lets a test check it).
 The planner runs in its own process (`training.planner.AsyncPlanner`, which says why not a thread); planning once
@@ -46,17 +48,22 @@ class StepLoads:
     plan_lag: int | None  # steps between the newest loads a layout in force next step saw and that step (None: no plan)
 
 
+class _NotReady(Exception):
+    """Rank 0's plans are still running and the balancer does not wait for them."""
+
+
 class LoadBalancer:
     """Records every layer's expert counts, gathers them once per step and keeps the FSEP layers' layouts planned.
 
     `planner` None records and gathers only (static layouts: EP, FSDP+EP); the layouts never change."""
 
-    def __init__(self, layers: list[DistributedMoE], group, planner: Planner | None, window: int):
+    def __init__(self, layers: list[DistributedMoE], group, planner: Planner | None, window: int,
+                 wait_for_plans: bool = True):
         if window < 1:
             raise ValueError(f"planner.window must be >= 1 micro-batch, got {window}")
         if planner is not None and not all(isinstance(m, FSEPMoE) for m in layers):
             raise ValueError("a planner re-lays out FSEP layers only; EP layers have a fixed layout")
-        self.layers, self.group, self.window = layers, group, window
+        self.layers, self.group, self.window, self.wait_for_plans = layers, group, window, wait_for_plans
         self.history: deque[np.ndarray] = deque(maxlen=window)  # [L, N, E] per micro-batch, newest last
         self._micro: list[np.ndarray] = []  # this step's [L, E] per micro-batch (this rank only)
         self.planning = planner is not None
@@ -82,10 +89,12 @@ class LoadBalancer:
         if self.planning:
             if self._submitted is not None:  # Step 3
                 layouts, solve_s, wait_s = self._collect()
-                for layer, (slots, fractions) in zip(self.layers, layouts):
-                    layer.set_placement(Placement(slots, layer.num_experts), fractions)
-                self._plan_step = self._submitted
-            self._submit(step)  # Step 4
+                if layouts is not None:
+                    for layer, (slots, fractions) in zip(self.layers, layouts):
+                        layer.set_placement(Placement(slots, layer.num_experts), fractions)
+                    self._plan_step, self._submitted = self._submitted, None
+            if self._submitted is None:
+                self._submit(step)  # Step 4
         lag = None if self._plan_step is None else step + 1 - self._plan_step
         return StepLoads(counts, tokens, wait_s, solve_s, lag)
 
@@ -94,9 +103,10 @@ class LoadBalancer:
             self._process.submit(step, np.sum(self.history, axis=0))  # [L, N, E]
         self._submitted = step
 
-    def _collect(self) -> tuple[list, float, float]:
+    def _collect(self) -> tuple[list | None, float, float]:
         """Rank 0 waits for the submitted plans; every rank receives their layouts (communicates: broadcasts).
-        Returns (layouts, solve CPU seconds, seconds rank 0 waited for the planner; 0 on the other ranks)."""
+        Returns (layouts or None: not ready and not waiting, solve CPU seconds, seconds rank 0 waited for the
+        planner; 0 on the other ranks)."""
         n, c = self.layers[0].placement.slots.shape
         e, dev = self.layers[0].num_experts, self.layers[0].router.weight.device
         header = torch.zeros(len(self.layers) * n * c + 1, dtype=torch.int64)
@@ -104,6 +114,8 @@ class LoadBalancer:
         if self._process is not None:
             t0 = time.perf_counter()
             try:
+                if not self.wait_for_plans and not self._process.ready():
+                    raise _NotReady
                 result = self._process.wait()
                 if result.step != self._submitted:
                     raise RuntimeError(f"planner answered step {result.step}, expected {self._submitted}")
@@ -111,12 +123,16 @@ class LoadBalancer:
                 plans = [(p.slots, p.routing) for p in result.plans]
                 header[:-1] = torch.from_numpy(np.stack([slots for slots, _ in plans]).ravel())
                 header[-1] = int(any(f is not None for _, f in plans))  # 1: routing fractions follow
+            except _NotReady:
+                header[-1] = -2
             except Exception as err:  # tell every rank (they wait in the broadcast), then raise
                 failure, header[-1] = err, -1
             wait_s = time.perf_counter() - t0
         header = header.to(dev)
         dist.broadcast(header, src=dist.get_global_rank(self.group, 0), group=self.group)
         header = header.cpu().numpy()
+        if header[-1] == -2:
+            return None, 0.0, wait_s
         if header[-1] < 0:
             raise RuntimeError("the planner on rank 0 failed") from failure
         slots = header[:-1].reshape(len(self.layers), n, c)

@@ -17,6 +17,7 @@ from training.train_config import Parallel
 
 ENV = {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))}
 CASES = ["case_shards_survive_initialize", "case_fsep_planner_equals_single_process",
+         "case_fsep_not_waiting_for_plans_equals_single_process",
          "case_ep_equals_single_process", "case_deepspeed_moe_equals_single_process",
          "case_zero_1_and_2_equal_single_process",
          "case_kill_and_resume_is_exact", "case_kill_and_resume_zero2_and_deepspeed_moe", "case_save_then_next_step",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import subprocess
 import sys
 import time
@@ -79,6 +80,12 @@ class AsyncPlanner:
             raise RuntimeError(f"planner process exited (code {self._proc.returncode}); its error is on stderr")
         self._send((int(step), loads))
         self._outstanding.append(int(step))
+
+    def ready(self) -> bool:
+        """True when wait() would return without blocking (the newest submission is planned)."""
+        if len(self._outstanding) != 1:  # wait() drains older answers first: not a single read
+            return False
+        return bool(select.select([self._proc.stdout], [], [], 0)[0])
 
     def wait(self) -> PlanResult:
         """Block until the newest submission is planned; its result."""
