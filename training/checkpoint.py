@@ -132,6 +132,11 @@ class _Optim:
     def __init__(self, trainer: Trainer):
         opt = trainer.engine.optimizer
         self.plain = isinstance(opt, torch.optim.Optimizer)
+        if not self.plain and not hasattr(opt, "_lazy_init_hp_params_optimizer_state"):
+            # DeepSpeed's FP16_Optimizer (bf16 at ZeRO stage 0) keeps no per-parameter map of its flat state.
+            raise CheckpointError(f"checkpointing cannot read DeepSpeed's {type(opt).__name__} (trainer.precision="
+                                  f"{trainer.cfg.precision.name} with trainer.zero_stage={trainer.cfg.zero_stage}); "
+                                  "use trainer.zero_stage=1 or 2 for bf16")
         self.opt = opt
         self.inner = opt if self.plain else opt.optimizer  # the torch optimizer over the flat partitions
         if not self.plain and self.started():
@@ -238,6 +243,7 @@ def save(root: str | Path, trainer: Trainer, balancer=None, extra: dict | None =
     Returns its path."""
     root = Path(root)
     rank, world = dist.get_rank(), dist.get_world_size()
+    optim = _Optim(trainer)  # first: an optimizer it cannot read fails before anything is written
     final = root / f"step_{trainer.step_count:06d}"
     tmp = root / f".step_{trainer.step_count:06d}.tmp"
     if rank == 0:
@@ -245,7 +251,6 @@ def save(root: str | Path, trainer: Trainer, balancer=None, extra: dict | None =
             shutil.rmtree(tmp)  # a save that failed before
         tmp.mkdir(parents=True)
     dist.barrier()
-    optim = _Optim(trainer)
     started = optim.started()
     state = _tensors(trainer, optim, started)
     sched = trainer.engine.lr_scheduler

@@ -105,6 +105,20 @@ def _cases(rank: int, n: int, tmp: str) -> dict:
         except CheckpointError as err:
             assert "model.ffn = 24 there, 48 here" in str(err), str(err)
 
+    @case("bf16_at_stage_0_is_a_one_line_error")
+    def _():
+        from tests.training.trainer_cases import trainer_cfg
+        from training.train_config import Precision
+
+        tcfg = trainer_cfg(1)
+        tcfg.precision = Precision.bf16
+        bf16, _ = make(None, 0, 1, tcfg=tcfg)
+        try:
+            checkpoint.save(root / "bf16", bf16)
+            raise AssertionError("saving DeepSpeed's FP16_Optimizer state did not fail")
+        except CheckpointError as err:
+            assert "trainer.zero_stage=1 or 2" in str(err) and "\n" not in str(err), str(err)
+
     return out
 
 
@@ -114,6 +128,7 @@ def results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["failed_save_is_not_complete", "partial_checkpoint_names_the_missing_file",
-                                  "corrupt_checkpoint_names_the_file", "another_model_shape_names_the_key"])
+                                  "corrupt_checkpoint_names_the_file", "another_model_shape_names_the_key",
+                                  "bf16_at_stage_0_is_a_one_line_error"])
 def test_checkpoint_case(results, case):
     assert results[case] is None, results[case]

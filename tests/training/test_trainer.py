@@ -56,16 +56,18 @@ def test_resume_on_one_rank_continues_with_the_same_loss(two_ranks):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("src, dst, parallel", [(2, 4, Parallel.fsep), (4, 2, Parallel.fsep), (1, 2, Parallel.fsep),
-                                                (4, 2, Parallel.deepspeed_ep)])
-def test_resume_on_another_rank_count(tmp_path, src, dst, parallel):
-    """FSEP (Shard(1) of the flat experts) and DeepSpeed-MoE (Shard(0)) checkpoints re-shard through DCP."""
+@pytest.mark.parametrize("src, dst, parallel, zero", [(2, 4, Parallel.fsep, 0), (4, 2, Parallel.fsep, 0),
+                                                      (1, 2, Parallel.fsep, 0), (4, 2, Parallel.deepspeed_ep, 0),
+                                                      (2, 4, Parallel.fsep, 2)])
+def test_resume_on_another_rank_count(tmp_path, src, dst, parallel, zero):
+    """FSEP (Shard(1) of the flat experts) and DeepSpeed-MoE (Shard(0)) checkpoints re-shard through DCP; ZeRO-2's
+    partitioned dense optimizer state is saved per parameter in full, so it re-partitions on M ranks."""
     saved = _check(run_local(run_cases, src, "gloo", args=(["case_save_then_next_step"], str(tmp_path), 0, (),
-                                                           parallel), env=ENV, timeout_s=900),
+                                                           parallel, zero), env=ENV, timeout_s=900),
                    ["case_save_then_next_step"])
     path = str(tmp_path / f"from{src}")
     got = _check(run_local(run_cases, dst, "gloo", args=(["case_resume_next_step"], str(tmp_path), 0, (path,),
-                                                         parallel), env=ENV, timeout_s=900),
+                                                         parallel, zero), env=ENV, timeout_s=900),
                  ["case_resume_next_step"])["resumed"][path]
     assert abs(got - saved["next_loss"]) <= 1e-6 * abs(saved["next_loss"])
 

@@ -253,7 +253,7 @@ def case_save_then_next_step(rank, n, ctx):
     """Train 2 steps, save, and record the next step's loss: another rank count resumes from it (`resume_next_step`).
     Global batch fixed (2*B sequences), so every rank count sees the same data."""
     parallel = None if n == 1 else ctx["parallel"]
-    trainer, bal = make(parallel, rank, n)
+    trainer, bal = make(parallel, rank, n, tcfg=trainer_cfg(100, ctx["zero_stage"]))
     batches = data(3, 2)
     train(trainer, batches, rank, n, range(2))
     checkpoint.save(ctx["tmp"] / f"from{n}", trainer, bal)
@@ -268,7 +268,7 @@ def case_resume_next_step(rank, n, ctx):
     batches = data(3, 2)
     ctx["resumed"] = {}
     for path in ctx["resume_from"]:
-        trainer, bal = make(parallel, rank, n)
+        trainer, bal = make(parallel, rank, n, tcfg=trainer_cfg(100, ctx["zero_stage"]))
         checkpoint.load(checkpoint.latest(path), trainer, bal)
         assert trainer.step_count == 2
         ctx["resumed"][path] = train(trainer, batches, rank, n, range(2, 3))[0].loss
@@ -277,12 +277,13 @@ def case_resume_next_step(rank, n, ctx):
 
 
 def run_cases(rank: int, n: int, cases: list[str], tmp: str, steps: int, resume_from: tuple = (),
-              parallel: Parallel = Parallel.fsep) -> dict:
-    """parallel: of the save/resume cases on N > 1 ranks."""
+              parallel: Parallel = Parallel.fsep, zero_stage: int = 0) -> dict:
+    """parallel, zero_stage: of the save/resume cases on N > 1 ranks."""
     os.environ["LOCAL_RANK"] = str(rank)
     from pathlib import Path
 
-    ctx = {"tmp": Path(tmp), "steps": steps, "resume_from": list(resume_from), "parallel": parallel}
+    ctx = {"tmp": Path(tmp), "steps": steps, "resume_from": list(resume_from), "parallel": parallel,
+           "zero_stage": zero_stage}
     out = run_each({name: globals()[name] for name in cases}, rank, n, ctx)
     out["_ctx"] = {k: v for k, v in ctx.items() if k in ("layout_changes", "next_loss", "resumed", "bf16_err")}
     return out
