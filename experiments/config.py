@@ -428,8 +428,9 @@ class TrainRunConfig:
     ranks: int = 2
     # FSEP slots per device C (parallel=fsep, fsdp_ep); N*C >= model.num_experts.
     slots_per_device: int = 4
-    # Devices per node G for the routing rule and the planner (ranks is a multiple of it).
-    devices_per_node: int = 1
+    # Devices per node G for the routing rule and the planner (divides the world size); null: the launcher's
+    # LOCAL_WORLD_SIZE (torchrun, the deepspeed launcher), else the spawned ranks (one machine, one node).
+    devices_per_node: Optional[int] = None
     # Force every MoE layer's routing to the expert-load trace's per-expert counts (real skew).
     trace_replay: bool = False
     # The trace (SmartMoE npz), relative to paths.data_dir.
@@ -573,8 +574,10 @@ class TrainExperiment(ExperimentConfig):
 class BenchTrainConfig:
     # Training steps run (and discarded) before the measured ones: allocator, DeepSpeed and planner warm-up.
     warmup_steps: int = 2
-    # Measured training steps per (system, routing).
+    # Measured training steps per (system, routing) and repeat.
     measure_steps: int = 4
+    # Runs of every (system, routing), interleaved across systems; the table reports their median and min/max.
+    repeats: int = 3
     # Replay the trace from this micro-batch position on: the SmartMoE trace's first recorded iteration (positions
     # 0-3) is nearly uniform (EP-layout imbalance 1.01 against ~1.5 after), so the default starts past it.
     trace_offset: int = 4

@@ -38,7 +38,7 @@ class RunSpec:
     trainer: TrainerConfig
     data: DataConfig
     slots_per_device: int
-    devices_per_node: int
+    devices_per_node: int | None  # None: the launcher's LOCAL_WORLD_SIZE, else all ranks on one node
     seed: int
     out_dir: str
     checkpoint_dir: str
@@ -81,7 +81,11 @@ def build(spec: RunSpec, rank: int, world: int):
     # On its device before the transform: the distributed layers keep layout tensors where their weights are.
     model = MoEDecoder(mcfg, seed=spec.seed).to(device_for(int(os.environ.get("LOCAL_RANK", rank))))
     if world > 1:
-        groups = FSEPGroups.from_launcher(dist.group.WORLD, os.environ, spec.devices_per_node)
+        # Spawned ranks share this machine: one node, unless the config says otherwise.
+        env = os.environ if "LOCAL_WORLD_SIZE" in os.environ or spec.devices_per_node else {"LOCAL_WORLD_SIZE": str(world)}
+        g = FSEPGroups.from_launcher(dist.group.WORLD, env, spec.devices_per_node).devices_per_node
+        # Restore and gradient traffic on their own group, so NCCL runs them beside the token all-to-alls.
+        groups = FSEPGroups.create(dist.group.WORLD, devices_per_node=g)
         model = distribute(model, spec.parallel, groups, spec.slots_per_device, spec.extra.get("deepspeed"))
     layers = distributed_layers(model)
     balancer = None
@@ -89,7 +93,7 @@ def build(spec: RunSpec, rank: int, world: int):
         planner = None
         if spec.parallel is Parallel.fsep:
             planner = make_planner(spec.planner.name, world, spec.slots_per_device, groups.devices_per_node)
-        balancer = LoadBalancer(layers, dist.group.WORLD, planner, spec.planner.window)
+        balancer = LoadBalancer(layers, dist.group.WORLD, planner, spec.planner.window, spec.planner.wait)
     batches = TokenBatches(spec.tokens, spec.data.seq_len, spec.data.global_batch, rank, world, spec.data.seed)
     trainer = Trainer(model, spec.trainer, batches.batch_per_rank, lm_loss, balancer)
     torch.manual_seed(spec.seed + rank)
@@ -260,7 +264,10 @@ def summary(rows: list[dict], spec: RunSpec, world: int) -> dict:
     if "planner_solve_s" in rows[-1]:
         out["planner_solve_s_total"] = sum(r.get("planner_solve_s", 0.0) for r in rows)
         out["planner_wait_s_total"] = sum(r.get("planner_wait_s", 0.0) for r in rows)
+        out["planner_wait_s_max"] = max(r.get("planner_wait_s", 0.0) for r in rows)
         out["step_s_total"] = sum(r["step_s"] for r in rows)
+        # The planner's share of the critical path: rank 0's waits for plans over its step time (should be ~0).
+        out["planner_wait_fraction"] = out["planner_wait_s_total"] / max(out["step_s_total"], 1e-12)
     return out
 
 

@@ -7,28 +7,25 @@ Per step (`LoadBalancer`):
   1. after every micro-batch `record()` stacks each layer's [E] `expert_counts` (left by DistributedMoE.dispatch)
   2. `end_step()`: one all_gather of this rank's [M, L, E] counts, so every rank holds the same [M, L, N, E]; they
      join the history of the last W micro-batches
-  3. rank 0 takes the plans of the previous step's submission (planned in the background during this step),
-     waiting only if they are still running (the wait is the planner time on the critical path, measured), and
-     broadcasts their layouts; every rank sets them on its layers, from the next step's restore on. A layout is
-     therefore built from loads that end one full step before the step that uses it (a one-step lag)
-  4. rank 0 submits every layer's window sum [N, E] to its planner process.
+  3. rank 0 takes the plans of the pending submission (planned in the background during this step) and broadcasts
+     their layouts; every rank sets them on its layers, from the next step's restore on. If they are still running,
+     rank 0 waits for them (`wait_for_plans`: the wait is the planner time on the critical path, measured; a layout
+     is then built from loads that end one full step before the step that uses it) or, without wait_for_plans,
+     broadcasts "no new plan" and tries again next step (no wait; the lag grows by a step instead, and which step a
+     plan lands on then depends on timing, so runs are not bit-reproducible)
+  4. with nothing pending, rank 0 submits every layer's window sum [N, E] to its planner process.
 
 Plans are identical on every rank because one rank plans and broadcasts them (`layout_digest` lets a test check it).
-The planner runs in a separate process (`PlannerProcess`), not a thread: a thread would hold the interpreter lock
-while it plans and stall the training step; planning once rather than on every rank leaves the other ranks' CPUs
-to training.
+The planner runs in its own process (`training.planner.AsyncPlanner`, which says why not a thread); planning once
+rather than on every rank leaves the other ranks' CPUs to training. Layouts change only at step boundaries (step 3):
+every rank must agree on the plan in force, and switching inside a step would need a collective mid-forward.
 """
 
 from __future__ import annotations
 
-import os
-import pickle
-import subprocess
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,7 +33,7 @@ import torch.distributed as dist
 
 from training.fsep.layer import DistributedMoE, FSEPMoE
 from training.placement import Placement
-from training.planner import Planner
+from training.planner import AsyncPlanner, Planner
 from training.routing import fsep_summary
 
 
@@ -51,60 +48,8 @@ class StepLoads:
     plan_lag: int | None  # steps between the newest loads a layout in force next step saw and that step (None: no plan)
 
 
-class PlannerProcess:
-    """A planner in its own Python process (this module run as a script), fed over a pipe: `submit(step, loads)` with
-    loads [L, N, E] returns at once; `wait()` returns (step, [(slots [N, C], routing fractions [N, E, N] or None)] per
-    layer, solve CPU seconds) of the oldest submission not yet collected. A subprocess rather than
-    multiprocessing: ranks launched by common.launch are daemonic and may not start multiprocessing children."""
-
-    def __init__(self, planner: Planner):
-        root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root] + os.environ.get("PYTHONPATH", "").split(os.pathsep)),
-               "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}  # one core's worth: the ranks need the others
-        self._proc = subprocess.Popen([sys.executable, "-m", "training.loads"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, env=env)
-        self._send(planner)
-
-    def _send(self, obj) -> None:
-        pickle.dump(obj, self._proc.stdin)
-        self._proc.stdin.flush()
-
-    def submit(self, step: int, loads: np.ndarray) -> None:
-        self._send((int(step), np.asarray(loads, dtype=np.int64)))
-
-    def wait(self) -> tuple[int, list, float]:
-        try:
-            reply = pickle.load(self._proc.stdout)
-        except EOFError:
-            raise RuntimeError(f"planner process exited (code {self._proc.wait()}); its error is on stderr") from None
-        if isinstance(reply, BaseException):
-            raise RuntimeError("planner failed") from reply
-        return reply
-
-    def close(self) -> None:
-        if self._proc.poll() is None:
-            try:
-                self._send(None)
-                self._proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
-            self._proc.wait(timeout=10)
-
-
-def _serve(stdin, stdout) -> None:
-    """The planner process: a pickled Planner, then (step, loads [L, N, E]) until None."""
-    planner = pickle.load(stdin)
-    while (msg := pickle.load(stdin)) is not None:
-        step, loads = msg
-        t0 = time.process_time()
-        try:
-            plans = [planner.plan(x) for x in loads]
-            out = (step, [(p.layout.slots, None if p.fsep_routed else p.routing.astype(np.float64)) for p in plans],
-                   time.process_time() - t0)
-        except Exception as err:  # the trainer raises it
-            out = err
-        pickle.dump(out, stdout)
-        stdout.flush()
+class _NotReady(Exception):
+    """Rank 0's plans are still running and the balancer does not wait for them."""
 
 
 class LoadBalancer:
@@ -112,16 +57,17 @@ class LoadBalancer:
 
     `planner` None records and gathers only (static layouts: EP, FSDP+EP); the layouts never change."""
 
-    def __init__(self, layers: list[DistributedMoE], group, planner: Planner | None, window: int):
+    def __init__(self, layers: list[DistributedMoE], group, planner: Planner | None, window: int,
+                 wait_for_plans: bool = True):
         if window < 1:
             raise ValueError(f"planner.window must be >= 1 micro-batch, got {window}")
         if planner is not None and not all(isinstance(m, FSEPMoE) for m in layers):
             raise ValueError("a planner re-lays out FSEP layers only; EP layers have a fixed layout")
-        self.layers, self.group, self.window = layers, group, window
+        self.layers, self.group, self.window, self.wait_for_plans = layers, group, window, wait_for_plans
         self.history: deque[np.ndarray] = deque(maxlen=window)  # [L, N, E] per micro-batch, newest last
         self._micro: list[np.ndarray] = []  # this step's [L, E] per micro-batch (this rank only)
         self.planning = planner is not None
-        self._process = PlannerProcess(planner) if self.planning and dist.get_rank(group) == 0 else None
+        self._process = AsyncPlanner(planner) if self.planning and dist.get_rank(group) == 0 else None
         self._submitted: int | None = None  # step whose window the planners are working on
         self._plan_step: int | None = None  # step whose window the layouts in force were planned from
 
@@ -143,10 +89,12 @@ class LoadBalancer:
         if self.planning:
             if self._submitted is not None:  # Step 3
                 layouts, solve_s, wait_s = self._collect()
-                for layer, (slots, fractions) in zip(self.layers, layouts):
-                    layer.set_placement(Placement(slots, layer.num_experts), fractions)
-                self._plan_step = self._submitted
-            self._submit(step)  # Step 4
+                if layouts is not None:
+                    for layer, (slots, fractions) in zip(self.layers, layouts):
+                        layer.set_placement(Placement(slots, layer.num_experts), fractions)
+                    self._plan_step, self._submitted = self._submitted, None
+            if self._submitted is None:
+                self._submit(step)  # Step 4
         lag = None if self._plan_step is None else step + 1 - self._plan_step
         return StepLoads(counts, tokens, wait_s, solve_s, lag)
 
@@ -155,9 +103,10 @@ class LoadBalancer:
             self._process.submit(step, np.sum(self.history, axis=0))  # [L, N, E]
         self._submitted = step
 
-    def _collect(self) -> tuple[list, float, float]:
+    def _collect(self) -> tuple[list | None, float, float]:
         """Rank 0 waits for the submitted plans; every rank receives their layouts (communicates: broadcasts).
-        Returns (layouts, solve CPU seconds, seconds rank 0 waited for the planner; 0 on the other ranks)."""
+        Returns (layouts or None: not ready and not waiting, solve CPU seconds, seconds rank 0 waited for the
+        planner; 0 on the other ranks)."""
         n, c = self.layers[0].placement.slots.shape
         e, dev = self.layers[0].num_experts, self.layers[0].router.weight.device
         header = torch.zeros(len(self.layers) * n * c + 1, dtype=torch.int64)
@@ -165,17 +114,25 @@ class LoadBalancer:
         if self._process is not None:
             t0 = time.perf_counter()
             try:
-                step, plans, solve_s = self._process.wait()
-                if step != self._submitted:
-                    raise RuntimeError(f"planner answered step {step}, expected {self._submitted}")
+                if not self.wait_for_plans and not self._process.ready():
+                    raise _NotReady
+                result = self._process.wait()
+                if result.step != self._submitted:
+                    raise RuntimeError(f"planner answered step {result.step}, expected {self._submitted}")
+                solve_s = result.solve_s
+                plans = [(p.slots, p.routing) for p in result.plans]
                 header[:-1] = torch.from_numpy(np.stack([slots for slots, _ in plans]).ravel())
                 header[-1] = int(any(f is not None for _, f in plans))  # 1: routing fractions follow
+            except _NotReady:
+                header[-1] = -2
             except Exception as err:  # tell every rank (they wait in the broadcast), then raise
                 failure, header[-1] = err, -1
             wait_s = time.perf_counter() - t0
         header = header.to(dev)
         dist.broadcast(header, src=dist.get_global_rank(self.group, 0), group=self.group)
         header = header.cpu().numpy()
+        if header[-1] == -2:
+            return None, 0.0, wait_s
         if header[-1] < 0:
             raise RuntimeError("the planner on rank 0 failed") from failure
         slots = header[:-1].reshape(len(self.layers), n, c)
@@ -242,5 +199,3 @@ class LoadBalancer:
             self._process.close()
 
 
-if __name__ == "__main__":  # the planner process of PlannerProcess
-    _serve(sys.stdin.buffer, sys.stdout.buffer)

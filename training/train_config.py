@@ -89,3 +89,6 @@ class PlannerConfig:
     name: str = "laer_plus"
     # Plan each layer from the sum of its last `window` micro-batches (the LAER-MoE paper's W = 5).
     window: int = 5
+    # true: a step waits for the previous step's plans (a fixed one-step lag, bit-reproducible runs and resumes);
+    # false: a plan not finished at the step's end is taken at a later step (no wait; the lag varies with timing).
+    wait: bool = True

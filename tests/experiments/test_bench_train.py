@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import experiments.run  # noqa: F401  (registers the schemas)
-from experiments.bench_train import SYSTEMS, ep_imbalance, run
+from experiments.bench_train import RATES, SYSTEMS, aggregate, ep_imbalance, run
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.vocab_size=320", "model.hidden=16", "model.ffn=24", "model.num_layers=1", "model.num_heads=2",
@@ -25,6 +25,16 @@ def test_ep_imbalance_against_hand_count():
     counts[0, 0] = [3, 1, 0, 0]  # device 0 holds experts 0, 1: 4 + 2 routes; device 1: 0 + 2
     counts[0, 1] = [1, 1, 1, 1]
     assert ep_imbalance(counts) == 6 / 4
+
+
+def test_aggregate_is_median_with_min_max():
+    runs = [{"system": "fsep", "routing": "trace", "repeat": i, "steps": 2, "tokens_per_step": 8, "drop_rate": 0.0,
+             "step_cpu_s": c, "step_wall_s": c, "last_loss": 1.0, "skewed_steps": [1],
+             **{k: v for k in RATES}} for i, (v, c) in enumerate([(10.0, 1.0), (30.0, 3.0), (12.0, 2.0)])]
+    (row,) = aggregate(runs)
+    assert row["repeats"] == 3 and row["step_cpu_s"] == 2.0
+    for k in RATES:
+        assert (row[k], row[f"{k}_min"], row[f"{k}_max"]) == (12.0, 10.0, 30.0)
 
 
 def _run(tmp_path, extra):
@@ -50,15 +60,20 @@ def _check(tmp_path, out, names):
 
 
 def test_bench_train_tiny(tmp_path):
-    """FSEP alone (each system costs two rank launches), 1 warm-up + 1 measured step per routing."""
-    out = _run(tmp_path, ["bench_train.systems=[fsep]"])
-    _check(tmp_path, out, ["fsep"])
+    """FSEP and EP, 2 repeats interleaved, 1 warm-up + 1 measured step per run, all in one spawned group."""
+    out = _run(tmp_path, ["bench_train.systems=[fsep,ep]", "bench_train.repeats=2"])
+    _check(tmp_path, out, ["fsep", "ep"])
+    assert [(r["repeat"], r["system"]) for r in out["runs"]] == [(0, "fsep"), (0, "fsep"), (0, "ep"), (0, "ep"),
+                                                                  (1, "fsep"), (1, "fsep"), (1, "ep"), (1, "ep")]
+    assert all(r["repeats"] == 2 and r["cpu_tokens_per_s_min"] <= r["cpu_tokens_per_s"] <= r["cpu_tokens_per_s_max"]
+               for r in out["rows"])
+    assert out["fsep_vs_ep_skewed_cpu"] > 0
     assert out["fsep_vs_balanced_cpu"] > 0 and out["fsep_vs_balanced_wall"] > 0
 
 
 @pytest.mark.slow
 def test_bench_train_all_systems(tmp_path):
-    out = _run(tmp_path, [])
+    out = _run(tmp_path, ["bench_train.repeats=1"])
     _check(tmp_path, out, [s.name for s in SYSTEMS])
     assert 0 < out["ds_cap1_drop_rate"] < 1  # the trace's skew overflows capacity 1.0
     assert out["fsep_vs_ep_skewed_cpu"] > 0

@@ -20,8 +20,6 @@ def _cases(rank: int, n: int, tmp: str) -> dict:
     os.environ["LOCAL_RANK"] = str(rank)
     import shutil
 
-    import torch
-
     from tests.training.trainer_cases import make
     from training import checkpoint
     from training.checkpoint import CheckpointError
@@ -53,21 +51,22 @@ def _cases(rank: int, n: int, tmp: str) -> dict:
 
     @case("failed_save_is_not_complete")
     def _():
-        real = torch.save
+        import torch.distributed.checkpoint as dcp
+
+        real = dcp.FileSystemWriter
         trainer.step_count = 7
 
-        def broken(obj, f, *a, **k):
-            if str(f).endswith("dense.pt"):
+        class Broken(real):
+            def write_data(self, plan, planner):
                 raise OSError("disk full")
-            return real(obj, f, *a, **k)
 
-        torch.save = broken
+        dcp.FileSystemWriter = Broken
         try:
             checkpoint.save(root, trainer)
-        except OSError:
-            pass
+        except OSError as err:
+            assert "disk full" in str(err), str(err)
         finally:
-            torch.save, trainer.step_count = real, 0
+            dcp.FileSystemWriter, trainer.step_count = real, 0
         assert checkpoint.latest(root) == good, "a save that failed looks complete"
         assert not (root / "step_000007").exists()
 
@@ -75,17 +74,22 @@ def _cases(rank: int, n: int, tmp: str) -> dict:
     def _():
         bad = root / "partial"
         shutil.copytree(good, bad)
-        (bad / "rank0.pt").unlink()
-        expect(f"{bad / 'rank0.pt'} is missing", bad)
+        (bad / "__0_0.distcp").unlink()
+        expect(f"{bad / '__0_0.distcp'} is missing", bad)
+        (bad / ".metadata").unlink()
+        expect(f"{bad / '.metadata'} is missing", bad)
         expect("has no meta.json", root / "nothing_here")
 
     @case("corrupt_checkpoint_names_the_file")
     def _():
         bad = root / "corrupt"
         shutil.copytree(good, bad)
-        data = (bad / "dense.pt").read_bytes()
-        (bad / "dense.pt").write_bytes(data[: len(data) // 2])
-        expect(f"{bad / 'dense.pt'} is corrupt or truncated", bad)
+        data = (bad / "__0_0.distcp").read_bytes()
+        (bad / "__0_0.distcp").write_bytes(data[: len(data) // 2])
+        expect(f"{bad / '__0_0.distcp'} is corrupt or truncated", bad)
+        meta = (bad / ".metadata").read_bytes()
+        (bad / ".metadata").write_bytes(meta[: len(meta) // 2])
+        expect(f"{bad / '.metadata'} is corrupt or truncated", bad)
         (bad / "meta.json").write_text("{not json")
         expect("meta.json is corrupt", bad)
 
@@ -101,6 +105,20 @@ def _cases(rank: int, n: int, tmp: str) -> dict:
         except CheckpointError as err:
             assert "model.ffn = 24 there, 48 here" in str(err), str(err)
 
+    @case("bf16_at_stage_0_is_a_one_line_error")
+    def _():
+        from tests.training.trainer_cases import trainer_cfg
+        from training.train_config import Precision
+
+        tcfg = trainer_cfg(1)
+        tcfg.precision = Precision.bf16
+        bf16, _ = make(None, 0, 1, tcfg=tcfg)
+        try:
+            checkpoint.save(root / "bf16", bf16)
+            raise AssertionError("saving DeepSpeed's FP16_Optimizer state did not fail")
+        except CheckpointError as err:
+            assert "trainer.zero_stage=1 or 2" in str(err) and "\n" not in str(err), str(err)
+
     return out
 
 
@@ -110,6 +128,7 @@ def results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["failed_save_is_not_complete", "partial_checkpoint_names_the_missing_file",
-                                  "corrupt_checkpoint_names_the_file", "another_model_shape_names_the_key"])
+                                  "corrupt_checkpoint_names_the_file", "another_model_shape_names_the_key",
+                                  "bf16_at_stage_0_is_a_one_line_error"])
 def test_checkpoint_case(results, case):
     assert results[case] is None, results[case]

@@ -13,12 +13,15 @@ import pytest
 
 from common.launch import run_local
 from tests.training.trainer_cases import run_cases
+from training.train_config import Parallel
 
 ENV = {"TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))}
 CASES = ["case_shards_survive_initialize", "case_fsep_planner_equals_single_process",
+         "case_fsep_not_waiting_for_plans_equals_single_process",
          "case_ep_equals_single_process", "case_deepspeed_moe_equals_single_process",
          "case_zero_1_and_2_equal_single_process",
-         "case_kill_and_resume_is_exact", "case_save_then_next_step"]
+         "case_kill_and_resume_is_exact", "case_kill_and_resume_zero2_and_deepspeed_moe", "case_save_then_next_step",
+         "case_bf16_equals_bf16_single_process"]
 
 
 def _check(results: list[dict], cases: list[str]) -> dict:
@@ -46,19 +49,26 @@ def test_resume_on_one_rank_continues_with_the_same_loss(two_ranks):
     tmp, res = two_ranks
     want = _check(res, ["case_save_then_next_step"])["next_loss"]
     src = str(tmp / "from2")
-    got = _check(run_local(run_cases, 1, "gloo", args=(["case_resume_next_step"], str(tmp), 0, (src,)), env=ENV,
-                           timeout_s=600), ["case_resume_next_step"])["resumed"][src]
+    one = ["case_resume_next_step", "case_bf16_equals_bf16_single_process"]  # bf16: the dense model on one rank
+    got = _check(run_local(run_cases, 1, "gloo", args=(one, str(tmp), 0, (src,)), env=ENV, timeout_s=600),
+                 one)["resumed"][src]
     assert abs(got - want) <= 1e-6 * abs(want), f"next-step loss after 2 -> 1 re-shard {got}, uninterrupted {want}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("src, dst", [(2, 4), (4, 2), (1, 2)])
-def test_resume_on_another_rank_count(tmp_path, src, dst):
-    saved = _check(run_local(run_cases, src, "gloo", args=(["case_save_then_next_step"], str(tmp_path), 0),
-                             env=ENV, timeout_s=900), ["case_save_then_next_step"])
+@pytest.mark.parametrize("src, dst, parallel, zero", [(2, 4, Parallel.fsep, 0), (4, 2, Parallel.fsep, 0),
+                                                      (1, 2, Parallel.fsep, 0), (4, 2, Parallel.deepspeed_ep, 0),
+                                                      (2, 4, Parallel.fsep, 2)])
+def test_resume_on_another_rank_count(tmp_path, src, dst, parallel, zero):
+    """FSEP (Shard(1) of the flat experts) and DeepSpeed-MoE (Shard(0)) checkpoints re-shard through DCP; ZeRO-2's
+    partitioned dense optimizer state is saved per parameter in full, so it re-partitions on M ranks."""
+    saved = _check(run_local(run_cases, src, "gloo", args=(["case_save_then_next_step"], str(tmp_path), 0, (),
+                                                           parallel, zero), env=ENV, timeout_s=900),
+                   ["case_save_then_next_step"])
     path = str(tmp_path / f"from{src}")
-    got = _check(run_local(run_cases, dst, "gloo", args=(["case_resume_next_step"], str(tmp_path), 0, (path,)),
-                           env=ENV, timeout_s=900), ["case_resume_next_step"])["resumed"][path]
+    got = _check(run_local(run_cases, dst, "gloo", args=(["case_resume_next_step"], str(tmp_path), 0, (path,),
+                                                         parallel, zero), env=ENV, timeout_s=900),
+                 ["case_resume_next_step"])["resumed"][path]
     assert abs(got - saved["next_loss"]) <= 1e-6 * abs(saved["next_loss"])
 
 
