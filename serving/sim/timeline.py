@@ -52,6 +52,7 @@ class KVMove:
     request: int  # request index
     dst: int  # target replica index (in DeploymentChange.costs)
     ready_s: float  # seconds after the change when its KV is on dst and it may continue there
+    keep_kv: bool = True  # False: its KV is dropped and it recomputes on dst (a restarted engine loses it)
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,8 @@ def simulate_timeline(
             if state is None:
                 continue  # it finished before the change: nothing to move
             moved[m.request] += 1
+            if not m.keep_kv:
+                state = (0, 0, state[2])
             # Not before the source's last iteration ends: the tokens it computed there move too.
             t_ready = max(t + float(m.ready_s), _clock(engines[src]))
             heapq.heappush(arrivals_kv, (t_ready, int(m.request), new_ids[m.dst], state))
@@ -184,18 +187,21 @@ def simulate_timeline(
         stage.__init__(new_ids, ready, ROUTERS[d](labels, n, ch.weights), d, ch.weights)
         applied.append(AppliedChange(t, ch.label, len(kept), n - len(kept), drained, len(ch.moves), tuple(new_ids)))
 
-    di = 0
-    for i in range(len(arrival)):
-        t = arrival[i]
-        while di < len(decisions) and decisions[di] <= t:
-            td = decisions[di]
-            di += 1
+    pending = list(reversed(decisions))
+
+    def decide_until(until: float) -> None:
+        while pending and pending[-1] <= until:
+            td = pending.pop()
             land_kv(td)
             for e in engines:
                 e.advance_until(td)
             ch = decide(td, stage.inflight(engines))
             if ch is not None:
                 apply(td, ch)
+
+    for i in range(len(arrival)):
+        t = arrival[i]
+        decide_until(t)
         land_kv(t)
         view = [engines[e] for e in stage.engines]
         if stage.router.reads_state:
@@ -208,6 +214,7 @@ def simulate_timeline(
             k = stage.router.route(i, view)
             engines[stage.engines[k]].advance_until(t)
         engines[stage.engines[k]].enqueue(i, t)
+    decide_until(float("inf"))  # decisions after the last arrival still act on what is in flight
     land_kv(float("inf"))
     for e in engines:
         e.advance_until(float("inf"))
