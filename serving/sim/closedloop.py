@@ -58,7 +58,7 @@ def change_for(decision, current, cost: Callable[[ReplicaConfig], IterationCost]
         if k in sp.kept:
             if (d, c) not in where:
                 raise ValueError(f"switch plan keeps target replica {k} ({c} on {d}), which is not in place")
-            keep.append(where[(d, c)])
+            keep.append(where[(d, c)])  # the current replica on the same devices with the same config
         else:
             keep.append(None)
     ready = tuple(0.0 if k in sp.kept else float(r) for k, r in enumerate(sp.replica_ready_s))
