@@ -90,6 +90,8 @@ def check_config(cfg: DictConfig) -> None:
     need(t.migration_threshold >= 0, "temporal.migration_threshold", "must be >= 0", t.migration_threshold)
     need(t.migration_max_moves >= 0, "temporal.migration_max_moves", "must be >= 0", t.migration_max_moves)
     need(t.p99_bin_s > 0, "temporal.p99_bin_s", "must be > 0", t.p99_bin_s)
+    need(t.rebuild_s >= 0, "temporal.rebuild_s", "must be >= 0", t.rebuild_s)
+    need(t.train_phases >= 1, "temporal.train_phases", "must be >= 1", t.train_phases)
     try:
         check_controller(library_config(cfg.controller, ControllerConfig))
     except ValueError as e:
@@ -139,15 +141,21 @@ def source_traces(cfg, data_dir: Path) -> dict[str, RequestTrace]:
 
 
 def load_factor(trace: RequestTrace, cm, cfg) -> float:
-    """The rate factor at which the best homogeneous deployment runs at temporal.load of its LP capacity on the
-    trace's per-interval 90th-percentile type rates."""
-    from serving.scheduler import best_homogeneous
+    """The rate factor at which the best homogeneous deployment for each interval's own rates runs at
+    temporal.load of its LP capacity, at the 90th percentile over the intervals: the busy phases load the GPUs that
+    much, and a single deployment for the whole trace has to compromise between them."""
+    from serving.scheduler import homogeneous_candidates
 
-    wl = build_workload(trace, int(cfg.workload.num_types), seed=int(cfg.seed), rate_quantile=0.9,
-                        interval_s=float(cfg.controller.interval_s))
-    prob = Problem.from_workload(cm, wl, _scheduler_cfg(cfg))
-    util = -prob.score(best_homogeneous(prob, int(cfg.num_gpus)))[1]
-    return float(cfg.temporal.load) / max(util, 1e-9)
+    interval = float(cfg.controller.interval_s)
+    wl = build_workload(trace, int(cfg.workload.num_types), seed=int(cfg.seed))
+    planner = ForecastPlanner(cm, wl.mean_input, wl.mean_output, int(cfg.num_gpus), PlannerKind.homogeneous,
+                              _scheduler_cfg(cfg))
+    series = type_rates(trace.arrival_s, wl.labels, wl.num_types, interval)[: max(int(trace.duration_s // interval), 1)]
+    util = []
+    for lam in series:
+        prob = planner.problem(lam)
+        util.append(min(-prob.score(d)[1] for d in homogeneous_candidates(prob, int(cfg.num_gpus))))
+    return float(cfg.temporal.load) / max(float(np.quantile(util, 0.9)), 1e-9)
 
 
 def cycle_traces(cfg, src: dict[str, RequestTrace], cycle, change: float, cm) -> tuple[RequestTrace, RequestTrace]:
@@ -211,13 +219,15 @@ def make_forecaster(cfg, train_series: np.ndarray):
     return make_predictor(PredictorKind(cfg.temporal.predictor), int(cfg.temporal.window)).fit(train_series)
 
 
-def _switch_planner(cm):
+def _switch_planner(cm, rebuild_s: float):
     """serving.switching.plan_switch with the model and cluster bound in (the controller's SwitchPlanner)."""
-    from serving.switching import InflightRequest, plan_switch
+    from serving.switching import InflightRequest, SwitchOptions, plan_switch
+
+    options = SwitchOptions(rebuild_s=float(rebuild_s))
 
     def plan(current, target, inflight):
         reqs = [InflightRequest(r.id, r.replica, r.context_tokens, r.remaining_tokens) for r in inflight]
-        return plan_switch(current, target, cm.model, cm.cluster, reqs)
+        return plan_switch(current, target, cm.model, cm.cluster, reqs, options)
 
     return plan
 
@@ -232,7 +242,7 @@ def controller(case: Case, cm, cfg, forecaster, planner: PlannerKind, switching:
     c = library_config(cfg.controller, ControllerConfig)
     c.planner, c.switching = planner, switching
     p = case.oserve if planner is PlannerKind.oserve else case.homogeneous
-    return Controller(c, forecaster, p, plan_switch=_switch_planner(cm) if switching is SwitchMode.fast else None,
+    return Controller(c, forecaster, p, plan_switch=_switch_planner(cm, cfg.temporal.rebuild_s) if switching is SwitchMode.fast else None,
                       reload_s=_reload_s(cm) if switching is SwitchMode.reload else None)
 
 

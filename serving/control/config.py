@@ -34,7 +34,7 @@ class ControllerConfig:
     margin: float = 1.0
     # ... and exceeds this share of the deployment in place's expected waiting: plans closer than that are within
     # the forecast's noise and the cost model's error, and a switch between them would chase noise.
-    min_gain: float = 0.1
+    min_gain: float = 0.05
     # Which deployments are planned on the forecast.
     planner: PlannerKind = PlannerKind.oserve
     # How a switch is carried out (none: the initial plan is kept).
