@@ -34,7 +34,10 @@ class ControllerConfig:
     margin: float = 1.0
     # ... and exceeds this share of the deployment in place's expected waiting: plans closer than that are within
     # the forecast's noise and the cost model's error, and a switch between them would chase noise.
-    min_gain: float = 0.05
+    min_gain: float = 0.2
+    # ... on each of the forecasts made from the last `confirm` histories (now, one interval ago, ...): one interval's
+    # Poisson noise can make a target look better once, rarely twice in a row (a debounce; 1: the latest only).
+    confirm: int = 2
     # Which deployments are planned on the forecast.
     planner: PlannerKind = PlannerKind.oserve
     # How a switch is carried out (none: the initial plan is kept).

@@ -2,8 +2,8 @@
 
 Gain and cost are both in request-seconds of waiting, so they compare directly:
   expected waiting W(plan, lambda, H) over a horizon of H seconds, for the plan's dispatch solved on lambda:
-      W = H * sum_kj x_kj l_kj / (1 - min(u_k, u_max))        (served requests: latency inflated by queueing)
-        + U H^2 / 2                                           (U = sum lambda - served: a backlog growing for H s)
+      W = H * sum_kj x_kj (l_kj + min(l_kj u_k / (1 - u_k), H / 2))   (served: latency + queueing, u_k <= u_max)
+        + H U (max_kj l_kj + H / 2)          (U = sum lambda - served: a backlog over the horizon, then served)
   gain = W(current deployment, forecast) - W(target, forecast)
   cost = sum over target replicas built anew of x_k r_k^2 / 2 (arrivals routed to a replica in its r_k seconds of
          loading wait until it is ready) + sum over moved requests of their KV's ready time (each stalls that long).
@@ -34,12 +34,18 @@ ReloadTime = Callable[[DeploymentPlan], float]
 
 def expected_wait(plan: DeploymentPlan, planner: ForecastPlanner, horizon_s: float, max_utilisation: float) -> float:
     """W above for a plan whose dispatch was solved on its type_rates (request-seconds over horizon_s)."""
-    served = 0.0
+    served, slowest = 0.0, 0.0
     for c, x, u in zip(plan.replicas, plan.dispatch, plan.utilisation):
         _, lat = planner.capacity(c)
-        served += float(np.dot(x, lat)) / (1.0 - min(float(u), max_utilisation))
+        u = min(float(u), max_utilisation)
+        # Queueing in front of l, never longer than the backlog's wait: a queue that close to saturation is the
+        # backlog of an overloaded replica over the horizon, not M/M/1's unbounded mean.
+        served += float(np.dot(x, lat + np.minimum(lat * u / (1 - u), horizon_s / 2)))
+        slowest = max(slowest, float(np.max(lat)))
     backlog = max(sum(plan.type_rates) - plan.served_rps, 0.0)
-    return horizon_s * served + backlog * horizon_s**2 / 2
+    # An unserved request waits the backlog (H / 2 on average) and is then served no faster than the slowest
+    # replica, so serving more never looks worse than serving less.
+    return horizon_s * (served + backlog * (slowest + horizon_s / 2))
 
 
 def switch_cost(switch, target: DeploymentPlan) -> float:
@@ -104,19 +110,30 @@ class Controller:
         if self.cfg.switching is SwitchMode.reload and self.reload_s is None:
             raise ValueError("Controller: switching reload needs the cold reload time (reload_s)")
 
+    def gain(self, here: DeploymentPlan, target: DeploymentPlan, cfg: ControllerConfig) -> tuple[float, float]:
+        """(W(here) - W(target), the noise floor min_gain * W(here)) for plans dispatched on the same rates."""
+        w_here = expected_wait(here, self.planner, cfg.horizon_s, cfg.max_utilisation)
+        return w_here - expected_wait(target, self.planner, cfg.horizon_s, cfg.max_utilisation), cfg.min_gain * w_here
+
     def decide(self, time_s: float, history: np.ndarray, current: DeploymentPlan, inflight: Sequence = ()) -> Decision:
         """1. forecast the next interval from `history` [t, J] (the intervals before it);
         2. plan on the forecast, and re-solve the dispatch of the deployment in place;
-        3. plan the switch (fast: the switch planner with the in-flight requests; reload: everything from storage);
-        4. switch when the gain over the horizon pays the cost."""
+        3. the gain: the least over the forecasts from the last `confirm` histories, the target and the deployment
+           in place dispatched on each;
+        4. plan the switch (fast: the switch planner with the in-flight requests; reload: everything from storage);
+        5. switch when the gain over the horizon pays the cost and clears the noise floor."""
         cfg = self.cfg
         t = len(history)
         fc = np.maximum(np.asarray(self.forecaster.forecast(history), float), 0.0)  # Step 1
         here = self.planner.redispatch(current, fc)  # Step 2
         target = self.planner.plan(fc)
-        w_here = expected_wait(here, self.planner, cfg.horizon_s, cfg.max_utilisation)
-        gain = w_here - expected_wait(target, self.planner, cfg.horizon_s, cfg.max_utilisation)
-        floor = cfg.min_gain * w_here
+        gain, floor = self.gain(here, target, cfg)  # Step 3
+        for back in range(1, cfg.confirm):  # the same target on the earlier forecasts: the least gain counts
+            if t - back < self.forecaster.window:
+                break
+            earlier = np.maximum(np.asarray(self.forecaster.forecast(history[: t - back]), float), 0.0)
+            g, f = self.gain(self.planner.redispatch(current, earlier), self.planner.redispatch(target, earlier), cfg)
+            gain, floor = min(gain, g), max(floor, f)
         common = dict(time_s=time_s, interval=t, forecast=tuple(float(v) for v in fc), current=here, target=target)
         if target.describe() == current.describe():
             return Decision(**common, switch=False, switch_plan=None, gain_s=0.0, cost_s=0.0,
@@ -124,14 +141,14 @@ class Controller:
         if gain <= floor:
             return Decision(**common, switch=False, switch_plan=None, gain_s=float(gain), cost_s=0.0,
                             reason=f"gain {gain:.0f} req-s within the noise floor {floor:.0f}")
-        if cfg.switching is SwitchMode.fast:  # Step 3
+        if cfg.switching is SwitchMode.fast:  # Step 4
             sp = self.plan_switch(current, target, inflight)
         else:
             r = float(self.reload_s(target))
             sp = ReloadSwitch(target, tuple(r for _ in target.replicas), r,
                               removed=tuple(range(len(current.replicas))))
         cost = switch_cost(sp, sp.target)
-        go = should_switch(gain, cost, cfg.margin, floor)  # Step 4
+        go = should_switch(gain, cost, cfg.margin, floor)  # Step 5
         why = f"gain {gain:.0f} req-s {'>' if go else '<='} {cfg.margin:g} x cost {cost:.0f} req-s"
         return Decision(**common, switch=go, switch_plan=sp, gain_s=float(gain), cost_s=cost, reason=why)
 
@@ -144,6 +161,8 @@ def check_controller(cfg: ControllerConfig) -> None:
             raise ValueError(f"ControllerConfig.{key} must be > 0, got {v!r}")
     if not cfg.min_gain >= 0:
         raise ValueError(f"ControllerConfig.min_gain must be >= 0, got {cfg.min_gain!r}")
+    if not (isinstance(cfg.confirm, int) and cfg.confirm >= 1):
+        raise ValueError(f"ControllerConfig.confirm must be an integer >= 1, got {cfg.confirm!r}")
     if not cfg.margin >= 0:
         raise ValueError(f"ControllerConfig.margin must be >= 0, got {cfg.margin!r}")
     if not 0 < cfg.max_utilisation < 1:
