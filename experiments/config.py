@@ -24,6 +24,7 @@ from serving.engines.config import EngineConfig
 from serving.loadgen import LoadSpec
 from serving.scheduler import SchedulerConfig
 from serving.sim import SLO, Dispatcher, ReplayObjective, SchedulingPolicy
+from serving.switching import SwitchOptions
 from training.train_config import DataConfig, Parallel, PlannerConfig, TrainerConfig
 
 
@@ -397,6 +398,45 @@ class TrainRunConfig:
     threads_per_rank: int = 1
 
 
+@dataclass
+class SwitchCase:
+    # Replicas before and after the switch, one [tp, pp] pair each, packed on devices from 0 largest first.
+    current: list[list[int]] = field(default_factory=lambda: [[4, 1]])
+    target: list[list[int]] = field(default_factory=lambda: [[2, 1], [2, 1]])
+
+
+def _switch_cases() -> list[SwitchCase]:
+    pairs = [
+        ([[4, 1]], [[2, 1], [2, 1]]),  # TP4 -> 2 x TP2
+        ([[4, 1], [4, 1]], [[8, 1]]),  # 2 x TP4 -> TP8
+        ([[8, 1]], [[4, 1], [4, 1]]),  # TP8 -> 2 x TP4
+        ([[2, 1]] * 4, [[4, 1]] * 2),  # 4 x TP2 -> 2 x TP4
+        ([[8, 1]], [[4, 2]]),  # a PP change inside a node
+        ([[8, 1]], [[8, 2]]),  # a PP change onto a second node
+        ([[8, 1]] * 2, [[8, 1]] * 4),  # scale out onto two empty nodes
+        ([[8, 1]] * 4, [[4, 1]] * 8),  # the whole cluster, TP8 -> TP4
+        ([[8, 1]] * 4, [[8, 1]] * 2 + [[4, 1]] * 2 + [[2, 1]] * 4),  # homogeneous -> heterogeneous
+        ([[4, 1]] * 8, [[8, 1]] * 4),
+    ]
+    return [SwitchCase(c, t) for c, t in pairs]
+
+
+@dataclass
+class SwitchCostConfig:
+    # Served model: a name from serving.costmodel.models.MODELS.
+    model: str = "llama2-70b"
+    # The switches planned.
+    cases: list[SwitchCase] = field(default_factory=_switch_cases)
+    # Requests in flight on each current replica, context lengths uniform in [low, high] tokens.
+    inflight_per_replica: int = 32
+    context_tokens: list[int] = field(default_factory=lambda: [128, 4096])
+    # The switch planner's options (serving.switching.SwitchOptions): options.storage_bw (null: the cluster's),
+    # options.kv_move_min_tokens, options.kv_headroom, options.rebuild_s, options.engine_startup_s, ...
+    options: SwitchOptions = field(default_factory=SwitchOptions)
+    # The OServe paper's figure: switches of 70B-class models stay under this many seconds.
+    paper_bound_s: float = 10.0
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Per-experiment schemas: the common keys, then the sections that experiment reads.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -503,6 +543,12 @@ class BenchTrainExperiment(TrainExperiment):
     bench_train: BenchTrainConfig = field(default_factory=BenchTrainConfig)
 
 
+@dataclass
+class OServeSwitchCostExperiment(ExperimentConfig):
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    switch_cost: SwitchCostConfig = field(default_factory=SwitchCostConfig)
+
+
 # task -> its schema (stored as config `schema/<task>`).
 SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "quickstart": QuickstartExperiment,
@@ -517,6 +563,7 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "bench_fsep": BenchFsepExperiment,
     "train": TrainExperiment,
     "bench_train": BenchTrainExperiment,
+    "oserve_switch_cost": OServeSwitchCostExperiment,
 }
 
 

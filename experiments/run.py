@@ -45,6 +45,7 @@ TASKS = {
     "bench_fsep": "experiments.bench_fsep:run",
     "train": "experiments.train:run",
     "bench_train": "experiments.bench_train:run",
+    "oserve_switch_cost": "experiments.oserve_switch:run",
 }
 assert set(TASKS) == set(SCHEMAS), "every task needs a schema in experiments/config.py and vice versa"
 
