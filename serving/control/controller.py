@@ -79,7 +79,7 @@ class Decision:
     time_s: float  # when it was taken (the start of interval `interval`)
     interval: int  # the interval forecast
     forecast: tuple[float, ...]  # [J] predicted rates, req/s
-    current: DeploymentPlan  # the deployment in place, its dispatch re-solved on the forecast
+    current: DeploymentPlan  # the deployment in place (its dispatch re-solved on the forecast with cfg.redispatch)
     target: DeploymentPlan  # the scheduler's plan on the forecast
     switch: bool  # carry out `switch_plan`
     switch_plan: object | None  # how to get from current to target (a SwitchPlan or ReloadSwitch); None: same
@@ -134,7 +134,8 @@ class Controller:
             earlier = np.maximum(np.asarray(self.forecaster.forecast(history[: t - back]), float), 0.0)
             g, f = self.gain(self.planner.redispatch(current, earlier), self.planner.redispatch(target, earlier), cfg)
             gain, floor = min(gain, g), max(floor, f)
-        common = dict(time_s=time_s, interval=t, forecast=tuple(float(v) for v in fc), current=here, target=target)
+        kept = here if cfg.redispatch else current  # what serves on when there is no switch
+        common = dict(time_s=time_s, interval=t, forecast=tuple(float(v) for v in fc), current=kept, target=target)
         if target.describe() == current.describe():
             return Decision(**common, switch=False, switch_plan=None, gain_s=0.0, cost_s=0.0,
                             reason="the forecast's plan is the deployment in place")

@@ -47,6 +47,8 @@ def change_for(decision, current, cost: Callable[[ReplicaConfig], IterationCost]
                                 np.array(current.dispatch), moves, dispatch, "migrate"), current
     if not decision.switch:
         plan = decision.current
+        if plan is current:  # nothing to change (no re-dispatch)
+            return None, current
         n = len(plan.replicas)
         return DeploymentChange(tuple(cost(c) for c in plan.replicas), tuple(range(n)), (0.0,) * n,
                                 np.array(plan.dispatch), (), dispatch, "redispatch"), plan

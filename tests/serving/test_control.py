@@ -174,3 +174,10 @@ def test_kv_transfer_time_from_the_topology():
 def test_bad_interval_in_the_loop_is_an_error():
     with pytest.raises(ValueError, match="interval_s must be > 0"):
         run_closed_loop([0.0], [10], [5], [0], np.zeros((1, 1)), 0.0, None, None, None)
+
+
+def test_without_redispatch_nothing_changes():
+    """redispatch off and a stable workload: the deployment and its dispatch stay exactly as they were."""
+    arr, inp, out, lab = _trace([(100.0, 24.0, 1.0)])
+    res, _ = _loop(arr, inp, out, lab, lambda s: LastValue(1), redispatch=False)
+    assert res.decisions and not any(d.switch for d in res.decisions) and res.sim.changes == ()
