@@ -22,6 +22,7 @@ from serving.control import ControllerConfig
 from serving.costmodel import CostModelKind
 from serving.engines.config import EngineConfig
 from serving.loadgen import LoadSpec
+from serving.predict import LSTMOptions, PredictorKind
 from serving.scheduler import SchedulerConfig
 from serving.sim import SLO, Dispatcher, ReplayObjective, SchedulingPolicy
 from serving.switching import SwitchOptions
@@ -216,6 +217,31 @@ class OServeBenchConfig:
     # Cost models replayed in the peer check.
     peer_costmodels: list[CostModelKind] = field(
         default_factory=lambda: [CostModelKind.measured, CostModelKind.roofline])
+
+
+@dataclass
+class OServePredictConfig:
+    # Request traces (Azure 2023 CSV format), relative to paths.data_dir; each is scored on its own.
+    traces: list[str] = field(default_factory=lambda: [
+        "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv",
+        "azure_llm_inference_2023/AzureLLMInferenceTrace_code.csv"])
+    # Request types per trace: k-means over (log input, log output) lengths (serving.workload.build_workload).
+    num_types: int = 4
+    # Bin sizes (s) of the per-type rate series (common.stats.type_rates); only full bins are kept.
+    bins_s: list[float] = field(default_factory=lambda: [10.0, 30.0, 60.0])
+    # Share of each series' intervals the predictors are fitted on (the head); the rest (the tail) is scored.
+    head_share: float = 0.7
+    # Intervals of history per forecast (the paper's sequence length 50). Where the head holds fewer than
+    # window + min_train_pairs intervals (an hour gives 58 one-minute bins, 40 in a 70% head), it is clamped, with a
+    # warning; fewer than ~30 pairs per type and the LSTM fits the noise.
+    window: int = 50
+    min_train_pairs: int = 30
+    predictors: list[PredictorKind] = field(default_factory=lambda: list(PredictorKind))
+    # Hyper-parameters of both LSTM predictors (serving.predict.LSTMOptions).
+    lstm: LSTMOptions = field(default_factory=LSTMOptions)
+    ema_alpha: float = 0.3
+    # Seasonal-naive period in seconds (null: one window); clamped to the window.
+    seasonal_period_s: Optional[float] = None
 
 
 @dataclass
@@ -488,6 +514,11 @@ class OServeBenchExperiment(ExperimentConfig):
 
 
 @dataclass
+class OServePredictExperiment(ExperimentConfig):
+    predict: OServePredictConfig = field(default_factory=OServePredictConfig)
+
+
+@dataclass
 class PlannerQualityExperiment(ExperimentConfig):
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     planner_quality: PlannerQualityConfig = field(default_factory=PlannerQualityConfig)
@@ -558,6 +589,7 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "oserve_ablation": OServeAblationExperiment,
     "oserve_serve": OServeServeExperiment,
     "oserve_bench_engines": OServeBenchEnginesExperiment,
+    "oserve_predict": OServePredictExperiment,
     "planner_quality": PlannerQualityExperiment,
     "planner_speed": PlannerSpeedExperiment,
     "bench_fsep": BenchFsepExperiment,

@@ -40,6 +40,7 @@ TASKS = {
     "oserve_ablation": "experiments.oserve_ablation:run",
     "oserve_serve": "experiments.oserve_serve:run",
     "oserve_bench_engines": "experiments.bench_engines:run",
+    "oserve_predict": "experiments.oserve_predict:run",
     "planner_quality": "experiments.planner_quality:run",
     "planner_speed": "experiments.planner_speed:run",
     "bench_fsep": "experiments.bench_fsep:run",
