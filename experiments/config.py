@@ -176,7 +176,7 @@ class OServeTemporalConfig:
     # The predictor (serving.predict kinds: lstm, aggregate_lstm, moving_average, ema, seasonal_naive) and the
     # intervals of history it reads; it is trained on train_phases phases of the same sources from train_offset_s
     # on (wrapping round the hour-long Azure traces).
-    predictor: str = "lstm"
+    predictor: PredictorKind = PredictorKind.lstm
     window: int = 6
     train_offset_s: float = 1800.0
     train_phases: int = 24

@@ -214,9 +214,9 @@ def prepare(name: str, trace: RequestTrace, train: RequestTrace, cm, cfg) -> Cas
 
 def make_forecaster(cfg, train_series: np.ndarray):
     """The predictor named by temporal.predictor, fitted on the training series."""
-    from serving.predict import PredictorKind, make_predictor
+    from serving.predict import make_predictor
 
-    return make_predictor(PredictorKind(cfg.temporal.predictor), int(cfg.temporal.window)).fit(train_series)
+    return make_predictor(cfg.temporal.predictor, int(cfg.temporal.window)).fit(train_series)
 
 
 def _switch_planner(cm, rebuild_s: float):
@@ -346,7 +346,7 @@ def cases(cfg, data_dir, cm, change: float, only: int | None = None) -> list[Cas
 def settings(cfg) -> dict:
     return {"model": cfg.oserve.model, "cluster": cfg.cluster.preset.name, "GPUs": int(cfg.num_gpus),
             "interval": f"{cfg.controller.interval_s:g}s", "horizon": f"{cfg.controller.horizon_s:g}s",
-            "predictor": cfg.temporal.predictor, "change": cfg.temporal.change}
+            "predictor": cfg.temporal.predictor.value, "change": cfg.temporal.change}
 
 
 def ratios(by_case: dict[str, dict], baseline: str, policy: str = "oserve") -> dict | None:
