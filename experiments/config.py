@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from common.datapaths import Fallback
 from common.topology import ClusterPreset
 from common.traces import TraceFormat
+from serving.control import ControllerConfig
 from serving.costmodel import CostModelKind
 from serving.engines.config import EngineConfig
 from serving.engines.profile import ProfileGrid
@@ -146,6 +147,47 @@ class OServeConfig:
     plan_rate_quantile: Optional[float] = 0.9
     plan_rate_window_s: float = 60.0
     heatmap: OServeHeatmapConfig = field(default_factory=OServeHeatmapConfig)
+
+
+@dataclass
+class OServeTemporalConfig:
+    # Phase-shifting workloads, one per entry: phase p draws on cycle[p mod len(cycle)] (conv, code, arxiv,
+    # sharegpt: serving.workload.PhaseSource names, checked when the run starts: OmegaConf cannot override a nested
+    # list of Enums), mixed with the first source at `change` (0: the first source throughout; 1: whole slices).
+    cycles: list[list[str]] = field(default_factory=lambda: [["conv", "code"], ["conv", "arxiv"]])
+    num_phases: int = 4
+    phase_s: float = 300.0
+    change: float = 1.0
+    # Temporal sensitivity: the first cycle at these changes (the headline's change is reused when listed).
+    sensitivity_changes: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    # Each trace's rate: the best homogeneous deployment for each interval's own rates runs at this share of its LP
+    # capacity (90th percentile over the intervals), so a deployment fixed for the whole trace must compromise.
+    load: float = 1.1
+    # Seconds a rebuilt replica re-initialises after its last shard lands (serving.switching.SwitchOptions.rebuild_s:
+    # new NCCL groups, CUDA graphs).
+    rebuild_s: float = 5.0
+    # The sources, relative to paths.data_dir.
+    conv_trace: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
+    code_trace: str = "azure_llm_inference_2023/AzureLLMInferenceTrace_code.csv"
+    arxiv_pool: str = "sharegpt_arxiv_length_stats/arxiv_summarization_stats_llama2_tokenizer_filtered_v2.csv"
+    sharegpt_pool: str = "sharegpt_arxiv_length_stats/sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
+    # A user trace instead of the phase-shifting ones (path, absolute or relative to paths.data_dir; its format is
+    # workload.format, e.g. mooncake). null: the phase-shifting workloads.
+    user_trace: Optional[str] = None
+    # The predictor (serving.predict kinds: lstm, aggregate_lstm, moving_average, ema, seasonal_naive) and the
+    # intervals of history it reads; it is trained on train_phases phases of the same sources from train_offset_s
+    # on (wrapping round the hour-long Azure traces).
+    predictor: PredictorKind = PredictorKind.lstm
+    window: int = 6
+    train_offset_s: float = 1800.0
+    train_phases: int = 24
+    # The Llumnix-style baseline: a migration round every this many seconds, moving requests while the busiest
+    # replica's KV demand exceeds the idlest's by more than threshold x the mean, at most max_moves per round.
+    migration_interval_s: float = 10.0
+    migration_threshold: float = 0.25
+    migration_max_moves: int = 8
+    # P99 over time: bins of this many seconds.
+    p99_bin_s: float = 60.0
 
 
 class LoadKind(Enum):
@@ -513,6 +555,24 @@ class OServeSpatialExperiment(ExperimentConfig):
 
 
 @dataclass
+class OServeTemporalExperiment(ExperimentConfig):
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # workload.format is the user trace's format; workload.num_types the request types found by k-means.
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    num_gpus: int = 32
+    # The served model, cost model, engines, SLO and the spatial scheduler (as oserve/spatial).
+    oserve: OServeConfig = field(default_factory=OServeConfig)
+    # The closed-loop controller (serving.control.ControllerConfig): interval_s, horizon_s, margin, min_gain, ...
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    temporal: OServeTemporalConfig = field(default_factory=OServeTemporalConfig)
+
+
+@dataclass
+class OServeAblationExperiment(OServeTemporalExperiment):
+    pass
+
+
+@dataclass
 class OServeBenchExperiment(ExperimentConfig):
     bench: OServeBenchConfig = field(default_factory=OServeBenchConfig)
 
@@ -601,6 +661,8 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "quickstart": QuickstartExperiment,
     "oserve_spatial": OServeSpatialExperiment,
     "oserve_bench": OServeBenchExperiment,
+    "oserve_temporal": OServeTemporalExperiment,
+    "oserve_ablation": OServeAblationExperiment,
     "oserve_serve": OServeServeExperiment,
     "oserve_bench_engines": OServeBenchEnginesExperiment,
     "oserve_predict": OServePredictExperiment,

@@ -210,18 +210,26 @@ def fixed_configs(cm, gpus: int, cfg) -> dict[str, ReplicaConfig]:
     return out
 
 
+def best_static(trace, labels, cm, prob: Problem, gpus: int, cfg, slo: SLO | None = None) -> tuple:
+    """The oracle static deployment: the homogeneous one with the lowest simulated P99 on the whole trace
+    (least-outstanding routing), among the oserve.static_candidates best by the LP (each is a full-trace
+    simulation; 0: all of them)."""
+    cands = sorted(homogeneous_candidates(prob, gpus), key=prob.score, reverse=True)
+    if cfg.oserve.static_candidates:
+        cands = cands[: int(cfg.oserve.static_candidates)]
+    p99 = [run_policy(trace, labels, cm, d, Dispatcher.least_outstanding, None, cfg, slo)["p99_latency_s"]
+           for d in cands]
+    return cands[int(np.argmin(p99))]
+
+
 def compare(trace, cm, gpus, cfg, static_dep=None, slo: SLO | None = None, tpot_scale: float = 1.0):
     """The policies on one trace; returns (metrics per policy, the static deployment used, the OServe plan)."""
     wl = _workload(trace, cfg)
     prob = scheduler_problem(cm, wl, cfg, slo, tpot_scale)
     plan = oserve_search(prob, gpus)
     lo, rr = Dispatcher.least_outstanding, Dispatcher.round_robin
-    if static_dep is None:  # the oracle: the best homogeneous deployment by P99 in the same simulator
-        cands = sorted(homogeneous_candidates(prob, gpus), key=prob.score, reverse=True)
-        if cfg.oserve.static_candidates:  # the LP's most promising ones only (each is a full-trace simulation)
-            cands = cands[: int(cfg.oserve.static_candidates)]
-        p99 = [run_policy(trace, wl.labels, cm, d, lo, None, cfg, slo)["p99_latency_s"] for d in cands]
-        static_dep = cands[int(np.argmin(p99))]
+    if static_dep is None:
+        static_dep = best_static(trace, wl.labels, cm, prob, gpus, cfg, slo)
     weights = np.array(plan.dispatch)
     res = {
         "oserve": run_policy(trace, wl.labels, cm, plan.replicas, cfg.oserve.dispatch, weights, cfg, slo),

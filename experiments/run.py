@@ -36,6 +36,8 @@ TASKS = {
     "quickstart": "experiments.quickstart:run",
     "oserve_spatial": "experiments.oserve_spatial:run",
     "oserve_bench": "experiments.bench_oserve:run",
+    "oserve_temporal": "experiments.oserve_temporal:run",
+    "oserve_ablation": "experiments.oserve_ablation:run",
     "oserve_serve": "experiments.oserve_serve:run",
     "oserve_bench_engines": "experiments.bench_engines:run",
     "oserve_predict": "experiments.oserve_predict:run",

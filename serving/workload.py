@@ -6,11 +6,21 @@ Notation: R requests, J request types; I_j / O_j mean input / output tokens of t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
 from common.stats import fit_request_types, type_rates
 from common.traces import RequestTrace
+
+
+class PhaseSource(str, Enum):
+    """Where a phase of a phase-shifting workload draws its requests (lower case: OmegaConf matches member names)."""
+
+    conv = "conv"  # the Azure 2023 conversation trace
+    code = "code"  # the Azure 2023 code trace (long prompts, short outputs)
+    arxiv = "arxiv"  # the conversation trace's arrivals with arXiv-summarisation lengths (long prompts)
+    sharegpt = "sharegpt"  # the conversation trace's arrivals with ShareGPT lengths (long outputs)
 
 
 @dataclass(frozen=True)
@@ -109,3 +119,38 @@ def mix_types(pools: list[RequestTrace], weights, num_requests: int, rate_rps: f
     else:
         arr = arrivals(num_requests, rate_rps, burst_cv, seed=seed + 1)
     return RequestTrace(arr, inp, out, "mix")
+
+
+def phase_shift(sources: list[RequestTrace], num_phases: int, phase_s: float, change: float, seed: int = 0,
+                offset_s: float = 0.0) -> RequestTrace:
+    """A trace whose request mix shifts every `phase_s` seconds: phase p draws on sources[p mod S].
+
+    Phase p covers [p phase_s, (p + 1) phase_s) and takes the same window of real time from its sources, from
+    `offset_s` on (wrapping round a source shorter than that): every request of sources[0] in the window is kept with
+    probability 1 - change and every request of sources[p mod S] with probability `change` (phases of sources[0]
+    keep all of its requests). So change 0 is sources[0] throughout (a stable workload) and change 1 alternates whole
+    slices of the sources; in between the mix moves by `change` at each phase boundary, at a rate that stays the
+    sources' own (give them alike rates, e.g. through RequestTrace.scale_rate).
+    """
+    if not sources:
+        raise ValueError("phase_shift: no source traces")
+    if num_phases < 1 or not phase_s > 0:
+        raise ValueError(f"phase_shift: num_phases must be >= 1 and phase_s > 0, got {num_phases}, {phase_s}")
+    if not 0 <= change <= 1:
+        raise ValueError(f"phase_shift: change must lie in [0, 1], got {change}")
+    rng = np.random.default_rng(seed)
+    parts = []
+    for p in range(num_phases):
+        pieces = [(sources[0], 1.0)] if p % len(sources) == 0 else [(sources[0], 1 - change),
+                                                                     (sources[p % len(sources)], change)]
+        for src, keep in pieces:
+            span = max(src.duration_s - phase_s, 0.0)
+            t0 = (offset_s + p * phase_s) % span if span > 0 else 0.0
+            s = src.slice(t0, t0 + phase_s)
+            m = rng.random(len(s)) < keep
+            parts.append((s.arrival_s[m] + p * phase_s, s.input_tokens[m], s.output_tokens[m]))
+    t = np.concatenate([a for a, _, _ in parts])
+    o = np.argsort(t, kind="stable")
+    names = "/".join(s.source.split("/")[-1] for s in sources)
+    return RequestTrace(t[o], np.concatenate([i for _, i, _ in parts])[o], np.concatenate([x for _, _, x in parts])[o],
+                        f"phase shift {names}, change {change:g}")

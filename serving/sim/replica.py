@@ -117,6 +117,62 @@ class ReplicaEngine:
     def _blocks(self, ctx: np.ndarray) -> int:
         return int(((ctx + self.bs - 1) // self.bs).sum())
 
+    # ---- a time-varying deployment (serving/sim/timeline.py): start late, hand requests over, show what is held ---
+
+    def start_at(self, t: float) -> None:
+        """A replica being built: no iteration starts before t (when its weights are in place)."""
+        self.t = max(self.t, t)
+
+    def held(self) -> list[tuple[int, int, int]]:
+        """(request, KV tokens held, output tokens still owed) of every dispatched, unfinished request; a waiting one
+        holds no KV (a preempted one recomputes)."""
+        r = self.reqs
+        out = [(int(i), int(c), int(m)) for i, c, m in zip(self.ids, self.ctx, self.rem)]
+        return out + [(int(i), 0, int(r.out[i] - r.generated[i])) for i in self.waiting]
+
+    def release(self, rid: int) -> tuple[int, int, int] | None:
+        """Take request rid off this engine (its KV leaves with it): (ctx, pend, rem), or None when it is not here
+        (already finished). A waiting request leaves with no KV (ctx 0)."""
+        hit = np.flatnonzero(self.ids == rid)
+        if hit.size:
+            i = int(hit[0])
+            state = (int(self.ctx[i]), int(self.pend[i]), int(self.rem[i]))
+            keep = np.arange(self.ids.size) != i
+            self.ids, self.ctx, self.pend, self.rem = self.ids[keep], self.ctx[keep], self.pend[keep], self.rem[keep]
+            self.prefilling = bool((self.pend != 1).any())
+        elif rid in self.waiting:
+            self.waiting.remove(rid)
+            state = (0, 0, int(self.reqs.out[rid] - self.reqs.generated[rid]))
+        else:
+            return None
+        self.outstanding -= 1
+        self.outstanding_tokens -= int(self.reqs.inp[rid] + self.reqs.out[rid])
+        return state
+
+    def adopt(self, rid: int, ctx: int, pend: int, rem: int, now: float) -> None:
+        """Continue request rid here from its moved KV (ctx tokens, pend still to compute, rem owed) at `now`. With
+        no KV, or when it does not fit the free blocks or the batch, it queues at the head and recomputes (as a
+        preempted request would)."""
+        if ctx <= 0 or self.ids.size >= self.max_seqs or self._blocks(self.ctx) + -(-(ctx + pend) // self.bs) > \
+                self.num_blocks:
+            self.enqueue(rid, now)
+            if ctx > 0:  # it had KV that found no room: back to the queue head, as vLLM preempts
+                self.waiting.remove(rid)
+                self.waiting.appendleft(rid)
+                self.reqs.preemptions[rid] += 1
+                self.reqs.preempted_at[rid] = max(self.t, now)
+            return
+        if self.ids.size == 0 and not self.waiting:
+            self.t = max(self.t, now)
+        self.reqs.replica[rid] = self.index
+        self.ids = np.concatenate([self.ids, [rid]]).astype(np.int64)
+        self.ctx = np.concatenate([self.ctx, [ctx]]).astype(np.int64)
+        self.pend = np.concatenate([self.pend, [pend]]).astype(np.int64)
+        self.rem = np.concatenate([self.rem, [rem]]).astype(np.int64)
+        self.prefilling = bool((self.pend != 1).any())
+        self.outstanding += 1
+        self.outstanding_tokens += int(self.reqs.inp[rid] + self.reqs.out[rid])
+
     def advance_until(self, t_limit: float) -> None:
         """Run every iteration that starts before t_limit (arrivals at t_limit or later are not yet known)."""
         while self.t < t_limit and (self.waiting or self.ids.size):
@@ -395,6 +451,23 @@ class PipelinedReplica:
     def advance_until(self, t_limit: float) -> None:
         for s in self.slots:
             s.advance_until(t_limit)
+
+    def start_at(self, t: float) -> None:
+        for s in self.slots:
+            s.start_at(t)
+
+    def held(self) -> list[tuple[int, int, int]]:
+        return [h for s in self.slots for h in s.held()]
+
+    def release(self, rid: int) -> tuple[int, int, int] | None:
+        for s in self.slots:
+            state = s.release(rid)
+            if state is not None:
+                return state
+        return None
+
+    def adopt(self, rid: int, ctx: int, pend: int, rem: int, now: float) -> None:
+        min(self.slots, key=lambda s: s.outstanding_tokens).adopt(rid, ctx, pend, rem, now)
 
 
 def make_replica(index: int, cost: IterationCost, reqs: Requests, cfg: EngineConfig, max_model_len: int):
