@@ -1,0 +1,143 @@
+"""training.sim on hand-computed two-device cases, and its agreement with the planner's own evaluation."""
+
+import numpy as np
+import pytest
+
+from common.costmodel import ComputeModel
+from common.topology import ClusterSpec, DeviceSpec
+from training.model import ModelConfig
+from training.planner import make_planner
+from training.planner.evaluate import evaluate
+from training.planner.objective import PlanObjective
+from training.sim import simulate_iteration
+
+# H=4, F=8, 2 query and 2 KV heads of dimension 2 (q = kv = 4), S=4, E=2, top-1, V=16, 2 layers.
+MODEL = ModelConfig(vocab_size=16, hidden=4, ffn=8, num_layers=2, num_heads=2, num_kv_heads=2, num_experts=2,
+                    top_k=1, max_seq_len=4)
+# Forward FLOPs per token of attention: Q,K,V,O projections 2*4*(4+4+4+4) + causal scores 2*S*q = 2*4*4 + router
+# 2*H*E = 2*4*2.
+ATTN_FLOPS = 2 * 4 * 16 + 2 * 4 * 4 + 2 * 4 * 2
+# Dense parameters of a layer: Q,K,V,O 4 * (4*4), router 2*4, two norms 2*4.
+DENSE_PARAMS = 4 * 16 + 8 + 8
+
+
+def two_devices(peak: float, bw: float) -> tuple[ClusterSpec, ComputeModel]:
+    cluster = ClusterSpec("two", 1, 2, DeviceSpec("d", peak, 1e12, 1e12), intra_bw=bw, inter_bw=bw,
+                          intra_latency=0.0, inter_latency=0.0)
+    return cluster, ComputeModel(peak, default_efficiency=1.0)
+
+
+def expert_s(tokens: int, peak: float) -> float:
+    return 2 * tokens * 3 * 4 * 8 / peak  # SwiGLU forward: 2 * tokens * 3 * H * F
+
+
+# loads[l, i, j]: tokens source device i routes to expert j.
+SKEW = np.array([[[5, 3], [1, 7]], [[6, 2], [4, 4]]])
+
+
+def test_compute_bound_equals_flops_over_peak():
+    peak = 1e9
+    cluster, compute = two_devices(peak, bw=1e30)
+    r = simulate_iteration(MODEL, cluster, "megatron_ep", SKEW, 1, compute=compute)
+    # Static EP: device d computes expert d. Layer 0: devices compute 5+1 and 3+7; layer 1: 6+4 and 2+4.
+    attention = 3 * 8 * ATTN_FLOPS / peak  # every device sends 8 tokens; forward + backward twice as long
+    expected = [3 * (attention / 3 + expert_s(10, peak)), 3 * (attention / 3 + expert_s(10, peak))]
+    head = 3 * 2 * 8 * 4 * 16 / peak
+    assert [b.total for b in r.layers] == pytest.approx(expected, rel=1e-9)
+    assert r.iteration_s == pytest.approx(sum(expected) + head, rel=1e-9)
+    assert r.max_tokens.tolist() == [10, 10]
+    rec = simulate_iteration(MODEL, cluster, "megatron_ep", SKEW, 1, compute=compute, recompute=True)
+    assert rec.layer_sum.attention == pytest.approx(4 / 3 * r.layer_sum.attention, rel=1e-12)  # forward twice
+    assert rec.layer_sum.expert == pytest.approx(4 / 3 * r.layer_sum.expert, rel=1e-12)
+
+
+def test_comm_bound_equals_bytes_over_bandwidth():
+    bw = 1e9
+    cluster, compute = two_devices(peak=1e30, bw=bw)
+    r = simulate_iteration(MODEL, cluster, "megatron_ep", SKEW, 1, compute=compute)
+    # Layer 0: device 0 sends 3 tokens to device 1, device 1 sends 1 to device 0; a device sends and receives at
+    # once, so a dispatch takes max(3, 1) tokens * H * 2 bytes / bw; combine likewise; both again in backward.
+    # Layer 1: max(2, 4). Dense gradients: a ring all-reduce of 80 bf16 parameters over 2 devices moves 2 * 80 bytes
+    # per device, all exposed (no compute to hide under); experts have one replica each (nothing to reduce).
+    a2a = [4 * 3 * 8 / bw, 4 * 4 * 8 / bw]
+    grads = 2 * (DENSE_PARAMS * 2 / 2) / bw
+    assert [b.alltoall for b in r.layers] == pytest.approx(a2a, rel=1e-9)
+    assert r.layer_sum.exposed == pytest.approx(2 * grads, rel=1e-9)
+    assert r.iteration_s == pytest.approx(sum(a2a) + 2 * grads, rel=1e-6)
+
+
+def test_laer_restore_hidden_under_previous_layers_compute():
+    peak, bw = 1e9, 1e8
+    cluster, compute = two_devices(peak, bw)
+    loads = np.array([[[6, 2], [2, 6]]] * 2)
+    r = simulate_iteration(MODEL, cluster, "laer", loads, 1, compute=compute)
+    a = 8 * ATTN_FLOPS / peak  # attention forward, every device sends 8 tokens
+    x = expert_s(8, peak)  # every device computes 8 tokens whichever expert it holds
+    # Restore: one expert of P = 3*4*8 = 96 elements, shard ceil(96/2) = 48 bf16 from the peer; dense FSDP all-gather
+    # of ceil(80/2) = 40 bf16. The gradient all-to-all and reduce-scatter move the same bytes back.
+    p = (48 * 2 + 40 * 2) / bw
+    w = 2 * (a + x)  # backward compute of one layer
+    fwd = [max(0.0, p - a), max(0.0, p - x - a)]  # layer 0 fetches at its top, layer 1 under layer 0's experts
+    bwd = [max(0.0, p - w) + p, max(0.0, p - w) + p]  # layer 0: layer 1's gradient + its own at the end;
+    # layer 1: layer 0's weights during its backward + its own weights before it (nothing to hide under)
+    assert p > a and p < x + a and p < w  # the fixture exercises partial, full and no hiding
+    exposed = [f + b for f, b in zip(fwd, bwd)]
+    assert [b.exposed for b in r.layers] == pytest.approx(exposed, rel=1e-9)
+    assert [b.param_comm for b in r.layers] == pytest.approx([3 * p, 3 * p], rel=1e-9)
+    off = simulate_iteration(MODEL, cluster, "laer", loads, 1, compute=compute, comm_opt=False)
+    assert [b.exposed for b in off.layers] == pytest.approx([3 * p, 3 * p], rel=1e-9)
+    assert off.iteration_s - r.iteration_s == pytest.approx(6 * p - sum(exposed), rel=1e-9)
+    assert off.iteration_s > r.iteration_s
+
+
+def test_fsep_balanced_equals_ep_expert_time():
+    cluster, compute = two_devices(1e9, 1e9)
+    balanced = np.full((2, 2, 2), 4)
+    ep = simulate_iteration(MODEL, cluster, "megatron_ep", balanced, 1, compute=compute)
+    fsep = simulate_iteration(MODEL, cluster, "laer", balanced, 2, compute=compute)
+    assert fsep.layer_sum.expert == pytest.approx(ep.layer_sum.expert, rel=1e-12)
+    assert fsep.max_tokens.tolist() == ep.max_tokens.tolist() == [8, 8]
+
+
+def test_laer_max_tokens_below_ep_and_equal_to_planner_evaluate():
+    model = ModelConfig(vocab_size=16, hidden=8, ffn=16, num_layers=1, num_heads=2, num_kv_heads=2, num_experts=4,
+                        top_k=2, max_seq_len=8)
+    cluster = ClusterSpec("2x2", 2, 2, DeviceSpec("d", 1e12, 1e12, 1e12), intra_bw=1e11, inter_bw=2e10)
+    compute = ComputeModel(1e12, default_efficiency=0.5)
+    rng = np.random.default_rng(0)
+    routes = 200
+    loads = rng.multinomial(routes, [0.7, 0.1, 0.1, 0.1], size=(1, 4))  # [L=1, N=4, E=4], expert 0 hot
+    ep = simulate_iteration(model, cluster, "megatron_ep", loads, 1, compute=compute)
+    laer = simulate_iteration(model, cluster, "laer", loads, 2, compute=compute)
+    objective = PlanObjective.for_model(cluster, model.hidden, model.ffn, False, compute)
+    plan = make_planner("laer", 4, 2, 2, objective).plan(loads[0])
+    tokens, _ = evaluate(plan, loads[0], 2, objective)
+    assert laer.max_tokens[0] == tokens.max()
+    assert laer.max_tokens[0] < ep.max_tokens[0]
+    assert laer.layer_sum.expert < ep.layer_sum.expert
+
+
+@pytest.mark.parametrize("system", ["fsdp_ep", "flexmoe", "laer", "laer_plus"])
+def test_comm_opt_off_never_faster(system):
+    cluster = ClusterSpec("2x2", 2, 2, DeviceSpec("d", 1e12, 1e12, 1e12), intra_bw=1e9, inter_bw=2e8)
+    model = ModelConfig(vocab_size=16, hidden=8, ffn=16, num_layers=3, num_heads=2, num_kv_heads=2, num_experts=4,
+                        top_k=2, max_seq_len=8)
+    loads = np.random.default_rng(1).multinomial(400, [0.4, 0.3, 0.2, 0.1], size=(3, 4))
+    on = simulate_iteration(model, cluster, system, loads, 2)
+    off = simulate_iteration(model, cluster, system, loads, 2, comm_opt=False)
+    assert off.iteration_s >= on.iteration_s
+    assert off.layer_sum.exposed == pytest.approx(off.layer_sum.param_comm, rel=1e-12)
+
+
+def test_bad_inputs_name_the_argument():
+    cluster, compute = two_devices(1e9, 1e9)
+    with pytest.raises(ValueError, match="^loads must be"):
+        simulate_iteration(MODEL, cluster, "laer", np.ones((2, 2, 3), dtype=int), 1)
+    with pytest.raises(ValueError, match="unknown system 'deepspeed'"):
+        simulate_iteration(MODEL, cluster, "deepspeed", SKEW, 1)
+    four = ModelConfig(vocab_size=16, hidden=4, ffn=8, num_layers=2, num_heads=2, num_kv_heads=2, num_experts=4,
+                       top_k=1, max_seq_len=4)
+    with pytest.raises(ValueError, match="^slots_per_device=1"):
+        simulate_iteration(four, cluster, "laer", np.ones((2, 2, 4), dtype=int), 1)
+    with pytest.raises(ValueError, match="^plan_loads must be"):
+        simulate_iteration(MODEL, cluster, "laer", SKEW, 1, plan_loads=SKEW[:1])
