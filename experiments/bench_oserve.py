@@ -15,7 +15,6 @@ Returns the report (experiments.run writes results.json) and writes bench_oserve
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
@@ -28,6 +27,7 @@ from common.datapaths import ensure_files, locate_data_dir
 from common.topology import get_cluster, h100_80g_4x8
 from common.traces import RequestTrace, load_request_trace
 from experiments import plotting, reference
+from experiments.tables import write_csv
 from serving.costmodel import CostModel, CostModelKind, ReplicaConfig, get_model, load_perf_table
 from serving.costmodel.calibrate import roofline_errors
 from serving.scheduler import Problem, brute_force, oserve_search
@@ -164,8 +164,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                    "reference": {"peer": ref["peer"], "source": ref["source"], "setting": ref["setting"],
                                  "agree_within": ref["agree_within"], "replay_wall_s": ref.get("replay_wall_s")},
                    "requests": len(trace)})
-    _write_csv(out_dir / "bench_oserve.csv", rows)
-    _write_csv(out_dir / "peer_check.csv", peer)
+    write_csv(out_dir / "bench_oserve.csv", rows)
+    write_csv(out_dir / "peer_check.csv", peer)
     _plot(out_dir / "bench_oserve.png", rows, peer, ref)
     log.info(_table(rows, peer, ref))
     return report
@@ -192,15 +192,6 @@ def _table(rows: list[dict], peer: list[dict], ref: dict) -> str:
                    + f"  (replay {r['replay_wall_s']:.1f} s wall, {r['replay_cpu_s']:.1f} s CPU)")
     out += ["  known reasons (this project's analysis):"] + [f"   {i + 1}. {x}" for i, x in enumerate(reasons)]
     return "\n".join(out)
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _plot(path: Path, rows: list[dict], peer: list[dict], ref: dict) -> None:

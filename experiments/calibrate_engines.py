@@ -27,7 +27,6 @@ Wall-clock on a shared machine; the driver's CPU time is reported beside.
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from common.datapaths import ensure_files, locate_data_dir
 from common.stats import fit_request_types
 from common.topology import local_cpu
 from common.traces import RequestTrace, load_request_trace
+from experiments.tables import write_csv
 from serving.costmodel.iteration import ReplicaConfig
 from serving.costmodel.measured import load_perf_table
 from serving.engines.profile import (
@@ -209,21 +209,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "decode_step_b32_s": float(cost.decode_base(32)), "prefill_256_s": float(cost.prefill_time(256.0)),
         "driver_cpu_s": time.process_time() - cpu0, "wall_s": time.perf_counter() - wall0,
     })
-    write_rows(out_dir / "calibrate.csv", rows_err)
-    write_rows(out_dir / "requests.csv", [
+    write_csv(out_dir / "calibrate.csv", rows_err)
+    write_csv(out_dir / "requests.csv", [
         {"index": r.index, "replica_sim": names[int(res.replica[r.index])], "arrival_s": r.arrival_s, "prompt_tokens": r.prompt_tokens,
          "output_tokens": r.output_tokens, "ttft_real_s": r.ttft_s, "ttft_sim_s": float(sim_lat["ttft_s"][r.index]),
          "e2e_real_s": r.e2e_s, "e2e_sim_s": float(sim_lat["e2e_s"][r.index]), "error": r.error} for r in records])
     plot(out_dir / "calibrate.png", real_lat, sim_lat, ok, {"requests": len(trace), "replicas": len(plan.replicas)})
     print_table(rows_err, out)
     return out
-
-
-def write_rows(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def print_table(rows: list[dict], out: dict) -> None:

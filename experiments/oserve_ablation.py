@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from experiments import plotting
-from experiments.oserve_spatial import _write_csv
 from experiments.oserve_temporal import (
     PAPER,
     cases,
@@ -33,6 +32,7 @@ from experiments.oserve_temporal import (
     settings,
     setup,
 )
+from experiments.tables import write_csv
 from serving.control import PlannerKind, SwitchMode
 from serving.sim import Dispatcher
 
@@ -66,7 +66,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     gains = {v: float(np.mean([r["p99_gain_vs_reload"] for r in rows if r["variant"] == v])) for v in VARIANTS}
     out = {"variants": per_case, "mean_p99_gain_vs_reload": gains, "paper": PAPER["ablation_p99_gain_vs_reload"],
            "config": settings(cfg), "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
-    _write_csv(out_dir / "ablation.csv", rows)
+    write_csv(out_dir / "ablation.csv", rows)
     plot(out_dir / "ablation.png", gains, settings(cfg))
     log.info("\n".join(report(out)))
     return out

@@ -16,7 +16,6 @@ results.json) and writes results.csv, forecast.png (forecast vs actual per type 
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import time
@@ -29,6 +28,7 @@ from common.datapaths import Source, ensure_files, locate_data_dir
 from common.stats import type_rates
 from common.traces import load_request_trace
 from experiments import plotting
+from experiments.tables import write_csv
 from serving.predict import PredictorKind, make_predictor, poisson_floor, rolling_forecast, rrmse
 from serving.workload import build_workload
 
@@ -129,13 +129,6 @@ def bin_effect(name: str, cells: dict[float, dict]) -> str:
         gaps = ", ".join(f"{100 * (cells[b]['rrmse'][lstm] - cells[b]['rrmse'][ma]):+.0f}" for b in bins)
         text += f"; per-type LSTM minus moving average, in points at {'/'.join(f'{b:g}' for b in bins)} s: {gaps}"
     return text
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def plot_by_bin(path: Path, cells: dict[str, dict[float, dict]], settings: dict) -> None:

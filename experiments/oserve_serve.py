@@ -22,7 +22,6 @@ Writes requests.csv (per request TTFT / TPOT / e2e) when the load generator ran.
 from __future__ import annotations
 
 import asyncio
-import csv
 import logging
 import os
 import time
@@ -37,6 +36,7 @@ from common.stats import RequestTypes, fit_request_types
 from common.topology import local_cpu
 from common.traces import load_request_trace
 from experiments.config import PlanSource
+from experiments.tables import write_csv
 from serving.costmodel.iteration import ReplicaConfig
 from serving.costmodel.measured import load_perf_table
 from serving.engines.config import EngineConfig
@@ -181,8 +181,4 @@ async def served_at_least(svc, n: int) -> None:
 
 
 def write_records(path: Path, records) -> None:
-    rows = records_table(records)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(path, records_table(records))

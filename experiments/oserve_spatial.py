@@ -19,7 +19,6 @@ p99_vs_rate.png, sensitivity.png, heatmap.png.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import os
@@ -34,6 +33,7 @@ from common.datapaths import ensure_files, locate_data_dir
 from common.topology import get_cluster
 from common.traces import RequestTrace, load_request_trace
 from experiments import plotting, reference
+from experiments.tables import write_csv
 from serving.costmodel import CostModel, CostModelKind, ReplicaConfig, get_model, load_perf_table
 from serving.costmodel.calibrate import roofline_errors
 from serving.costmodel.measured import hardware_key
@@ -302,7 +302,7 @@ def heatmap(traces, data_dir, cfg, out_dir, settings) -> list[dict]:
             if k.startswith("vllm_fixed") and not k.endswith("_rr"):
                 row[f"ratio_{k}"] = res[k]["p99_latency_s"] / res["oserve"]["p99_latency_s"]
         rows.append(row)
-    _write_csv(out_dir / "heatmap.csv", rows)
+    write_csv(out_dir / "heatmap.csv", rows)
     keys = [k for k in rows[0] if k.startswith("ratio_")]
     fig, axes = plotting.figure(len(h.slo_scales), len(keys), f"P99 ratio baseline / OServe ({gpus} GPUs; > 1: "
                                 "OServe faster)", settings)
@@ -380,8 +380,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                    "traces": list(traces)},
         "wall_s": time.perf_counter() - t0,
     }
-    _write_csv(out_dir / "results.csv", grid)
-    _write_csv(out_dir / "sensitivity.csv", sens)
+    write_csv(out_dir / "results.csv", grid)
+    write_csv(out_dir / "sensitivity.csv", sens)
     _plot(out_dir / "p99_vs_rate.png", grid, traces, gpu_counts, fixed, settings)
     if sens:
         _plot_sensitivity(out_dir / "sensitivity.png", sens, settings)
@@ -427,15 +427,6 @@ def _table(out, cells, fixed, cfg) -> list[str]:
                      + ", ".join(f"{k[6:]} {v:.2f}x" for k, v in r.items() if k.startswith("ratio_"))
                      + f"   ({r['plan']} vs {r['best_static_plan']})")
     return lines
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _plot_sensitivity(path: Path, sens: list[dict], settings: dict) -> None:

@@ -36,12 +36,12 @@ from common.traces import RequestTrace, load_request_trace
 from experiments import plotting, reference
 from experiments.oserve_spatial import (
     _data_path,
-    _write_csv,
     best_static,
     build_cost,
     engine_config,
     library_config,
 )
+from experiments.tables import write_csv
 from serving.control import (
     Controller,
     ControllerConfig,
@@ -390,10 +390,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "config": settings(cfg),
         "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
     }
-    _write_csv(out_dir / "results.csv", rows)
-    _write_csv(out_dir / "timeline.csv", timeline)
-    _write_csv(out_dir / "forecast.csv", fc_rows)
-    _write_csv(out_dir / "sensitivity.csv", sens)
+    write_csv(out_dir / "results.csv", rows)
+    write_csv(out_dir / "timeline.csv", timeline)
+    write_csv(out_dir / "forecast.csv", fc_rows)
+    write_csv(out_dir / "sensitivity.csv", sens)
     plot_timeline(out_dir / "timeline.png", timeline, switch_marks, list(by_case), settings(cfg))
     plot_forecast(out_dir / "forecast.png", fc_rows, settings(cfg))
     if sens:

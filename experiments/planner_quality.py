@@ -24,7 +24,6 @@ caches): every planner plans one instance untimed first.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from common.topology import get_cluster
 from common.traces import ExpertLoadTrace, load_expert_trace
 from experiments import plotting
 from experiments.planner_speed import zipf_weights
+from experiments.tables import write_csv
 from training.planner import PlanObjective, RoutingMode, make_planner, replica_lower_bound
 from training.planner.evaluate import evaluate
 from training.routing import fsep_summary
@@ -240,10 +240,10 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         nonlocal summary
         if not new:
             return
-        _write_csv(out_dir / "rows.csv", new, append=bool(rows))
+        write_csv(out_dir / "rows.csv", new, append=bool(rows))
         rows.extend(new)
         summary = summarise(rows, pc.tolerance)
-        _write_csv(out_dir / "summary.csv", summary)
+        write_csv(out_dir / "summary.csv", summary)
         (out_dir / "summary.json").write_text(json.dumps({"quality": summary, "milp": []}, indent=1))
         log.info("%s done: %d rows appended to %s; summary so far in %s", what, len(new), out_dir / "rows.csv",
                  out_dir / "summary.csv")
@@ -283,8 +283,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         _plot_scale(summary, out_dir / "scale.png", pc.tolerance)
     milp_rows, milp_summary = milp_study(trace.counts, pc, cost, cfg.cluster.preset)
     if milp_rows:
-        _write_csv(out_dir / "milp_rows.csv", milp_rows)
-        _write_csv(out_dir / "milp_summary.csv", milp_summary)
+        write_csv(out_dir / "milp_rows.csv", milp_rows)
+        write_csv(out_dir / "milp_summary.csv", milp_summary)
         log.info("%s", _format_milp(milp_summary))
         _plot_milp(milp_summary, pc, out_dir / "milp.png")
     (out_dir / "summary.json").write_text(json.dumps({"quality": summary, "milp": milp_summary}, indent=1))
@@ -374,15 +374,6 @@ def _format_milp(summary: list[dict]) -> str:
                      f"{s['max_over_milp']:7.4f} {s['within_5pct']:6.2f} {s['mean_max_over_bound']:7.3f} "
                      f"{s['mean_solve_ms']:9.2f} {s['milp_mean_gap']:9.2e} {s['milp_proven_optimal']:8.2f}")
     return "\n".join(lines)
-
-
-def _write_csv(path: Path, rows: list[dict], append: bool = False) -> None:
-    """rows to a CSV; append adds them (no header) to a file an earlier call wrote with the same columns."""
-    with open(path, "a" if append else "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if not append:
-            w.writeheader()
-        w.writerows(rows)
 
 
 def _format(summary: list[dict]) -> str:

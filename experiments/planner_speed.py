@@ -27,6 +27,7 @@ from tqdm import tqdm
 from common.datapaths import ensure_files, locate_data_dir
 from experiments import plotting
 from experiments.config import LoadKind
+from experiments.tables import write_csv
 from training.planner import kernels, make_planner
 
 log = logging.getLogger(__name__)
@@ -97,10 +98,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                          "cpu_s": ours_cpu, "budget_s": options.get("time_budget_s", ""),
                          "paper_s": ref if ref is not None else "", "ratio": ours / ref if ref else "",
                          "cpu_ratio": ours_cpu / ref if ref else "", "at_or_under": (ours_cpu <= ref) if ref else ""})
-    with open(out_dir / "speed.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out_dir / "speed.csv", rows)
     (out_dir / "speed.json").write_text(json.dumps({"compile_s": compile_s, "rows": rows}, indent=1))
     lines = [f"loads {LoadKind(sc.loads).value}, E = {sc.num_experts}; at or under the paper (CPU time): "
              f"{sum(r['at_or_under'] is True for r in rows)}/{sum(r['paper_s'] != '' for r in rows)}",

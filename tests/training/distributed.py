@@ -35,3 +35,17 @@ def run_each(cases: Mapping[str, Callable], *args) -> dict[str, str | None]:
             out[name] = traceback.format_exc()
         dist.barrier()
     return out
+
+
+def case_checker(all_cases, timeout_s: float = 300.0) -> Callable[[str, int], None]:
+    """check(case, n): fail with every rank's traceback of `case`, from one run of `all_cases` (run_each over a
+    case table) per world size n, shared by all the cases of a test module."""
+    results: dict[int, list] = {}
+
+    def check(case: str, n: int) -> None:
+        if n not in results:
+            results[n] = run_distributed(all_cases, n, timeout_s=timeout_s)
+        errors = [f"rank {r}:\n{res[case]}" for r, res in enumerate(results[n]) if res[case]]
+        assert not errors, "\n".join(errors)
+
+    return check

@@ -8,18 +8,11 @@ import pytest
 import torch
 
 from tests.training.dispatch_cases import CASES, all_cases
-from tests.training.distributed import run_distributed
+from tests.training.distributed import case_checker
 from training.fsep.experts import grouped_swiglu
 from training.moe import swiglu
 
-_RESULTS: dict[int, list] = {}
-
-
-def check(case, n):
-    if n not in _RESULTS:
-        _RESULTS[n] = run_distributed(all_cases, n, timeout_s=300)
-    errors = [f"rank {r}:\n{res[case]}" for r, res in enumerate(_RESULTS[n]) if res[case]]
-    assert not errors, "\n".join(errors)
+check = case_checker(all_cases, timeout_s=300)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

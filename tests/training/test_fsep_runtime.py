@@ -7,17 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.training.distributed import run_distributed
+from tests.training.distributed import case_checker
 from tests.training.fsep_runtime_cases import CASES, all_cases
 
-_RESULTS: dict[int, list] = {}
-
-
-def check(case, n):
-    if n not in _RESULTS:
-        _RESULTS[n] = run_distributed(all_cases, n, timeout_s=600)
-    errors = [f"rank {r}:\n{res[case]}" for r, res in enumerate(_RESULTS[n]) if res[case]]
-    assert not errors, "\n".join(errors)
+check = case_checker(all_cases, timeout_s=600)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

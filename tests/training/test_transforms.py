@@ -7,18 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from tests.training.distributed import run_distributed
+from tests.training.distributed import case_checker
 from tests.training.transform_cases import CASES, all_cases
 from training.fsep import apply_fsep
 
-_RESULTS: dict[int, list] = {}
-
-
-def check(case, n):
-    if n not in _RESULTS:
-        _RESULTS[n] = run_distributed(all_cases, n, timeout_s=300)
-    errors = [f"rank {r}:\n{res[case]}" for r, res in enumerate(_RESULTS[n]) if res[case]]
-    assert not errors, "\n".join(errors)
+check = case_checker(all_cases, timeout_s=300)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
