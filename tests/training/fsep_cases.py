@@ -209,7 +209,7 @@ def case_restore_matches_plain_restore(rank, n):
         layer.expert_shard.normal_()
     upstream = torch.randn(n, c, layer.num_elements)[rank]  # [C, P], different on every rank
     shard = layer.expert_shard.detach().clone().requires_grad_(True)
-    want = restore_experts(shard, layer._slots, layer.num_elements, layer.groups.ep)
+    want = restore_experts(shard, layer.layout.slots, layer.num_elements, layer.groups.ep)
     (want * upstream).sum().backward()
     for comm_opt in (False, True):
         layer.schedule.comm_opt = comm_opt
@@ -217,7 +217,7 @@ def case_restore_matches_plain_restore(rank, n):
         got = layer.restore_weights(layer.start_restore())
         assert got[0].shape[0] == len(set(layer.placement.slots[rank].tolist()))  # a duplicate restored once
         rows = torch.cat([m.flatten(1) for m in got], 1)  # [U, P]
-        flat = rows[torch.from_numpy(layer._compute_slot)]  # [C, P]: each slot's restored expert
+        flat = rows[torch.from_numpy(layer.layout.compute_slot)]  # [C, P]: each slot's restored expert
         assert torch.equal(flat, want.detach())
         (flat * upstream).sum().backward()
         torch.testing.assert_close(layer.expert_shard.grad, shard.grad, rtol=1e-5, atol=1e-5 * float(shard.grad.abs().max()))

@@ -66,19 +66,26 @@ def train(trainer, batches: torch.Tensor, rank: int, world: int, steps: range) -
     return [trainer.step([(rank_rows(batches[s, i], rank, world), None) for i in range(M)]) for s in steps]
 
 
+def accumulate(model, step, n: int) -> float:
+    """Backward of one optimizer step's micro-batches over n simulated ranks, as the engine averages them (each
+    rank's rows of each micro-batch, loss / (M * n)); returns the step's mean LM loss."""
+    total = 0.0
+    for micro in step:
+        for r in range(n):
+            out = model(rank_rows(micro, r, n))
+            lm = lm_loss(out.logits, rank_rows(micro, r, n))
+            ((lm + out.aux_loss) / (M * n)).backward()
+            total += lm.item() / (M * n)
+    return total
+
+
 def reference_losses(batches: torch.Tensor, n: int, cfg: ModelConfig = CFG, clip: float = CLIP) -> list[float]:
     model = MoEDecoder(cfg, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
     losses = []
     for step in batches:
         opt.zero_grad()
-        total = 0.0
-        for micro in step:
-            for r in range(n):
-                out = model(rank_rows(micro, r, n))
-                lm = lm_loss(out.logits, rank_rows(micro, r, n))
-                ((lm + out.aux_loss) / (M * n)).backward()
-                total += lm.item() / (M * n)
+        total = accumulate(model, step, n)
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         losses.append(total)
@@ -93,13 +100,7 @@ def reference_losses_bf16(batches: torch.Tensor, n: int, cfg: ModelConfig = CFG)
     opt = torch.optim.AdamW(master, lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
     losses = []
     for step in batches:
-        total = 0.0
-        for micro in step:
-            for r in range(n):
-                out = model(rank_rows(micro, r, n))
-                lm = lm_loss(out.logits, rank_rows(micro, r, n))
-                ((lm + out.aux_loss) / (M * n)).backward()
-                total += lm.item() / (M * n)
+        total = accumulate(model, step, n)
         for m, p in zip(master, model.parameters()):
             m.grad, p.grad = p.grad.float(), None
         opt.step()

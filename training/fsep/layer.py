@@ -170,18 +170,6 @@ class DistributedMoE(nn.Module, ABC):
     def routing_fractions(self) -> np.ndarray | None:
         return self.layout.routing_fractions
 
-    @property
-    def _slots(self) -> torch.Tensor:
-        return self.layout.slots  # [N, C]
-
-    @property
-    def _slots_by_expert(self) -> torch.Tensor:
-        return self.layout.slots_by_expert
-
-    @property
-    def _compute_slot(self) -> np.ndarray:
-        return self.layout.compute_slot  # [C] row of my restored weights per slot
-
     def expert_parts(self) -> tuple[tuple[int, int], ...]:
         """Shapes of one expert's matrices in flat order: w1 [F, H], w3 [F, H], w2 [H, F]."""
         f, h = self.ffn, self.hidden
@@ -195,7 +183,7 @@ class DistributedMoE(nn.Module, ABC):
 
     @abstractmethod
     def restore_weights(self, pending: RestoredExperts | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Restore: (w1 [U, F, H], w3 [U, F, H], w2 [U, H, F]) stacked over the restored rows (row `_compute_slot[c]`
+        """Restore: (w1 [U, F, H], w3 [U, F, H], w2 [U, H, F]) stacked over the restored rows (row `layout.compute_slot[c]`
         computes slot c), what compute consumes. Its backward is the gradient scatter into the storage's gradient.
         Whether either communicates is the storage's (see the subclass)."""
 
@@ -219,8 +207,9 @@ class DistributedMoE(nn.Module, ABC):
         m = n * c
         experts = idx.reshape(-1)  # [T*k]
         routes = experts.numel()
+        layout = self.layout  # this forward's (captured), read once
         counts = route_counts(idx, e)  # Step 1, [E]
-        per_slot = split_counts(counts.unsqueeze(0), self.layout.shares)[0]  # [N*C]
+        per_slot = split_counts(counts.unsqueeze(0), layout.shares)[0]  # [N*C]
         recv_counts = torch.empty_like(per_slot)  # Step 3, [N*C]: C per source, wire order
         dist.all_to_all_single(recv_counts, per_slot, group=self.groups.ep)
         host = torch.cat([counts, per_slot, recv_counts]).tolist()
@@ -228,17 +217,17 @@ class DistributedMoE(nn.Module, ABC):
         sent = np.array(host[e:e + m], dtype=np.int64).reshape(n, c)
         got = np.array(host[e + m:], dtype=np.int64)
         if sent.sum() != routes:
-            j = int(np.flatnonzero(self.layout.unplaced & (self.expert_counts > 0))[0])
+            j = int(np.flatnonzero(layout.unplaced & (self.expert_counts > 0))[0])
             raise ValueError(f"expert {j} receives tokens from device {self.groups.rank} but has no replica")
         send_splits, recv_splits = sent.sum(1).tolist(), got.reshape(n, c).sum(1).tolist()
         by_expert = torch.argsort(experts, stable=True)  # Step 2 (its sizes are checked by now)
-        run_len = per_slot.index_select(0, self._slots_by_expert)
-        run_start = torch.empty_like(per_slot).index_copy_(0, self._slots_by_expert, torch.cumsum(run_len, 0) - run_len)
+        run_len = per_slot.index_select(0, layout.slots_by_expert)
+        run_start = torch.empty_like(per_slot).index_copy_(0, layout.slots_by_expert, torch.cumsum(run_len, 0) - run_len)
         send_order = by_expert.index_select(0, _block_gather(run_start, per_slot, routes))
         send_inv = inverse_permutation(send_order)
         recv = all_to_all_tokens(permute_rows(x, send_order, send_inv, self.top_k), recv_splits, send_splits,
                                  self.groups.ep)  # Step 4
-        layout, u = self.layout, self.layout.num_rows  # u restored rows compute the received blocks
+        u = layout.num_rows  # restored rows: the groups the received blocks are computed in
         group_rows = torch.zeros(u, dtype=torch.int64, device=x.device).index_add_(0, layout.block_group, recv_counts)
         sizes = np.bincount(layout.block_group_host, weights=got, minlength=u).astype(np.int64).tolist()
         plan = DispatchPlan(send_order, send_inv, send_splits, recv_splits, got.tolist(), layout.block_order, sizes,
