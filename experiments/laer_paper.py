@@ -1,0 +1,156 @@
+"""The LAER-MoE paper's experimental setup and its own result CSVs (the authors' artifact in
+`laer_moe_paper_results/`), shared by the simulated figures (`laer/fig8`, `fig10`, `fig12`) and `make run`.
+
+Setup (from the artifact's scripts, see the data README): 4 nodes x 8 A100-80GB, global batch 128 sequences of 8192
+tokens, 2 micro-batches per iteration; C = 2 slots per device for the top-2 (e8k2) models, 4 for the top-4 (e16k4).
+Method names: the CSVs' (megatron, FSDP, FLEX, LAER) are our simulator's systems (megatron_ep, fsdp_ep, flexmoe, laer).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from common.costmodel import ComputeModel
+from common.topology import PRESETS, ClusterSpec
+from common.traces import ExpertLoadTrace
+from training.model import ModelConfig, model_config
+from training.sim import SimResult, default_compute, simulate_iteration, trace_loads
+
+CONF_MODELS = Path(__file__).resolve().parents[1] / "conf" / "model"
+RESULTS_DIR = "laer_moe_paper_results"  # relative to paths.data_dir
+
+# Paper model name -> conf/model file stem.
+MODELS = {
+    "mixtral-8x7b-e8k2": "mixtral_8x7b_e8k2",
+    "mixtral-8x7b-e16k4": "mixtral_8x7b_e16k4",
+    "mixtral-8x22b-e8k2": "mixtral_8x22b_e8k2",
+    "mixtral-8x22b-e16k4": "mixtral_8x22b_e16k4",
+    "qwen-8x7b-e8k2": "qwen_8x7b_e8k2",
+    "qwen-8x7b-e16k4": "qwen_8x7b_e16k4",
+}
+# CSV method name -> training.sim.SystemName value.
+METHODS = {"megatron": "megatron_ep", "FSDP": "fsdp_ep", "FLEX": "flexmoe", "LAER": "laer"}
+DATASETS = ("C4", "wikitext")
+AUX_LOSSES = (0.0, 0.0001)
+
+
+@dataclass(frozen=True)
+class PaperRun:
+    """One training iteration of the paper's runs."""
+
+    global_batch: int = 128  # sequences per iteration
+    seq_len: int = 8192
+    microbatches: int = 2
+    cluster: str = "a100_80g_4x8"  # common.topology preset
+
+    def tokens_per_device(self, num_devices: int) -> int:
+        """Tokens one device feeds into each micro-batch."""
+        total = self.global_batch * self.seq_len
+        if total % (num_devices * self.microbatches):
+            raise ValueError(f"{total} tokens do not split over {num_devices} devices x {self.microbatches} micro-batches")
+        return total // (num_devices * self.microbatches)
+
+
+def paper_model(name: str) -> ModelConfig:
+    """The paper's model by its CSV name (conf/model/<stem>.yaml)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown paper model {name!r}; known: {sorted(MODELS)}")
+    return model_config(OmegaConf.to_container(OmegaConf.load(CONF_MODELS / f"{MODELS[name]}.yaml")))
+
+
+def paper_slots(model: ModelConfig) -> int:
+    """C the paper runs the model at: 2 for top-2, 4 for top-4."""
+    return {2: 2, 4: 4}[model.top_k]
+
+
+def paper_cluster(run: PaperRun = PaperRun()) -> ClusterSpec:
+    return PRESETS[run.cluster]()
+
+
+def paper_compute(cluster: ClusterSpec) -> ComputeModel:
+    """The compute model every simulated paper figure uses (training.sim.calibration says where it comes from)."""
+    return default_compute(cluster)
+
+
+def trace_samples(trace: ExpertLoadTrace, count: int) -> list[int]:
+    """`count` trace samples spread evenly over training, each with an earlier sample to plan from."""
+    if count < 1:
+        raise ValueError(f"samples must be >= 1, got {count}")
+    return sorted({int(i) for i in np.linspace(1, trace.num_iterations - 1, count).round()})
+
+
+def simulate(model: ModelConfig, system: str, trace: ExpertLoadTrace, samples: list[int], run: PaperRun = PaperRun(),
+             slots: int | None = None, comm_opt: bool = True, planner_options: dict | None = None,
+             cluster: ClusterSpec | None = None, compute: ComputeModel | None = None) -> list[SimResult]:
+    """One simulated iteration of `model` under `system` per trace sample: loads are the sample rescaled to the model
+    (`training.sim.trace_loads`, micro-batch 0 for every micro-batch), planned from the sample before it (the
+    runtime plans from loads it has already seen; the trace keeps every 10th iteration)."""
+    cluster = cluster or paper_cluster(run)
+    compute = compute or paper_compute(cluster)
+    n = cluster.num_devices
+    tpd = run.tokens_per_device(n)
+    out = []
+    for s in samples:
+        loads = trace_loads(trace, n, model.num_layers, model.num_experts, model.top_k, tpd, s)
+        before = trace_loads(trace, n, model.num_layers, model.num_experts, model.top_k, tpd, s - 1)
+        out.append(simulate_iteration(model, cluster, system, loads, slots or paper_slots(model), compute,
+                                      comm_opt=comm_opt, microbatches=run.microbatches, seq_len=run.seq_len,
+                                      plan_loads=before, planner_options=planner_options))
+    return out
+
+
+def _rows(path: Path, columns: tuple[str, ...]) -> list[dict]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}:1: missing column(s) {missing}; expected {list(columns)}")
+        return list(reader)
+
+
+def _num(path: Path, line: int, row: dict, key: str, kind=float):
+    try:
+        return kind(row[key])
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}:{line}: column {key!r} is not a number: {row[key]!r}") from None
+
+
+def read_e2e(path: Path) -> dict[tuple[str, str, float, str], float]:
+    """Fig. 8: (dataset, model, aux_loss, system) -> mean iteration seconds."""
+    out = {}
+    for line, r in enumerate(_rows(path, ("dataset", "method", "model_name", "aux_loss", "avg_time_ms")), start=2):
+        key = (r["dataset"], r["model_name"], _num(path, line, r, "aux_loss"), METHODS.get(r["method"], r["method"]))
+        out[key] = _num(path, line, r, "avg_time_ms") / 1e3
+    return out
+
+
+def read_breakdown(path: Path) -> dict[tuple[str, str], list[tuple[int, float, float, float]]]:
+    """Fig. 10a: (model, system) -> per rank (rank, all-to-all s, expert s, total s)."""
+    out: dict[tuple[str, str], list] = {}
+    cols = ("rank", "model_name", "method", "alltoall_time", "expert_time", "total_time")
+    for line, r in enumerate(_rows(path, cols), start=2):
+        out.setdefault((r["model_name"], METHODS.get(r["method"], r["method"])), []).append(
+            (_num(path, line, r, "rank", int), _num(path, line, r, "alltoall_time"),
+             _num(path, line, r, "expert_time"), _num(path, line, r, "total_time")))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def read_tokens(path: Path) -> dict[tuple[str, str], dict[tuple[int, int, int], int]]:
+    """Fig. 10b: (model, system) -> {(iteration, layer, rank): tokens the rank computed}."""
+    out: dict[tuple[str, str], dict] = {}
+    for line, r in enumerate(_rows(path, ("rank", "method", "model_name", "layer", "iter", "token_num")), start=2):
+        key = (r["model_name"], METHODS.get(r["method"], r["method"]))
+        out.setdefault(key, {})[(_num(path, line, r, "iter", int), _num(path, line, r, "layer", int),
+                                 _num(path, line, r, "rank", int))] = _num(path, line, r, "token_num", int)
+    return out
+
+
+def read_ablation(path: Path) -> dict[str, float]:
+    """Fig. 12: variant (FSDP, LAER, no_comm_opt, no_even) -> mean iteration seconds."""
+    return {r["method"]: _num(path, line, r, "avg_time_ms") / 1e3
+            for line, r in enumerate(_rows(path, ("method", "avg_time_ms")), start=2)}
