@@ -527,6 +527,22 @@ class SwitchCostConfig:
     paper_bound_s: float = 10.0
 
 
+@dataclass
+class ReproPart:
+    # An experiment file under conf/experiment/ (no .yaml) and the overrides that make it quick; a name whose file does
+    # not exist is skipped with a message (so the list may name figures still being written).
+    experiment: str = ""
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReproConfig:
+    # The parts run, in this order (keys of repro.catalog); each writes into its own folder of the run directory.
+    parts: list[str] = field(default_factory=list)
+    # Part name -> its experiment and quick overrides (conf/experiment/repro.yaml lists them).
+    catalog: dict[str, ReproPart] = field(default_factory=dict)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Per-experiment schemas: the common keys, then the sections that experiment reads.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -656,6 +672,11 @@ class OServeSwitchCostExperiment(ExperimentConfig):
     switch_cost: SwitchCostConfig = field(default_factory=SwitchCostConfig)
 
 
+@dataclass
+class ReproExperiment(ExperimentConfig):
+    repro: ReproConfig = field(default_factory=ReproConfig)
+
+
 # task -> its schema (stored as config `schema/<task>`).
 SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "quickstart": QuickstartExperiment,
@@ -674,6 +695,7 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "train": TrainExperiment,
     "bench_train": BenchTrainExperiment,
     "oserve_switch_cost": OServeSwitchCostExperiment,
+    "repro": ReproExperiment,
 }
 
 

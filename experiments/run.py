@@ -49,6 +49,7 @@ TASKS = {
     "train": "experiments.train:run",
     "bench_train": "experiments.bench_train:run",
     "oserve_switch_cost": "experiments.oserve_switch:run",
+    "repro": "experiments.repro:run",
 }
 assert set(TASKS) == set(SCHEMAS), "every task needs a schema in experiments/config.py and vice versa"
 
@@ -104,7 +105,7 @@ def main(cfg: DictConfig) -> None:
     out_dir = HydraConfig.get().runtime.output_dir
     try:
         with logging_redirect_tqdm():  # log lines print above a progress bar, not on its line
-            run(cfg, out_dir)
+            results = run(cfg, out_dir)
     except USER_ERRORS + INTERNAL_ERRORS as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -117,6 +118,15 @@ def main(cfg: DictConfig) -> None:
         # In a sweep one bad point must not stop the others: record it in its folder and go on.
         job = HydraConfig.get().job.num
         log.error("error in sweep job %s (%s): %s", job, " ".join(HydraConfig.get().overrides.task), message)
+        (Path(out_dir) / "FAILED").write_text(f"{message}\n")
+        return
+    # A task that records failed parts and carries on (experiment=repro) still fails the command, after results.json.
+    failed = results.get("failed") if isinstance(results, dict) else None
+    if failed:
+        message = f"{len(failed)} part(s) of task {cfg.task} failed: {', '.join(failed)} (see report.md, run.log)"
+        if not _multirun():
+            _error(message)
+            sys.exit(1)
         (Path(out_dir) / "FAILED").write_text(f"{message}\n")
 
 

@@ -16,3 +16,12 @@ def write_csv(path: Path, rows: list[dict], append: bool = False) -> None:
         if not append:
             w.writeheader()
         w.writerows(rows)
+
+
+def headline_row(figure: str, setting: str, metric: str, ours: float, paper: float | None = None) -> dict:
+    """One row of an experiment's `headline` (the few numbers a reader checks first, shown by experiment=repro's
+    report): ours beside the paper's, error = (ours - paper) / paper, None where the paper has no such number."""
+    ours = float(ours)
+    paper = None if paper is None else float(paper)
+    error = (ours - paper) / paper if paper else None
+    return {"figure": figure, "setting": setting, "metric": metric, "ours": ours, "paper": paper, "error": error}
