@@ -33,7 +33,7 @@ from common.datapaths import ensure_files, locate_data_dir
 from common.topology import get_cluster
 from common.traces import RequestTrace, load_request_trace
 from experiments import plotting, reference
-from experiments.tables import write_csv
+from experiments.tables import headline_row, write_csv
 from serving.costmodel import CostModel, CostModelKind, ReplicaConfig, get_model, load_perf_table
 from serving.costmodel.calibrate import roofline_errors
 from serving.costmodel.measured import hardware_key
@@ -380,6 +380,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                    "traces": list(traces)},
         "wall_s": time.perf_counter() - t0,
     }
+    out["headline"] = headline_rows(out, ["best_static", *fixed])
     write_csv(out_dir / "results.csv", grid)
     write_csv(out_dir / "sensitivity.csv", sens)
     _plot(out_dir / "p99_vs_rate.png", grid, traces, gpu_counts, fixed, settings)
@@ -387,6 +388,25 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         _plot_sensitivity(out_dir / "sensitivity.png", sens, settings)
     log.info("\n".join(_table(out, cells_out, fixed, cfg)))
     return out
+
+
+def headline_rows(out: dict, baselines: list[str]) -> list[dict]:
+    """P99 speedup (baseline P99 / oserve P99) over the cells, mean and max, against each static baseline beside the
+    paper's speedup over static vLLM; each sensitivity point beside the paper's point of nearest CV."""
+    ps = PAPER["p99_speedup_vs_static"]
+    rows = []
+    for b in baselines:
+        s = out.get(f"p99_speedup_vs_{b}")
+        if s:
+            cells = ", ".join(s["per_cell"])
+            rows += [headline_row("OServe spatial", f"vs {b} ({cells})", "P99 speedup, mean", s["mean"], ps["mean"]),
+                     headline_row("OServe spatial", f"vs {b} ({cells})", "P99 speedup, max", s["max"], ps["max"])]
+    paper_sens = sorted((float(cv), x) for cv, x in PAPER["sensitivity_speedup_by_cv"].items())
+    for r in out["sensitivity"]:
+        cv, x = min(paper_sens, key=lambda p: abs(p[0] - r["cv"]))
+        rows.append(headline_row("OServe spatial", f"sensitivity, CV {r['cv']:.2f} (paper's CV {cv:g})",
+                                 "P99 speedup vs best_static", r["speedup"], x))
+    return rows
 
 
 def _calibration(cfg, data_dir) -> list[dict]:

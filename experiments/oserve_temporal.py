@@ -41,7 +41,7 @@ from experiments.oserve_spatial import (
     engine_config,
     library_config,
 )
-from experiments.tables import write_csv
+from experiments.tables import headline_row, write_csv
 from serving.control import (
     Controller,
     ControllerConfig,
@@ -390,6 +390,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         "config": settings(cfg),
         "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
     }
+    out["headline"] = headline_rows(out)
     write_csv(out_dir / "results.csv", rows)
     write_csv(out_dir / "timeline.csv", timeline)
     write_csv(out_dir / "forecast.csv", fc_rows)
@@ -400,6 +401,25 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         plot_sensitivity(out_dir / "sensitivity.png", sens, settings(cfg))
     log.info("\n".join(report(out)))
     return out
+
+
+def headline_rows(out: dict) -> list[dict]:
+    """P99 speedup of the closed loop over each baseline (mean and max over the traces) beside the paper's, and the
+    sensitivity sweep's least and most change beside the paper's ends."""
+    rows = []
+    for b, key in (("best_static", "p99_speedup_vs_static"), ("vllm_reload", "p99_speedup_vs_reload"),
+                   ("llumnix", "p99_speedup_vs_migration")):
+        s = out.get(f"p99_speedup_vs_{b}")
+        if s:
+            traces = ", ".join(s["per_case"])
+            rows += [headline_row("OServe temporal", f"vs {b} ({traces})", f"P99 speedup, {k}", s[k], PAPER[key][k])
+                     for k in ("mean", "max") if k in PAPER[key]]
+    sens, ps = out["sensitivity"], PAPER["sensitivity_speedup_vs_static"]
+    if len(sens) > 1:
+        rows += [headline_row("OServe temporal", f"sensitivity, change {r['change']:g} ({end.replace('_', ' ')})",
+                              "P99 speedup vs best_static", r["speedup_vs_static"], ps[end])
+                 for r, end in ((sens[0], "least_change"), (sens[-1], "most_change"))]
+    return rows
 
 
 def sensitivity(cfg, data_dir, cm, headline: dict) -> list[dict]:

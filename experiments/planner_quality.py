@@ -41,7 +41,7 @@ from common.topology import get_cluster
 from common.traces import ExpertLoadTrace, load_expert_trace
 from experiments import plotting
 from experiments.planner_speed import zipf_weights
-from experiments.tables import write_csv
+from experiments.tables import headline_row, write_csv
 from training.planner import PlanObjective, RoutingMode, make_planner, replica_lower_bound
 from training.planner.evaluate import evaluate
 from training.routing import fsep_summary
@@ -291,7 +291,29 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     log.info("wrote %s: rows.csv, summary.csv, summary.json, quality.png%s%s", out_dir,
              ", scale.png" if pc.scale_devices else "", ", milp_rows.csv, milp_summary.csv, milp.png" if milp_rows else "")
     return {"summary": summary, "milp": milp_summary, "instances": len(positions),
-            "wins_ties_losses": wins_ties_losses(summary)}
+            "wins_ties_losses": wins_ties_losses(summary), "headline": headline_rows(summary, milp_summary)}
+
+
+def headline_rows(summary: list[dict], milp_summary: list[dict]) -> list[dict]:
+    """On the trace (lagged plans, FSEP routing) per C: the paper's planner's max/mean device tokens and laer_plus's
+    layer time over laer's; on the MILP cuts (largest C): laer's and laer_plus's objective over the optimum. The
+    paper reports no such numbers (its planner study is Fig. 11's solve time), so the paper column stays empty."""
+    by = {(s["C"], s["algorithm"]): s for s in summary
+          if s["setting"] == "trace" and s["mode"] == "lagged" and s["routing"] == RoutingMode.FSEP.value}
+    rows = []
+    for c in sorted({c for c, _ in by}):
+        laer, plus = by.get((c, "laer")), by.get((c, "laer_plus"))
+        if laer:
+            rows.append(headline_row("Planner", f"trace N={laer['N']}, C={c}, lagged", "laer max/mean device tokens",
+                                     laer["mean_max_over_mean"]))
+        if laer and plus:
+            rows.append(headline_row("Planner", f"trace N={laer['N']}, C={c}, lagged", "laer_plus / laer layer time",
+                                     plus["mean_est_time_ms"] / laer["mean_est_time_ms"]))
+    top = max((s["C"] for s in milp_summary), default=None)
+    rows += [headline_row("Planner", f"MILP cuts, C={s['C']}", f"{s['algorithm']} objective / MILP's",
+                          s["mean_over_milp"])
+             for s in milp_summary if s["C"] == top and s["algorithm"] in ("laer", "laer_plus")]
+    return rows
 
 
 def wins_ties_losses(summary: list[dict]) -> dict[str, list[int]]:

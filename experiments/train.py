@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from experiments.tables import headline_row
 from training.train_config import DataConfig, Parallel, PlannerConfig, TrainerConfig
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,24 @@ def summary(rows: list[dict], spec: RunSpec, world: int) -> dict:
         out["step_s_total"] = sum(r["step_s"] for r in rows)
         # The planner's share of the critical path: rank 0's waits for plans over its step time (should be ~0).
         out["planner_wait_fraction"] = out["planner_wait_s_total"] / max(out["step_s_total"], 1e-12)
+    out["headline"] = headline_rows(out, tail)
     return out
+
+
+def headline_rows(out: dict, tail: list[dict]) -> list[dict]:
+    """What a short run shows: the loss falls, the device load stays near balanced and the planner stays off the
+    critical path. The paper trains at cluster scale, so it has no number to put beside these."""
+    setting = f"{out['parallel']} + {out['planner']}, {out['ranks']} ranks, {out['steps']} steps"
+    rows = [headline_row("Training", setting, "LM loss, first step", out["first_loss"]),
+            headline_row("Training", setting, "LM loss, last step", out["last_loss"]),
+            headline_row("Training", setting, "tokens/s (second half)", out["mean_tokens_per_s_second_half"])]
+    imbalance = [r["imbalance"] for r in tail if r.get("imbalance") is not None]
+    if imbalance:
+        rows.append(headline_row("Training", setting, "max/mean device tokens (second half)",
+                                 sum(imbalance) / len(imbalance)))
+    if "planner_wait_fraction" in out:
+        rows.append(headline_row("Training", setting, "planner wait / step time", out["planner_wait_fraction"]))
+    return rows
 
 
 def write_outputs(rows: list[dict], out_dir: Path, spec: RunSpec, world: int) -> None:
