@@ -37,7 +37,7 @@ class PathsConfig:
     data_dir: Optional[str] = None
     # When a data file is missing: none (stop and say how to get it), download (fetch the public original, else
     # stop) or synthetic (fetch it, else run on a synthetic stand-in with a loud warning). The paper studies keep
-    # download; quickstart (`make run`) sets synthetic so a fresh clone without network still runs.
+    # download; repro (`make run`) and quickstart set synthetic so a fresh clone without network still runs.
     fallback: Fallback = Fallback.download
     # Profile loaded by the `local_cpu` cluster preset and the cost models (null: common/profiles/local_cpu.json).
     profile: Optional[str] = None

@@ -1,4 +1,4 @@
-"""Quickstart (the default of `make run`): load statistics of the real expert-load trace and a real request trace.
+"""Quickstart (the first look at the data): load statistics of the real expert-load trace and a real request trace.
 
     loadwise experiment=quickstart [quickstart.num_request_types=5] [paths.data_dir=DIR]
 

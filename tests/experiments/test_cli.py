@@ -47,7 +47,7 @@ def test_misspelt_experiment_lists_every_real_one(tmp_path):
 
 
 def test_run_writes_results_json_and_a_log(tmp_path, data):
-    out = _cli([f"paths.data_dir={data}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    out = _cli(["experiment=quickstart", f"paths.data_dir={data}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads((tmp_path / "run" / "results.json").read_text())
     assert record["task"] == "quickstart" and record["config"]["paths"]["data_dir"] == str(data)
@@ -66,7 +66,7 @@ def test_sweep_runs_every_point(tmp_path, data):
 
 
 def test_sweep_reports_a_failed_point_and_goes_on(tmp_path, data):
-    out = _cli(["-m", f"paths.data_dir={data}", "quickstart.num_request_types=0,4",
+    out = _cli(["-m", "experiment=quickstart", f"paths.data_dir={data}", "quickstart.num_request_types=0,4",
                 f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
     assert out.returncode == 1
     assert (tmp_path / "sweep" / "1" / "results.json").exists()  # job 1 ran after job 0 failed
@@ -89,8 +89,8 @@ def test_bad_overrides_fail_naming_the_key(tmp_path, override, named):
 
 
 def test_missing_data_is_one_clear_line(tmp_path):
-    out = _cli([f"paths.data_dir={tmp_path / 'nowhere'}", "paths.fallback=none", f"hydra.run.dir={tmp_path / 'run'}"],
-               tmp_path)
+    out = _cli(["experiment=quickstart", f"paths.data_dir={tmp_path / 'nowhere'}", "paths.fallback=none",
+                f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert out.returncode == 1
     assert "error:" in out.stderr and "nowhere" in out.stderr and "make data" in out.stderr
     assert "Traceback" not in out.stderr
@@ -133,7 +133,7 @@ def test_internal_error_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsy
 
     monkeypatch.setitem(entry.TASKS, "quickstart", f"{__name__}:_broken_invariant")
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["loadwise", f"hydra.run.dir={tmp_path / 'run'}"])
+    monkeypatch.setattr(sys, "argv", ["loadwise", "experiment=quickstart", f"hydra.run.dir={tmp_path / 'run'}"])
     with pytest.raises(SystemExit) as end:
         entry.main()
     assert end.value.code == 3

@@ -62,14 +62,14 @@ def test_every_cluster_builds(cluster):
 
 def test_wrong_key_fails():
     with pytest.raises(ConfigCompositionException, match="no_such_key"):
-        _compose(["quickstart.no_such_key=1"])
+        _compose(["experiment=quickstart", "quickstart.no_such_key=1"])
     with pytest.raises(ConfigCompositionException, match="tpyo"):
         _compose(["tpyo=3"])
 
 
 def test_wrong_type_fails():
     with pytest.raises((ConfigCompositionException, ValidationError), match="num_request_types"):
-        _compose(["quickstart.num_request_types=many"])
+        _compose(["experiment=quickstart", "quickstart.num_request_types=many"])
 
 
 def test_unknown_task_names_the_key(tmp_path):
