@@ -154,3 +154,14 @@ def test_part_outputs_are_linked_relative_to_the_run_dir():
     assert "| Fig. 8 | s \\| t | speedup | 1.1 | 1 | +10.0% |" in text
     assert "[a.csv](p/a.csv)" in text and "![sub/b.png](p/sub/b.png)" in text
     assert "SYNTHETIC" not in text
+
+
+@pytest.mark.slow
+def test_the_default_parts_on_a_fresh_clone_run_or_skip_none_fails(tmp_path, offline_empty):
+    """`make run` with no data and no network: the parts with stand-ins run on them, the others say what is missing."""
+    res = experiments.run.run(_compose([f"paths.data_dir={offline_empty}"]), tmp_path / "run")
+    assert res["failed"] == []
+    status = {p["name"]: p["status"] for p in res["parts"]}
+    assert status["laer_planner"] == "ok" and status["laer_train"] == "ok"
+    assert "laer_planner" in res["synthetic"]
+    assert all(p["message"] for p in res["parts"] if p["status"] == "skipped")
