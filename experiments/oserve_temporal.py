@@ -414,6 +414,9 @@ def headline_rows(out: dict) -> list[dict]:
             traces = ", ".join(s["per_case"])
             rows += [headline_row("OServe temporal", f"vs {b} ({traces})", f"P99 speedup, {k}", s[k], PAPER[key][k])
                      for k in ("mean", "max") if k in PAPER[key]]
+    # Why a speedup is near 1 or not: how often the closed loop changed the deployment (the paper's source of gain).
+    rows += [headline_row("OServe temporal", name, "deployment switches (oserve)", m["oserve"]["switches"])
+             for name, m in out["policies"].items() if "oserve" in m]
     sens, ps = out["sensitivity"], PAPER["sensitivity_speedup_vs_static"]
     if len(sens) > 1:
         rows += [headline_row("OServe temporal", f"sensitivity, change {r['change']:g} ({end.replace('_', ' ')})",

@@ -24,7 +24,7 @@ import os
 import resource
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -101,7 +101,7 @@ def run_part(name: str, spec, cfg: DictConfig, run_dir: Path) -> PartOutcome:
     overrides = [str(o) for o in spec.overrides]
     base = PartOutcome(name, str(spec.experiment), overrides, PartStatus.skipped)
     if not (CONF / "experiment" / f"{spec.experiment}.yaml").is_file():
-        return _replace(base, message=f"experiment {spec.experiment!r} does not exist "
+        return replace(base, message=f"experiment {spec.experiment!r} does not exist "
                                       f"yet (no conf/experiment/{spec.experiment}.yaml)")
     out = run_dir / name
     t0, c0 = time.perf_counter(), _cpu_s()
@@ -120,17 +120,13 @@ def run_part(name: str, spec, cfg: DictConfig, run_dir: Path) -> PartOutcome:
         status = PartStatus.skipped if missing_data else PartStatus.failed
         what = "skipped: a data file it needs is missing" if missing_data else "FAILED"
         log.error("part %s (%s) %s: %s", name, spec.experiment, what, _one_line(err))
-        return _replace(base, status=status, message=_one_line(err), wall_s=wall, cpu_s=cpu,
+        return replace(base, status=status, message=_one_line(err), wall_s=wall, cpu_s=cpu,
                         files=_files(out, run_dir) + [str((out / "FAILED").relative_to(run_dir))])
     wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     synthetic = (out / "synthetic_data").is_dir()  # ensure_files writes stand-ins there only when it needs them
     source = results.get("data_source") or ("synthetic" if synthetic else "real")
-    return _replace(base, status=PartStatus.ok, wall_s=wall, cpu_s=cpu, data_source=source,
+    return replace(base, status=PartStatus.ok, wall_s=wall, cpu_s=cpu, data_source=source,
                     headline=list(results.get("headline", [])), files=_files(out, run_dir))
-
-
-def _replace(outcome: PartOutcome, **changes) -> PartOutcome:
-    return PartOutcome(**{**outcome.__dict__, **changes})
 
 
 def _files(out: Path, run_dir: Path) -> list[str]:
@@ -196,11 +192,10 @@ def part_table(o: PartOutcome) -> list[str]:
                                                                        "synthetic" else "")]
     if not o.headline:
         return lines + ["  (no headline rows)"]
-    w = max(len(r["setting"]) for r in o.headline)
-    m = max(len(r["metric"]) for r in o.headline)
-    lines.append(f"  {'figure':10s} {'setting':{w}s} {'metric':{m}s} {'ours':>10s} {'paper':>10s} {'error':>8s}")
+    f, w, m = (max(len(k), *(len(r[k]) for r in o.headline)) for k in ("figure", "setting", "metric"))
+    lines.append(f"  {'figure':{f}s}  {'setting':{w}s}  {'metric':{m}s} {'ours':>10s} {'paper':>10s} {'error':>8s}")
     for r in o.headline:
-        lines.append(f"  {r['figure']:10s} {r['setting']:{w}s} {r['metric']:{m}s} {_num(r['ours']):>10s} "
+        lines.append(f"  {r['figure']:{f}s}  {r['setting']:{w}s}  {r['metric']:{m}s} {_num(r['ours']):>10s} "
                      f"{_num(r['paper']):>10s} {_err(r['error']):>8s}")
     return lines
 
