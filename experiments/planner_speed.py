@@ -27,7 +27,7 @@ from tqdm import tqdm
 from common.datapaths import ensure_files, locate_data_dir
 from experiments import plotting
 from experiments.config import LoadKind
-from experiments.tables import headline_row, write_csv
+from experiments.tables import write_csv
 from training.planner import kernels, make_planner
 
 log = logging.getLogger(__name__)
@@ -112,18 +112,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                      f" {paper_ms} {ratio:>6s} {cpu_ratio:>9s}")
     log.info("\n".join(lines))
     _plot(rows, paper, list(sc.slots), int(sc.num_experts), LoadKind(sc.loads).value, out_dir / "speed.png")
-    return {"rows": rows, "compile_s": compile_s, "headline": headline_rows(rows)}
-
-
-def headline_rows(rows: list[dict]) -> list[dict]:
-    """CPU solve time at the paper's largest N, its smallest and largest C, per algorithm, beside Fig. 11."""
-    ref = [r for r in rows if r["paper_s"] != ""]
-    if not ref:
-        return []
-    n = max(r["N"] for r in ref)
-    cs = sorted({r["C"] for r in ref if r["N"] == n})
-    return [headline_row("Fig. 11", f"{r['algorithm']}, N={n}, C={r['C']}", "solve time, ms (CPU)", r["cpu_s"] * 1e3,
-                         r["paper_s"] * 1e3) for r in ref if r["N"] == n and r["C"] in (cs[0], cs[-1])]
+    return {"rows": rows, "compile_s": compile_s}
 
 
 def _plot(rows, paper, slots, num_experts: int, loads: str, path: Path) -> None:
