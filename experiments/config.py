@@ -656,6 +656,34 @@ class OServeSwitchCostExperiment(ExperimentConfig):
     switch_cost: SwitchCostConfig = field(default_factory=SwitchCostConfig)
 
 
+@dataclass
+class Fig8Config:
+    # Expert-load trace (SmartMoE npz), relative to paths.data_dir: every model's loads, rescaled to it. One trace
+    # for all of the paper's datasets and aux-loss settings, so those share one simulated time per model and system.
+    expert_trace: str = "smartmoe_expert_trace/smartmoe_counts.npz"
+    # The paper's Fig. 8 times, relative to paths.data_dir (fetched when missing unless paths.fallback is none; never
+    # a stand-in: when it cannot be had, the paper columns stay empty, with one warning).
+    paper_csv: str = "laer_moe_paper_results/e2e_analysis_backup.csv"
+    # Paper model names (experiments.laer_paper.MODELS).
+    models: list[str] = field(default_factory=lambda: [
+        "mixtral-8x7b-e8k2", "mixtral-8x7b-e16k4", "mixtral-8x22b-e8k2", "mixtral-8x22b-e16k4", "qwen-8x7b-e8k2",
+        "qwen-8x7b-e16k4"])
+    # Systems simulated (training.sim.SystemName values; strings, so building a config does not import the
+    # simulator). Speedups are over megatron_ep, and laer's over each baseline, where those are listed.
+    systems: list[str] = field(default_factory=lambda: ["megatron_ep", "fsdp_ep", "flexmoe", "laer", "laer_plus"])
+    # Trace samples (iterations spread evenly over training) simulated per model and system.
+    samples: int = 8
+    # laer_plus's planning budget per layer (training.planner.laer_plus time_budget_s); null: the planner's default.
+    laer_plus_budget_s: Optional[float] = 0.005
+    # A simulated speedup meets the paper's when within this relative error of it.
+    tolerance: float = 0.10
+
+
+@dataclass
+class Fig8Experiment(ExperimentConfig):
+    fig8: Fig8Config = field(default_factory=Fig8Config)
+
+
 # task -> its schema (stored as config `schema/<task>`).
 SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "quickstart": QuickstartExperiment,
@@ -674,6 +702,7 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "train": TrainExperiment,
     "bench_train": BenchTrainExperiment,
     "oserve_switch_cost": OServeSwitchCostExperiment,
+    "laer_fig8": Fig8Experiment,
 }
 
 

@@ -49,6 +49,7 @@ TASKS = {
     "train": "experiments.train:run",
     "bench_train": "experiments.bench_train:run",
     "oserve_switch_cost": "experiments.oserve_switch:run",
+    "laer_fig8": "experiments.laer_fig8:run",
 }
 assert set(TASKS) == set(SCHEMAS), "every task needs a schema in experiments/config.py and vice versa"
 
