@@ -253,7 +253,7 @@ def plot_times(times: list[dict], path: Path, samples: int) -> None:
                            label=f"paper {_setting(*SETTINGS[j])}" if i == 0 else None)
             known = [p for p in papers if p is not None]
             if known:
-                ax.annotate(_pct(rel_error(ours, float(np.mean(known)))), (i, ours), xytext=(0, 3),
+                ax.annotate(_pct(rel_error(ours, float(np.mean(known)))), (i, ours + rs[0]["ours_std_s"]), xytext=(0, 2),
                             textcoords="offset points", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(np.arange(len(systems)) + len(SETTINGS) * width / 2, systems, rotation=20, fontsize=8)
         ax.set(title=model, ylabel="iteration time (s)")
