@@ -33,7 +33,7 @@ from common.traces import load_expert_trace
 from experiments import plotting
 from experiments.laer_paper import AUX_LOSSES, DATASETS, MODELS, paper_model, read_e2e, simulate, trace_samples
 from experiments.tables import write_csv
-from training.sim import SystemName
+from training.sim import SimResult, SystemName
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +53,28 @@ def rel_error(ours: float, paper: float | None) -> float | None:
     return None if paper is None else (ours - paper) / paper
 
 
-def time_rows(sim: dict[tuple[str, str], np.ndarray], paper: dict[tuple[str, str, float, str], float]
-              ) -> list[dict]:
+TERMS = ("attention", "expert", "alltoall", "exposed")  # training.sim.Breakdown fields that sum to an iteration
+
+
+def iteration_terms(results: list[SimResult]) -> dict[str, float]:
+    """Mean seconds per iteration of each Breakdown term, and the LM head, over the samples: where the time goes."""
+    out = {f"{t}_s": float(np.mean([getattr(r.iteration, t) for r in results])) for t in TERMS}
+    out["head_s"] = float(np.mean([r.microbatches * r.head_s for r in results]))
+    return out
+
+
+def time_rows(sim: dict[tuple[str, str], np.ndarray], paper: dict[tuple[str, str, float, str], float],
+              terms: dict[tuple[str, str], dict[str, float]] | None = None) -> list[dict]:
     """Per (model, dataset, aux, system): our iteration seconds (mean, std over samples; one trace, so the same for
-    every setting of a model), the paper's, and the error. sim: (model, system) -> [S] seconds; paper: read_e2e's."""
+    every setting of a model), the paper's, the error, then our split of the time (`iteration_terms`, if given).
+    sim: (model, system) -> [S] seconds; paper: read_e2e's."""
     rows = []
     for (model, system), t in sim.items():
         for dataset, aux in SETTINGS:
             p = paper.get((dataset, model, aux, system))
             rows.append({"model": model, "dataset": dataset, "aux_loss": aux, "system": system, "samples": len(t),
                          "ours_s": float(np.mean(t)), "ours_std_s": float(np.std(t)), "paper_s": p,
-                         "error": rel_error(float(np.mean(t)), p)})
+                         "error": rel_error(float(np.mean(t)), p), **(terms or {}).get((model, system), {})})
     return rows
 
 
@@ -160,14 +171,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     log.info("fig8: %d models x %s, trace iterations %s (%s); paper: %s", len(models), systems,
              [int(trace.iterations[s]) for s in samples], files.describe(), paper_path or "none")
 
-    sim, cpu = {}, {}
+    sim, terms, cpu = {}, {}, {}
     for model, system in tqdm(list(product(models, systems)), desc="fig8 (model, system)", unit="run"):
         c0 = time.process_time()
         res = simulate(paper_model(model), system, trace, samples, planner_options=options.get(system))
         sim[model, system] = np.array([r.iteration_s for r in res])
+        terms[model, system] = iteration_terms(res)
         cpu[f"{model}/{system}"] = time.process_time() - c0
 
-    times = time_rows(sim, paper)
+    times = time_rows(sim, paper, terms)
     speedups = speedup_rows(sim, paper, float(f.tolerance))
     summary = summary_rows(speedups)
     write_csv(out_dir / "times.csv", times)
@@ -207,6 +219,11 @@ def format_tables(times: list[dict], speedups: list[dict], summary: list[dict], 
         cells = [f"{r['paper_s']:7.2f} ({_pct(r['error']):>6s})" if r["paper_s"] is not None else "-" for r in rs]
         out.append(f"{model:21s} {system:12s} {rs[0]['ours_s']:7.2f} ± {rs[0]['ours_std_s']:5.2f}  "
                    + "  ".join(f"{c:>17s}" for c in cells))
+    out += ["", "Our iteration time split (s): compute, token all-to-all, exposed parameter / gradient communication",
+            f"{'model':21s} {'system':12s} " + " ".join(f"{t:>9s}" for t in TERMS + ("head",))]
+    for (model, system), rs in by.items():
+        out.append(f"{model:21s} {system:12s} " + " ".join(f"{rs[0].get(t + '_s', np.nan):9.2f}"
+                                                           for t in TERMS + ("head",)))
     out += ["", "Fig. 8 speedups (baseline time / system time): ours, then paper (our error) per setting",
             f"{'model':21s} {'speedup':24s} {'ours':>6s}  " + "  ".join(f"{h:>17s}" for h in heads)]
     by = {}

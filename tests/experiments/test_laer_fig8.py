@@ -54,6 +54,9 @@ def test_runs_tiny_and_writes_tables_plots_and_headline(tmp_path):
     assert len(times) == 2 * 4  # 2 systems x the paper's 4 (dataset, aux) settings, one simulated time each
     assert {float(r["paper_s"]) for r in times if r["system"] == "laer"} == {25.0}
     ours = {r["system"]: float(r["ours_s"]) for r in times}
+    for r in times:  # the split of our time sums to it
+        assert sum(float(r[t]) for t in ("attention_s", "expert_s", "alltoall_s", "exposed_s", "head_s")
+                   ) == pytest.approx(float(r["ours_s"]))
     assert {(r["system"], r["baseline"]) for r in result["speedups"]} == {("laer", "megatron_ep")}
     top = json.loads((out / "results.json").read_text())["results"]["headline"]
     assert top[0]["figure"] == "Fig. 8" and top[0]["metric"] == "speedup of laer over megatron_ep"
