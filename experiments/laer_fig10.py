@@ -9,7 +9,7 @@
 
 Units of the paper's token_num: routes (tokens x k) of one micro-batch. Every (layer, iteration) of it sums over
 the 32 ranks to 2^20 for the top-2 model and 2^21 for the top-4 one, which is 128 x 8192 tokens / 2 micro-batches
-x k (`PaperRun`); tokens per iteration would give 2^20 for both. `token_unit` checks this on the file it reads.
+x k (`PaperRun`); tokens per iteration would give 2^20 for both. `token_units` checks this on the files it reads.
 
 Loads: the SmartMoE trace rescaled to each model (`experiments.laer_paper.simulate`). The paper's FSDP token counts
 do not determine per-expert loads: under the static FSDP+EP layout (`training.placement.fsdp_ep_placement`) device d
@@ -117,18 +117,16 @@ def paper_token_array(counts: dict[tuple[int, int, int], int]) -> np.ndarray:
     return out
 
 
-def token_unit(tokens: np.ndarray, model_top_k: int, run: PaperRun) -> str | None:
-    """What the paper's counts [I, L, N] are, from their sum per (iteration, layer) against the setup: 'routes per
-    micro-batch' (tokens of one micro-batch x k) or 'tokens per iteration'; None when neither fits."""
+def token_units(tokens: np.ndarray, model_top_k: int, run: PaperRun) -> set[str]:
+    """The units the paper's counts [I, L, N] of one model can be in, from their sum per (iteration, layer) against
+    the setup: 'routes per micro-batch' (tokens of one micro-batch x k) and / or 'tokens per iteration' (at k = 2
+    with 2 micro-batches both give the same sum; a top-4 model tells them apart)."""
     n = tokens.shape[-1]
     sums = np.unique(tokens.sum(-1))
     per_microbatch = run.tokens_per_device(n) * n
     candidates = {"routes per micro-batch": per_microbatch * model_top_k,
                   "tokens per iteration": per_microbatch * run.microbatches}
-    for name, total in candidates.items():
-        if sums.size == 1 and sums[0] == total:
-            return name
-    return None
+    return {name for name, total in candidates.items() if sums.size == 1 and sums[0] == total}
 
 
 def token_rows(model: str, system: str, ours_max: np.ndarray, mean_per_device: float,
@@ -198,17 +196,19 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         paper = p_tokens.get((name, system))
         paper = None if paper is None else paper_token_array(paper)
         if paper is not None:
-            units[f"{name}/{system}"] = unit = token_unit(paper, model.top_k, run_)
-            if unit is None:
-                log.warning("paper token counts of (%s, %s) sum to neither the routes of one micro-batch nor the "
-                            "tokens of one iteration: compared as routes anyway", name, system)
+            units[(name, system)] = token_units(paper, model.top_k, run_)
         n = results[0].device_expert_s.size
         rows, summary = token_rows(name, system, np.stack([r.max_tokens for r in results]),
                                    run_.tokens_per_device(n) * model.top_k, paper)
         t_rows += rows
         t_summary.append(summary)
-    if units:
-        log.info("paper token counts are %s", ", ".join(sorted({str(u) for u in units.values()})))
+    unit = set.intersection(*units.values()) if units else set()
+    if units and unit:
+        log.info("paper token counts: their sums per (layer, iteration) fit %s (models %s)", " or ".join(sorted(unit)),
+                 sorted({m for m, _ in units}))
+    elif units:
+        log.warning("paper token counts sum to neither the routes of one micro-batch nor the tokens of one iteration;"
+                    " compared as routes of one micro-batch")
     for fname, rows in (("breakdown.csv", b_rows), ("breakdown_summary.csv", b_summary), ("tokens.csv", t_rows),
                         ("tokens_summary.csv", t_summary)):
         write_csv(out_dir / fname, rows)
@@ -216,7 +216,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     settings = {"ours": f"simulated, mean of {len(samples)} trace samples", "paper": "32 A100, wikitext, aux 0"}
     plot_breakdown(b_summary, list(models), list(fc.systems), settings, out_dir / "fig10a.png")
     plot_tokens(t_rows, list(models), list(fc.systems), settings, out_dir / "fig10b.png")
-    return {"breakdown": b_summary, "tokens": t_summary, "paper_token_unit": units, "samples": samples,
+    return {"breakdown": b_summary, "tokens": t_summary, "paper_token_unit": sorted(unit), "samples": samples,
             "headline": headline(b_summary, t_summary)}
 
 
