@@ -44,6 +44,8 @@ TASKS = {
     "oserve_calibrate": "experiments.calibrate_engines:run",
     "planner_quality": "experiments.planner_quality:run",
     "planner_speed": "experiments.planner_speed:run",
+    "laer_fig10": "experiments.laer_fig10:run",
+    "laer_fig12": "experiments.laer_fig12:run",
     "bench_fsep": "experiments.bench_fsep:run",
     "bench_fsep_runtime": "experiments.bench_fsep_runtime:run",
     "train": "experiments.train:run",
