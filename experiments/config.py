@@ -311,6 +311,46 @@ class PlannerSpeedConfig:
 
 
 @dataclass
+class LaerFig10Config:
+    # Expert-load trace (SmartMoE npz), relative to paths.data_dir: each sample rescaled to the model's devices, layers,
+    # experts and tokens (experiments.laer_paper.simulate).
+    expert_trace: str = "smartmoe_expert_trace/smartmoe_counts.npz"
+    # The paper's Fig. 10a per-rank time breakdown and Fig. 10b per-rank token counts, relative to paths.data_dir
+    # (missing: the paper columns stay empty, with a warning).
+    breakdown_results: str = "laer_moe_paper_results/breakdown_analysis_backup.csv"
+    token_results: str = "laer_moe_paper_results/token_analysis_backup.csv"
+    # Paper model names (experiments.laer_paper.MODELS) and simulated systems (training.sim.SystemName values;
+    # laer_plus has no paper column).
+    models: list[str] = field(default_factory=lambda: ["mixtral-8x7b-e8k2", "mixtral-8x7b-e16k4"])
+    systems: list[str] = field(default_factory=lambda: ["fsdp_ep", "flexmoe", "laer", "laer_plus"])
+    # Trace samples (iterations spread over training) simulated per (model, system); results are their mean.
+    samples: int = 20
+
+
+class AblationVariant(Enum):
+    """The LAER-MoE paper's Fig. 12 variants (their ablation.sh approaches)."""
+
+    FSDP = "FSDP"  # the FSDP+EP baseline (system fsdp_ep)
+    LAER = "LAER"  # the paper's system
+    no_comm_opt = "no_comm_opt"  # LAER with every parameter / gradient communication serialised
+    no_even = "no_even"  # LAER's planner without its even replica-count candidate (priority queue only)
+    no_pq = "no_pq"  # LAER's planner without its priority-queue candidate (N*C/E replicas per expert)
+
+
+@dataclass
+class LaerFig12Config:
+    # Expert-load trace (SmartMoE npz), relative to paths.data_dir.
+    expert_trace: str = "smartmoe_expert_trace/smartmoe_counts.npz"
+    # The paper's Fig. 12 iteration times (CSV method,avg_time_ms), relative to paths.data_dir.
+    paper_results: str = "laer_moe_paper_results/ablation_analysis_backup.csv"
+    # The paper's ablation model (experiments.laer_paper.MODELS).
+    model: str = "mixtral-8x7b-e8k2"
+    variants: list[AblationVariant] = field(default_factory=lambda: list(AblationVariant))
+    # Trace samples simulated per variant; results are their mean.
+    samples: int = 20
+
+
+@dataclass
 class BenchFsepConfig:
     # Expert-load trace (SmartMoE npz), relative to paths.data_dir; its 16 source ranks are summed into `ranks`.
     expert_trace: str = "smartmoe_expert_trace/smartmoe_counts.npz"
@@ -625,6 +665,16 @@ class OServeCalibrateExperiment(ExperimentConfig):
 
 
 @dataclass
+class LaerFig10Experiment(ExperimentConfig):
+    fig10: LaerFig10Config = field(default_factory=LaerFig10Config)
+
+
+@dataclass
+class LaerFig12Experiment(ExperimentConfig):
+    fig12: LaerFig12Config = field(default_factory=LaerFig12Config)
+
+
+@dataclass
 class BenchFsepExperiment(ExperimentConfig):
     bench_fsep: BenchFsepConfig = field(default_factory=BenchFsepConfig)
 
@@ -673,6 +723,34 @@ class OServeSwitchCostExperiment(ExperimentConfig):
 
 
 @dataclass
+class Fig8Config:
+    # Expert-load trace (SmartMoE npz), relative to paths.data_dir: every model's loads, rescaled to it. One trace
+    # for all of the paper's datasets and aux-loss settings, so those share one simulated time per model and system.
+    expert_trace: str = "smartmoe_expert_trace/smartmoe_counts.npz"
+    # The paper's Fig. 8 times, relative to paths.data_dir (fetched when missing unless paths.fallback is none; never
+    # a stand-in: when it cannot be had, the paper columns stay empty, with one warning).
+    paper_csv: str = "laer_moe_paper_results/e2e_analysis_backup.csv"
+    # Paper model names (experiments.laer_paper.MODELS).
+    models: list[str] = field(default_factory=lambda: [
+        "mixtral-8x7b-e8k2", "mixtral-8x7b-e16k4", "mixtral-8x22b-e8k2", "mixtral-8x22b-e16k4", "qwen-8x7b-e8k2",
+        "qwen-8x7b-e16k4"])
+    # Systems simulated (training.sim.SystemName values; strings, so building a config does not import the
+    # simulator). Speedups are over megatron_ep, and laer's over each baseline, where those are listed.
+    systems: list[str] = field(default_factory=lambda: ["megatron_ep", "fsdp_ep", "flexmoe", "laer", "laer_plus"])
+    # Trace samples (iterations spread evenly over training) simulated per model and system.
+    samples: int = 8
+    # laer_plus's planning budget per layer (training.planner.laer_plus time_budget_s); null: the planner's default.
+    laer_plus_budget_s: Optional[float] = 0.005
+    # A simulated speedup meets the paper's when within this relative error of it.
+    tolerance: float = 0.10
+
+
+@dataclass
+class Fig8Experiment(ExperimentConfig):
+    fig8: Fig8Config = field(default_factory=Fig8Config)
+
+
+@dataclass
 class ReproExperiment(ExperimentConfig):
     repro: ReproConfig = field(default_factory=ReproConfig)
 
@@ -690,11 +768,14 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "oserve_calibrate": OServeCalibrateExperiment,
     "planner_quality": PlannerQualityExperiment,
     "planner_speed": PlannerSpeedExperiment,
+    "laer_fig10": LaerFig10Experiment,
+    "laer_fig12": LaerFig12Experiment,
     "bench_fsep": BenchFsepExperiment,
     "bench_fsep_runtime": BenchFsepRuntimeExperiment,
     "train": TrainExperiment,
     "bench_train": BenchTrainExperiment,
     "oserve_switch_cost": OServeSwitchCostExperiment,
+    "laer_fig8": Fig8Experiment,
     "repro": ReproExperiment,
 }
 

@@ -112,7 +112,19 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                      f" {paper_ms} {ratio:>6s} {cpu_ratio:>9s}")
     log.info("\n".join(lines))
     _plot(rows, paper, list(sc.slots), int(sc.num_experts), LoadKind(sc.loads).value, out_dir / "speed.png")
-    return {"rows": rows, "compile_s": compile_s}
+    return {"rows": rows, "compile_s": compile_s, "headline": headline(rows)}
+
+
+def headline(rows: list[dict]) -> list[dict]:
+    """Per algorithm, CPU solve time at the smallest and the largest (N, C) the paper timed."""
+    out = []
+    for alg in dict.fromkeys(r["algorithm"] for r in rows):
+        timed = sorted((r for r in rows if r["algorithm"] == alg and r["paper_s"] != ""), key=lambda r: (r["N"], r["C"]))
+        ends = timed[:1] + timed[1:][-1:]  # the smallest and the largest, once each
+        out += [{"figure": "Fig. 11", "setting": f"{alg}, N={r['N']}, C={r['C']}",
+                 "metric": "planner solve time (s, CPU)", "ours": r["cpu_s"], "paper": r["paper_s"],
+                 "error": (r["cpu_s"] - r["paper_s"]) / r["paper_s"]} for r in ends]
+    return out
 
 
 def _plot(rows, paper, slots, num_experts: int, loads: str, path: Path) -> None:

@@ -44,11 +44,14 @@ TASKS = {
     "oserve_calibrate": "experiments.calibrate_engines:run",
     "planner_quality": "experiments.planner_quality:run",
     "planner_speed": "experiments.planner_speed:run",
+    "laer_fig10": "experiments.laer_fig10:run",
+    "laer_fig12": "experiments.laer_fig12:run",
     "bench_fsep": "experiments.bench_fsep:run",
     "bench_fsep_runtime": "experiments.bench_fsep_runtime:run",
     "train": "experiments.train:run",
     "bench_train": "experiments.bench_train:run",
     "oserve_switch_cost": "experiments.oserve_switch:run",
+    "laer_fig8": "experiments.laer_fig8:run",
     "repro": "experiments.repro:run",
 }
 assert set(TASKS) == set(SCHEMAS), "every task needs a schema in experiments/config.py and vice versa"

@@ -141,3 +141,22 @@ def test_bad_inputs_name_the_argument():
         simulate_iteration(four, cluster, "laer", np.ones((2, 2, 4), dtype=int), 1)
     with pytest.raises(ValueError, match="^plan_loads must be"):
         simulate_iteration(MODEL, cluster, "laer", SKEW, 1, plan_loads=SKEW[:1])
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_device_times_include_the_wait_for_the_slowest_expert(recompute):
+    peak, bw = 1e9, 1e9
+    cluster, compute = two_devices(peak, bw)
+    loads = np.array([[[5, 3], [1, 7]]] * 2)  # both layers: device 0 computes 5+1 routes, device 1 3+7
+    r = simulate_iteration(MODEL, cluster, "megatron_ep", loads, 1, compute=compute, recompute=recompute,
+                           microbatches=2)
+    passes = 4 if recompute else 3  # expert forward, backward twice as long (and the recompute's forward)
+    # Device 0 sends 3 routes to device 1 and receives 1; each device's dispatch (and combine) lasts max(3, 1) routes
+    # of H = 4 bf16; 2 (or 4) of each per layer.
+    own = (4 if recompute else 2) * 2 * 3 * 4 * 2 / bw
+    expert = [2 * 2 * passes * expert_s(6, peak), 2 * 2 * passes * expert_s(10, peak)]  # 2 micro-batches x 2 layers
+    wait = [2 * 2 * passes * (expert_s(10, peak) - expert_s(6, peak)), 0.0]
+    assert r.device_expert_s.tolist() == pytest.approx(expert, rel=1e-12)
+    assert r.device_alltoall_s.tolist() == pytest.approx([2 * 2 * own + w for w in wait], rel=1e-12)
+    # Expert + all-to-all is the busiest device's experts plus one's own transfers on every device.
+    assert r.device_expert_s[0] + r.device_alltoall_s[0] == pytest.approx(r.device_expert_s[1] + r.device_alltoall_s[1])

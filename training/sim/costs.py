@@ -17,6 +17,7 @@ from common.costmodel import (
     ComputeModel,
     allgather_time,
     allreduce_time,
+    alltoall_device_times,
     alltoall_time,
     reduce_scatter_time,
     swiglu_expert_flops,
@@ -48,6 +49,9 @@ class LayerCosts:
     param_bwd: float  # weights needed again before the backward (free mode)
     grad: float  # gradient communication (gradient all-to-all / reduce-scatter / all-reduce)
     max_tokens: int  # routes the busiest device computes
+    expert_fwd_devices: np.ndarray  # [N] expert forward seconds of every device
+    dispatch_devices: np.ndarray  # [N] seconds every device spends in one dispatch (its own send / receive)
+    combine_devices: np.ndarray  # [N] likewise for one combine
 
 
 def dense_flops_per_token(model: ModelConfig, seq_len: int) -> float:
@@ -79,9 +83,9 @@ def layer_costs(model: ModelConfig, cluster: ClusterSpec, system: System, comput
     nbytes = nbytes or Bytes()
     attention = max(compute.time(t * dense_flops_per_token(model, seq_len)) for t in np.asarray(source_tokens))
     device_tokens = routing.sum((0, 1))  # [N]
-    expert = max(compute.time(swiglu_expert_flops(t, h, f, backward=False)) for t in device_tokens)
+    experts = np.array([compute.time(swiglu_expert_flops(t, h, f, backward=False)) for t in device_tokens])  # [N]
     traffic = routing.sum(1).astype(np.float64) * (h * nbytes.activation)  # [N, N] bytes from i to d
-    dispatch, combine = alltoall_time(traffic, cluster), alltoall_time(traffic.T, cluster)
+    dispatches, combines = alltoall_device_times(traffic, cluster), alltoall_device_times(traffic.T, cluster)
 
     p = 3 * h * f
     shard = -(-p // n)  # S
@@ -107,5 +111,5 @@ def layer_costs(model: ModelConfig, cluster: ClusterSpec, system: System, comput
     else:
         d_fwd = d_bwd = 0.0
         d_grad = allreduce_time(dp * nbytes.grad, cluster)
-    return LayerCosts(attention, expert, dispatch, combine, e_fwd + d_fwd, e_bwd + d_bwd, e_grad + d_grad,
-                      int(device_tokens.max()))
+    return LayerCosts(attention, float(experts.max()), float(dispatches.max()), float(combines.max()), e_fwd + d_fwd,
+                      e_bwd + d_bwd, e_grad + d_grad, int(device_tokens.max()), experts, dispatches, combines)

@@ -18,6 +18,14 @@ all-to-alls, whose links it would share):
             backward) are exposed whole, counted in layers L-1 and 0.
   Without overlap every Pf, Pb, Gr is exposed whole in its own layer.
 Token all-to-alls are never hidden (no system here overlaps them with compute).
+
+Per device (SimResult.device_expert_s / device_alltoall_s, per iteration: all layers, all micro-batches), measured
+as the LAER-MoE paper's breakdown measures a rank: expert_d = (3 + r) X_{i,d} summed, the device's own expert
+compute; an all-to-all is a barrier, so the combine after the experts (and, in backward, the dispatch after the
+expert backward) returns only when the slowest device has finished its experts, and a device's all-to-all time is
+its own transfer plus that wait: alltoall_d = (2 + 2r)(D_{i,d} + K_{i,d}) + (3 + r)(max_d' X_{i,d'} - X_{i,d}) summed,
+where D_{i,d} / K_{i,d} are the device's own seconds in one dispatch / combine (`alltoall_device_times`). Hence
+alltoall_d + expert_d is the same busiest-expert time on every device, plus its own transfers.
 """
 
 from __future__ import annotations
@@ -68,6 +76,12 @@ class SimResult:
     max_tokens: np.ndarray  # [L] int64 routes computed by the busiest device, per layer
     head_s: float  # LM-head compute (forward + backward) of one micro-batch
     microbatches: int  # micro-batches per iteration (each with the same loads)
+    # [N] seconds per iteration (all layers and micro-batches) of each device's own expert compute, forward,
+    # backward (and recompute); the module docstring defines both.
+    device_expert_s: np.ndarray
+    # [N] seconds per iteration each device spends inside token all-to-alls: its own transfers plus the wait for the
+    # slowest device's experts before each all-to-all that follows expert compute.
+    device_alltoall_s: np.ndarray
 
     @property
     def layer_sum(self) -> Breakdown:
@@ -155,8 +169,13 @@ def simulate_iteration(model: ModelConfig, cluster: ClusterSpec, system: str | S
     )
     head_tokens = loads[0].sum(1).max() / model.top_k
     head = 3 * compute.time(2.0 * head_tokens * model.hidden * model.vocab_size)
+    x = np.stack([k.expert_fwd_devices for k in costs])  # [L, N]
+    own = np.stack([k.dispatch_devices + k.combine_devices for k in costs])  # [L, N]
+    wait = x.max(1, keepdims=True) - x  # [L, N]
+    device_expert = microbatches * (3 + r) * x.sum(0)
+    device_alltoall = microbatches * ((2 + 2 * r) * own + (3 + r) * wait).sum(0)
     return SimResult(sys_.name, layers, np.array([k.max_tokens for k in costs], dtype=np.int64), head,
-                     int(microbatches))
+                     int(microbatches), device_expert, device_alltoall)
 
 
 def _check(a, name: str, shape: tuple[int, int, int]) -> np.ndarray:
