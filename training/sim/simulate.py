@@ -42,7 +42,7 @@ from training.planner.evaluate import quota_routing
 from training.planner.objective import PlanObjective
 from training.routing import fsep_routing
 from training.sim.calibration import default_compute
-from training.sim.costs import Bytes, LayerCosts, layer_costs
+from training.sim.costs import Bytes, LayerCosts, NonExpert, layer_costs
 from training.sim.systems import System, SystemName, get_system
 
 
@@ -123,13 +123,14 @@ def simulate_iteration(model: ModelConfig, cluster: ClusterSpec, system: str | S
                        loads: np.ndarray, slots_per_device: int, compute: ComputeModel | None = None,
                        comm_opt: bool = True, recompute: bool = False, microbatches: int = 1,
                        seq_len: int | None = None, plan_loads: np.ndarray | None = None, nbytes: Bytes | None = None,
-                       planner_options: dict | None = None) -> SimResult:
+                       planner_options: dict | None = None, non_expert: NonExpert | None = None) -> SimResult:
     """Simulated training iteration.
 
     loads: [L, N, E] integer routes from source device i to expert j in layer l, one micro-batch (each device sends
     its tokens times k). plan_loads: what the planner plans each layer from (default: loads, an oracle plan; pass an
     earlier window for the lag the runtime has). comm_opt False serialises every parameter / gradient
     communication (the paper's no_comm_opt ablation). compute: default `calibration.default_compute(cluster)`.
+    non_expert: attention-kernel efficiency and memory-bound work beyond `compute` (default: none).
 
     1. The system's planner (training.planner registry, on the planner's own objective for this model and cluster)
        lays each layer out; its routing rule (FSEP rule, or the plan's quotas) splits the loads over the replicas.
@@ -157,7 +158,7 @@ def simulate_iteration(model: ModelConfig, cluster: ClusterSpec, system: str | S
         else:
             routing = quota_routing(plan, layer_loads, g)
         costs.append(layer_costs(model, cluster, sys_, compute, layer_loads.sum(1) / model.top_k, routing,
-                                 plan.layout, seq_len, nbytes or Bytes()))
+                                 plan.layout, seq_len, nbytes or Bytes(), non_expert))
     exp_f, exp_b = _expose(costs, sys_.overlap and comm_opt, recompute)  # Step 3
     r = 1.0 if recompute else 0.0
     layers = tuple(
