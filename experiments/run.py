@@ -48,6 +48,7 @@ TASKS = {
     "bench_fsep_runtime": "experiments.bench_fsep_runtime:run",
     "train": "experiments.train:run",
     "bench_train": "experiments.bench_train:run",
+    "sim_validate": "experiments.sim_validate:run",
     "oserve_switch_cost": "experiments.oserve_switch:run",
 }
 assert set(TASKS) == set(SCHEMAS), "every task needs a schema in experiments/config.py and vice versa"

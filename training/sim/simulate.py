@@ -149,7 +149,10 @@ def simulate_iteration(model: ModelConfig, cluster: ClusterSpec, system: str | S
     compute = compute or default_compute(cluster)
     seq_len = seq_len or model.max_seq_len
     objective = PlanObjective.for_model(cluster, model.hidden, model.ffn, recompute, compute)
-    planner = make_planner(sys_.planner, n, int(c), g, objective, **(planner_options or {}))
+    # Megatron EP with E >= N gives each device E/N consecutive experts (static_ep); with E < N, EP groups of E
+    # devices repeat over data-parallel replicas and device d holds expert d mod E (the fsdp_ep layout at C = 1).
+    name = "static_ep" if sys_.ep_slots and n * c == e else sys_.planner
+    planner = make_planner(name, n, int(c), g, objective, **(planner_options or {}))
     costs = []
     for layer_loads, layer_plan_loads in zip(loads, plan_loads):  # Step 1, 2
         plan = planner.plan(layer_plan_loads)

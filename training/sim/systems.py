@@ -11,7 +11,8 @@ from enum import Enum
 
 
 class SystemName(str, Enum):
-    megatron_ep = "megatron_ep"  # Megatron-LM dropless EP: static one-expert-group layout, replicated experts
+    megatron_ep = "megatron_ep"  # Megatron-LM dropless EP: static contiguous layout (E/N experts a device), replicated
+    # over data-parallel groups when E < N
     fsdp_ep = "fsdp_ep"  # the LAER-MoE paper's FSDP+EP baseline: static layout, experts FSDP-sharded
     flexmoe = "flexmoe"  # FlexMoE's replica moves (training.planner.flexmoe), replicated experts
     laer = "laer"  # LAER-MoE: FSEP with the paper's planner
