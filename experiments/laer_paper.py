@@ -100,6 +100,8 @@ def simulate(model: ModelConfig, system: str, trace: ExpertLoadTrace, samples: l
     compute = compute or calibration.compute(cluster)
     recompute = get_system(system).name in calibration.recompute
     n = cluster.num_devices
+    ep = calibration.ep_degree  # where it does not divide N and E (a resized cluster), Megatron's default min(N, E)
+    ep = ep if ep and n % ep == 0 and model.num_experts % ep == 0 else None
     tpd = run.tokens_per_device(n)
     out = []
     for s in samples:
@@ -108,7 +110,7 @@ def simulate(model: ModelConfig, system: str, trace: ExpertLoadTrace, samples: l
         out.append(simulate_iteration(model, cluster, system, loads, slots or paper_slots(model), compute,
                                       comm_opt=comm_opt, recompute=recompute, microbatches=run.microbatches,
                                       seq_len=run.seq_len, plan_loads=before, planner_options=planner_options,
-                                      non_expert=calibration.non_expert))
+                                      non_expert=calibration.non_expert, ep_degree=ep))
     return out
 
 

@@ -17,6 +17,10 @@ The LAER-MoE paper's runs (`PAPER`, used by every simulated paper figure through
   (`ClusterSpec.node_inter_bw`); rings keep it per ring crossing (`common.topology`).
 - Activation recompute: the LAER-MoE / FSDP / FlexMoE runs set CHECKPOINT=1 -> `--global_checkpoint 1` (Galvatron
   galvatron/models/moe/scripts/train.sh); the Megatron baseline's script passes no --recompute flag.
+- Megatron's layout: the artifact's LAER-MoE/scripts_ae/e2e.sh runs every model at expert_parallel=8 (with
+  tensor_parallel 8 for the e8k2 models, 4 for e16k4; micro-batch 1): EP groups of 8 devices, E/8 experts each,
+  repeated over the data-parallel groups. Its tensor parallelism (and the activation collectives that come with it)
+  is not simulated.
 - Flash attention (the runs pass --use-flash-attn, flash-attn 2.5.8): FlashAttention-2 (Dao, 2023) reaches about
   63% of A100 peak forward and 53% backward for causal head-dim-128 attention at long sequences; its backward does
   2.5x the forward's FLOPs where the simulator counts 2x, so over forward, recompute and backward the simulator's
@@ -57,6 +61,7 @@ class Calibration:
     non_expert: NonExpert  # flash attention's efficiency and memory-bound bytes per token per layer
     node_inter_bw: float | None  # ClusterSpec.node_inter_bw to apply (None: the preset's)
     recompute: frozenset[SystemName]  # systems that run with full activation recompute
+    ep_degree: int | None = None  # Megatron EP's expert-parallel group size (simulate_iteration's ep_degree)
 
     def cluster(self, cluster: ClusterSpec) -> ClusterSpec:
         return cluster if self.node_inter_bw is None else replace(cluster, node_inter_bw=self.node_inter_bw)
@@ -79,6 +84,7 @@ PAPER = Calibration(
     non_expert=NonExpert(attention_efficiency=ATTENTION_EFFICIENCY, elementwise_bytes=PAPER_ELEMENTWISE_BYTES),
     node_inter_bw=PAPER_NODE_INTER_BW,
     recompute=frozenset({SystemName.fsdp_ep, SystemName.flexmoe, SystemName.laer, SystemName.laer_plus}),
+    ep_degree=8,
 )
 
 
