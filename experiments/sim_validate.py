@@ -276,7 +276,7 @@ def cpu_rows(measured: dict, trace: ExpertLoadTrace, profile: Path) -> list[dict
         for key, s in sim[bench].items():
             if key in meas[bench]:
                 cpu, wall = meas[bench][key]
-                rows.append({"bench": bench, "config": key if isinstance(key, str) else "/".join(key),
+                rows.append({"bench": bench, "config": _label(key),
                              "metric": "step_s", "simulated": s, "measured_cpu": cpu, "measured_wall": wall,
                              "error_cpu": (s - cpu) / cpu, "error_wall": (s - wall) / wall})
     for bench, a, b in RATIOS:
@@ -284,11 +284,14 @@ def cpu_rows(measured: dict, trace: ExpertLoadTrace, profile: Path) -> list[dict
             s = sim[bench][a] / sim[bench][b]
             cpu = meas[bench][a][0] / meas[bench][b][0]
             wall = meas[bench][a][1] / meas[bench][b][1]
-            name = lambda k: k if isinstance(k, str) else "/".join(k)  # noqa: E731
-            rows.append({"bench": bench, "config": f"{name(a)} : {name(b)}", "metric": "ratio", "simulated": s,
+            rows.append({"bench": bench, "config": f"{_label(a)} : {_label(b)}", "metric": "ratio", "simulated": s,
                          "measured_cpu": cpu, "measured_wall": wall, "error_cpu": (s - cpu) / cpu,
                          "error_wall": (s - wall) / wall})
     return rows
+
+
+def _label(key: str | tuple[str, str]) -> str:
+    return key if isinstance(key, str) else "/".join(key)
 
 
 # ---- the task --------------------------------------------------------------------------------------------------
