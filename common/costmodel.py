@@ -4,6 +4,9 @@ Notation: N devices in the group, B[i, k] bytes device i sends to device k.
 A message from i to k costs latency(i, k) + bytes / bandwidth(i, k). A device sends to its peers one after another
 and sends and receives at the same time, so its all-to-all time is max(its send time, its receive time).
 Ring collectives move (n - 1) shards over the slowest link of the ring.
+Where a node's NICs are shared (ClusterSpec.node_inter_bw), its devices' cross-node all-to-all bytes share them
+fairly (processor sharing): a device sending b_i across nodes finishes after sum_j min(b_j, b_i) / node_inter_bw
+(j over its node's devices), or b_i / inter_bw if that is longer; receiving likewise.
 """
 
 from __future__ import annotations
@@ -45,7 +48,20 @@ def alltoall_device_times(bytes_matrix: np.ndarray, cluster: ClusterSpec, device
     per_msg = np.where((b > 0) & off, lat + b / bw, 0.0)
     send = per_msg.sum(axis=1)
     recv = per_msg.sum(axis=0)
+    if cluster.node_inter_bw is not None:
+        nodes = cluster.node_map()[ids]
+        cross = b * (nodes[:, None] != nodes[None, :])  # [n, n] bytes that leave the sender's node
+        send = send + _shared_nic_excess(cross.sum(axis=1), nodes, cluster)
+        recv = recv + _shared_nic_excess(cross.sum(axis=0), nodes, cluster)
     return np.maximum(send, recv)
+
+
+def _shared_nic_excess(cross_bytes: np.ndarray, nodes: np.ndarray, cluster: ClusterSpec) -> np.ndarray:
+    """[n] seconds a shared node NIC adds to each device's cross-node transfer: its processor-sharing finish time
+    sum_j min(b_j, b_i) / node_inter_bw over the devices j of its node, less the b_i / inter_bw already counted."""
+    same = nodes[:, None] == nodes[None, :]  # [n, n]
+    shared = (np.minimum(cross_bytes[None, :], cross_bytes[:, None]) * same).sum(axis=1) / cluster.node_inter_bw
+    return np.maximum(0.0, shared - cross_bytes / cluster.inter_bw)
 
 
 def alltoall_time(bytes_matrix: np.ndarray, cluster: ClusterSpec, devices: Sequence[int] | None = None) -> float:

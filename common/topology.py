@@ -37,6 +37,11 @@ class ClusterSpec:
     # bytes/s one node reads model weights from storage. 5 GB/s: ServerlessLLM (Fu et al., OSDI'24) quotes a
     # 130 GB checkpoint in ~26 s at 5 GB/s (and 84 s to load LLaMA-2-70B with the usual loaders).
     storage_bw: float = 5 * GB
+    # bytes/s per direction of one node's NICs together, shared by the cross-node all-to-all traffic of all its
+    # devices (a node with fewer NICs than devices); None: no shared limit, each device has inter_bw to itself.
+    # Ring collectives cross a node boundary once per ring (NCCL spreads its rings over the NICs), so they keep
+    # inter_bw; see common.costmodel.alltoall_device_times for how all-to-alls share it.
+    node_inter_bw: float | None = None
 
     def __post_init__(self):
         for key in ("num_nodes", "devices_per_node"):
@@ -45,6 +50,8 @@ class ClusterSpec:
         for key in ("intra_bw", "inter_bw", "storage_bw"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"ClusterSpec {self.name!r}: {key} must be > 0, got {getattr(self, key)}")
+        if self.node_inter_bw is not None and not self.node_inter_bw > 0:
+            raise ValueError(f"ClusterSpec {self.name!r}: node_inter_bw must be > 0 or None, got {self.node_inter_bw}")
         for key in ("intra_latency", "inter_latency"):
             if getattr(self, key) < 0:
                 raise ValueError(f"ClusterSpec {self.name!r}: {key} must be >= 0, got {getattr(self, key)}")

@@ -589,6 +589,23 @@ class ReproConfig:
 
 
 @dataclass
+class SimValidateConfig:
+    # Expert-load trace (SmartMoE npz), relative to paths.data_dir.
+    expert_trace: str = "smartmoe_expert_trace/smartmoe_counts.npz"
+    # Compare with the LAER-MoE paper's result CSVs (laer_moe_paper_results/ under paths.data_dir).
+    paper: bool = True
+    # Trace samples per simulated paper setting (experiments.laer_paper.trace_samples).
+    samples: int = 5
+    # Rerun the least-squares fit of the calibration's two fitted parameters instead of the committed values.
+    refit: bool = False
+    # Measured CPU benchmark numbers: relative to the repository root, or absolute.
+    measured: str = "experiments/reference/laer_cpu_bench.json"
+    # A fresh results.json of laer/bench_train or laer/bench_fsep to validate against instead (null: the reference's).
+    bench_train_results: Optional[str] = None
+    bench_fsep_results: Optional[str] = None
+
+
+@dataclass
 class ExperimentConfig:
     # Which experiment function runs: a key of experiments.run.TASKS (set by the experiment file, not by hand).
     task: str = "quickstart"
@@ -751,6 +768,11 @@ class Fig8Experiment(ExperimentConfig):
 
 
 @dataclass
+class SimValidateExperiment(ExperimentConfig):
+    sim_validate: SimValidateConfig = field(default_factory=SimValidateConfig)
+
+
+@dataclass
 class ReproExperiment(ExperimentConfig):
     repro: ReproConfig = field(default_factory=ReproConfig)
 
@@ -774,6 +796,7 @@ SCHEMAS: dict[str, type[ExperimentConfig]] = {
     "bench_fsep_runtime": BenchFsepRuntimeExperiment,
     "train": TrainExperiment,
     "bench_train": BenchTrainExperiment,
+    "sim_validate": SimValidateExperiment,
     "oserve_switch_cost": OServeSwitchCostExperiment,
     "laer_fig8": Fig8Experiment,
     "repro": ReproExperiment,

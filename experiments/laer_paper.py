@@ -19,7 +19,8 @@ from common.costmodel import ComputeModel
 from common.topology import PRESETS, ClusterSpec
 from common.traces import ExpertLoadTrace
 from training.model import ModelConfig, model_config
-from training.sim import SimResult, default_compute, simulate_iteration, trace_loads
+from training.sim import SimResult, get_system, simulate_iteration, trace_loads
+from training.sim.calibration import PAPER, Calibration
 
 CONF_MODELS = Path(__file__).resolve().parents[1] / "conf" / "model"
 RESULTS_DIR = "laer_moe_paper_results"  # relative to paths.data_dir
@@ -69,12 +70,13 @@ def paper_slots(model: ModelConfig) -> int:
 
 
 def paper_cluster(run: PaperRun = PaperRun()) -> ClusterSpec:
-    return PRESETS[run.cluster]()
+    """The run's preset with the paper's shared node NICs (training.sim.calibration.PAPER)."""
+    return PAPER.cluster(PRESETS[run.cluster]())
 
 
 def paper_compute(cluster: ClusterSpec) -> ComputeModel:
     """The compute model every simulated paper figure uses (training.sim.calibration says where it comes from)."""
-    return default_compute(cluster)
+    return PAPER.compute(cluster)
 
 
 def trace_samples(trace: ExpertLoadTrace, count: int) -> list[int]:
@@ -86,21 +88,29 @@ def trace_samples(trace: ExpertLoadTrace, count: int) -> list[int]:
 
 def simulate(model: ModelConfig, system: str, trace: ExpertLoadTrace, samples: list[int], run: PaperRun = PaperRun(),
              slots: int | None = None, comm_opt: bool = True, planner_options: dict | None = None,
-             cluster: ClusterSpec | None = None, compute: ComputeModel | None = None) -> list[SimResult]:
+             cluster: ClusterSpec | None = None, compute: ComputeModel | None = None,
+             calibration: Calibration | None = None) -> list[SimResult]:
     """One simulated iteration of `model` under `system` per trace sample: loads are the sample rescaled to the model
     (`training.sim.trace_loads`, micro-batch 0 for every micro-batch), planned from the sample before it (the
-    runtime plans from loads it has already seen; the trace keeps every 10th iteration)."""
-    cluster = cluster or paper_cluster(run)
-    compute = compute or paper_compute(cluster)
+    runtime plans from loads it has already seen; the trace keeps every 10th iteration). calibration: a
+    `training.sim.calibration.Calibration` (default PAPER: recompute per system, flash attention and memory-bound
+    work, shared node NICs, GEMM efficiency); an explicit cluster / compute overrides its cluster / compute."""
+    calibration = calibration or PAPER
+    cluster = cluster or calibration.cluster(PRESETS[run.cluster]())
+    compute = compute or calibration.compute(cluster)
+    recompute = get_system(system).name in calibration.recompute
     n = cluster.num_devices
+    ep = calibration.ep_degree  # where it does not divide N and E (a resized cluster), Megatron's default min(N, E)
+    ep = ep if ep and n % ep == 0 and model.num_experts % ep == 0 else None
     tpd = run.tokens_per_device(n)
     out = []
     for s in samples:
         loads = trace_loads(trace, n, model.num_layers, model.num_experts, model.top_k, tpd, s)
         before = trace_loads(trace, n, model.num_layers, model.num_experts, model.top_k, tpd, s - 1)
         out.append(simulate_iteration(model, cluster, system, loads, slots or paper_slots(model), compute,
-                                      comm_opt=comm_opt, microbatches=run.microbatches, seq_len=run.seq_len,
-                                      plan_loads=before, planner_options=planner_options))
+                                      comm_opt=comm_opt, recompute=recompute, microbatches=run.microbatches,
+                                      seq_len=run.seq_len, plan_loads=before, planner_options=planner_options,
+                                      non_expert=calibration.non_expert, ep_degree=ep))
     return out
 
 

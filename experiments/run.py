@@ -50,6 +50,7 @@ TASKS = {
     "bench_fsep_runtime": "experiments.bench_fsep_runtime:run",
     "train": "experiments.train:run",
     "bench_train": "experiments.bench_train:run",
+    "sim_validate": "experiments.sim_validate:run",
     "oserve_switch_cost": "experiments.oserve_switch:run",
     "laer_fig8": "experiments.laer_fig8:run",
     "repro": "experiments.repro:run",

@@ -9,7 +9,7 @@ from training.model import ModelConfig
 from training.planner import make_planner
 from training.planner.evaluate import evaluate
 from training.planner.objective import PlanObjective
-from training.sim import simulate_iteration
+from training.sim import NonExpert, simulate_iteration
 
 # H=4, F=8, 2 query and 2 KV heads of dimension 2 (q = kv = 4), S=4, E=2, top-1, V=16, 2 layers.
 MODEL = ModelConfig(vocab_size=16, hidden=4, ffn=8, num_layers=2, num_heads=2, num_kv_heads=2, num_experts=2,
@@ -160,3 +160,31 @@ def test_device_times_include_the_wait_for_the_slowest_expert(recompute):
     assert r.device_alltoall_s.tolist() == pytest.approx([2 * 2 * own + w for w in wait], rel=1e-12)
     # Expert + all-to-all is the busiest device's experts plus one's own transfers on every device.
     assert r.device_expert_s[0] + r.device_alltoall_s[0] == pytest.approx(r.device_expert_s[1] + r.device_alltoall_s[1])
+
+
+def test_non_expert_terms_add_score_kernels_and_memory_bound_bytes():
+    peak, membw = 1e9, 1e6
+    cluster = ClusterSpec("two", 1, 2, DeviceSpec("d", peak, 1e12, membw), intra_bw=1e30, inter_bw=1e30,
+                          intra_latency=0.0, inter_latency=0.0)
+    compute = ComputeModel(peak, default_efficiency=1.0)
+    base = simulate_iteration(MODEL, cluster, "megatron_ep", SKEW, 1, compute=compute)
+    extra = simulate_iteration(MODEL, cluster, "megatron_ep", SKEW, 1, compute=compute,
+                               non_expert=NonExpert(attention_efficiency=0.5, elementwise_bytes=100.0))
+    # Per layer forward, 8 tokens a device: the causal scores (2*S*q = 32 FLOPs a token) now run at half the peak,
+    # and 100 bytes a token move at 1e6 B/s; forward + backward = 3 passes.
+    more = 3 * (8 * 32 / (0.5 * peak) - 8 * 32 / peak + 8 * 100 / membw)
+    assert [b.attention for b in extra.layers] == pytest.approx([b.attention + more for b in base.layers], rel=1e-9)
+
+
+def test_ep_degree_groups_consecutive_experts():
+    model = ModelConfig(vocab_size=16, hidden=4, ffn=8, num_layers=1, num_heads=2, num_kv_heads=2, num_experts=4,
+                        top_k=1, max_seq_len=4)
+    cluster = ClusterSpec("4", 1, 4, DeviceSpec("d", 1e9, 1e12, 1e12), intra_bw=1e9, inter_bw=1e9)
+    loads = np.array([[[8, 4, 2, 2]] * 4])  # [L=1, N=4, E=4]: every device routes 8, 4, 2, 2 to experts 0..3
+    # EP groups of 2 devices: devices 0 and 2 hold experts 0, 1; devices 1 and 3 hold 2, 3. Each expert's routes
+    # split evenly over its two replicas: (4 * 8 + 4 * 4) / 2 = 24 on devices 0, 2 and (4 * 2 + 4 * 2) / 2 = 8.
+    r = simulate_iteration(model, cluster, "megatron_ep", loads, 1, ep_degree=2)
+    assert r.max_tokens.tolist() == [24]
+    assert r.device_expert_s.tolist() == pytest.approx([3 * expert_s(24, 1e9 * 0.6), 3 * expert_s(8, 1e9 * 0.6)] * 2)
+    with pytest.raises(ValueError, match="^ep_degree=3"):
+        simulate_iteration(model, cluster, "megatron_ep", loads, 1, ep_degree=3)

@@ -38,10 +38,28 @@ class Bytes:
 
 
 @dataclass(frozen=True)
+class NonExpert:
+    """Work of a layer outside the expert GEMMs that `compute`'s GEMM efficiency does not describe. The defaults add
+    nothing: attention's score kernels run at the compute model's efficiency and memory-bound kernels are free."""
+
+    # Fraction of the device's peak flash attention's QK^T / AV kernels reach (None: the compute model's own).
+    attention_efficiency: float | None = None
+    # HBM bytes per token per layer that memory-bound kernels (norms, rotary, SwiGLU activation, router softmax /
+    # top-k, token permutation, residual adds) read and write in one forward, at the device's memory bandwidth.
+    elementwise_bytes: float = 0.0
+
+    def __post_init__(self):
+        if self.attention_efficiency is not None and not 0 < self.attention_efficiency <= 1:
+            raise ValueError(f"attention_efficiency must be in (0, 1] or None, got {self.attention_efficiency}")
+        if self.elementwise_bytes < 0:
+            raise ValueError(f"elementwise_bytes must be >= 0, got {self.elementwise_bytes}")
+
+
+@dataclass(frozen=True)
 class LayerCosts:
     """Raw seconds of one layer's pieces for one micro-batch, each a max over devices (the slowest gates)."""
 
-    attention_fwd: float  # attention + router + norms forward
+    attention_fwd: float  # attention + router + norms (+ memory-bound kernels, NonExpert) forward of the busiest source
     expert_fwd: float  # expert forward of the busiest device
     dispatch: float  # one token dispatch all-to-all
     combine: float  # one token combine all-to-all
@@ -55,14 +73,34 @@ class LayerCosts:
 
 
 def dense_flops_per_token(model: ModelConfig, seq_len: int) -> float:
-    """Forward FLOPs of one token through a layer's attention (projections and causal scores), router and norms
+    """Forward FLOPs of one token through a layer's attention (projections and causal scores) and router; norms
     are negligible and left out."""
+    return _gemm_flops_per_token(model) + _score_flops_per_token(model, seq_len)
+
+
+def _gemm_flops_per_token(model: ModelConfig) -> float:
     q = model.num_heads * model.head_dim
     kv = model.num_kv_heads * model.head_dim
     proj = 2.0 * model.hidden * (2 * q + 2 * kv)  # Q, K, V, O
-    scores = 2.0 * seq_len * q  # QK^T and AV: 2 * 2 * S * q, halved by the causal mask
     router = 2.0 * model.hidden * model.num_experts
-    return proj + scores + router
+    return proj + router
+
+
+def _score_flops_per_token(model: ModelConfig, seq_len: int) -> float:
+    return 2.0 * seq_len * model.num_heads * model.head_dim  # QK^T and AV: 2 * 2 * S * q, halved by the causal mask
+
+
+def attention_time(model: ModelConfig, cluster: ClusterSpec, compute: ComputeModel, tokens: float, seq_len: int,
+                   non_expert: NonExpert | None = None) -> float:
+    """Forward seconds of one device's attention, router and memory-bound kernels on `tokens` tokens."""
+    extra = non_expert or NonExpert()
+    if extra.attention_efficiency is None:
+        t = compute.time(tokens * dense_flops_per_token(model, seq_len))
+    else:
+        scores = tokens * _score_flops_per_token(model, seq_len)
+        t = (compute.time(tokens * _gemm_flops_per_token(model))
+             + scores / (cluster.device.peak_flops * extra.attention_efficiency))
+    return t + tokens * extra.elementwise_bytes / cluster.device.memory_bandwidth
 
 
 def dense_params(model: ModelConfig) -> int:
@@ -75,13 +113,13 @@ def dense_params(model: ModelConfig) -> int:
 
 def layer_costs(model: ModelConfig, cluster: ClusterSpec, system: System, compute: ComputeModel,
                 source_tokens: np.ndarray, routing: np.ndarray, layout: Placement, seq_len: int,
-                nbytes: Bytes | None = None) -> LayerCosts:
+                nbytes: Bytes | None = None, non_expert: NonExpert | None = None) -> LayerCosts:
     """Raw costs of one layer. source_tokens [N] tokens each device sends; routing [N, E, N] routes from source i for
     expert j computed on device d (the plan's routing rule applied to the loads)."""
     n = cluster.num_devices
     h, f = model.hidden, model.ffn
     nbytes = nbytes or Bytes()
-    attention = max(compute.time(t * dense_flops_per_token(model, seq_len)) for t in np.asarray(source_tokens))
+    attention = max(attention_time(model, cluster, compute, t, seq_len, non_expert) for t in np.asarray(source_tokens))
     device_tokens = routing.sum((0, 1))  # [N]
     experts = np.array([compute.time(swiglu_expert_flops(t, h, f, backward=False)) for t in device_tokens])  # [N]
     traffic = routing.sum(1).astype(np.float64) * (h * nbytes.activation)  # [N, N] bytes from i to d

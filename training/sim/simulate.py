@@ -42,7 +42,7 @@ from training.planner.evaluate import quota_routing
 from training.planner.objective import PlanObjective
 from training.routing import fsep_routing
 from training.sim.calibration import default_compute
-from training.sim.costs import Bytes, LayerCosts, layer_costs
+from training.sim.costs import Bytes, LayerCosts, NonExpert, layer_costs
 from training.sim.systems import System, SystemName, get_system
 
 
@@ -123,13 +123,18 @@ def simulate_iteration(model: ModelConfig, cluster: ClusterSpec, system: str | S
                        loads: np.ndarray, slots_per_device: int, compute: ComputeModel | None = None,
                        comm_opt: bool = True, recompute: bool = False, microbatches: int = 1,
                        seq_len: int | None = None, plan_loads: np.ndarray | None = None, nbytes: Bytes | None = None,
-                       planner_options: dict | None = None) -> SimResult:
+                       planner_options: dict | None = None, non_expert: NonExpert | None = None,
+                       ep_degree: int | None = None) -> SimResult:
     """Simulated training iteration.
 
     loads: [L, N, E] integer routes from source device i to expert j in layer l, one micro-batch (each device sends
     its tokens times k). plan_loads: what the planner plans each layer from (default: loads, an oracle plan; pass an
     earlier window for the lag the runtime has). comm_opt False serialises every parameter / gradient
     communication (the paper's no_comm_opt ablation). compute: default `calibration.default_compute(cluster)`.
+    non_expert: attention-kernel efficiency and memory-bound work beyond `compute` (default: none).
+    ep_degree: devices per expert-parallel group of an `ep_slots` system (Megatron EP): device d holds the E/D
+    consecutive experts of group rank d mod D, and the D-device groups repeat over data-parallel replicas; default
+    min(N, E).
 
     1. The system's planner (training.planner registry, on the planner's own objective for this model and cluster)
        lays each layer out; its routing rule (FSEP rule, or the plan's quotas) splits the loads over the replicas.
@@ -142,22 +147,27 @@ def simulate_iteration(model: ModelConfig, cluster: ClusterSpec, system: str | S
     plan_loads = loads if plan_loads is None else _check(plan_loads, "plan_loads", (model.num_layers, n, e))
     if int(microbatches) != microbatches or microbatches < 1:
         raise ValueError(f"microbatches must be a positive integer, got {microbatches!r}")
-    c = max(1, e // n) if sys_.ep_slots else slots_per_device
+    ep = min(n, e) if ep_degree is None else ep_degree
+    if sys_.ep_slots and (ep < 1 or n % ep or e % ep):
+        raise ValueError(f"ep_degree={ep_degree}: must divide both N={n} devices and E={e} experts")
+    c = e // ep if sys_.ep_slots else slots_per_device
     if int(c) != c or c < 1 or n * c < e:
         raise ValueError(f"slots_per_device={slots_per_device}: N*C = {n}*{c} slots cannot hold E={e} experts")
+    # Megatron EP's layout: group rank d mod D holds E/D consecutive experts.
+    ep_layout = ((np.arange(n) % ep)[:, None] * c + np.arange(c)[None, :]) if sys_.ep_slots else None  # [N, C]
     compute = compute or default_compute(cluster)
     seq_len = seq_len or model.max_seq_len
     objective = PlanObjective.for_model(cluster, model.hidden, model.ffn, recompute, compute)
     planner = make_planner(sys_.planner, n, int(c), g, objective, **(planner_options or {}))
     costs = []
     for layer_loads, layer_plan_loads in zip(loads, plan_loads):  # Step 1, 2
-        plan = planner.plan(layer_plan_loads)
+        plan = planner.plan(layer_plan_loads) if ep_layout is None else planner.fsep_plan(layer_plan_loads, ep_layout)
         if plan.fsep_routed:
             routing = fsep_routing(layer_loads, plan.layout, g)
         else:
             routing = quota_routing(plan, layer_loads, g)
         costs.append(layer_costs(model, cluster, sys_, compute, layer_loads.sum(1) / model.top_k, routing,
-                                 plan.layout, seq_len, nbytes or Bytes()))
+                                 plan.layout, seq_len, nbytes or Bytes(), non_expert))
     exp_f, exp_b = _expose(costs, sys_.overlap and comm_opt, recompute)  # Step 3
     r = 1.0 if recompute else 0.0
     layers = tuple(

@@ -11,7 +11,8 @@ from enum import Enum
 
 
 class SystemName(str, Enum):
-    megatron_ep = "megatron_ep"  # Megatron-LM dropless EP: static one-expert-group layout, replicated experts
+    megatron_ep = "megatron_ep"  # Megatron-LM dropless EP: E/D consecutive experts a device in EP groups of D
+    # devices, replicated over the data-parallel groups (simulate_iteration's ep_degree)
     fsdp_ep = "fsdp_ep"  # the LAER-MoE paper's FSDP+EP baseline: static layout, experts FSDP-sharded
     flexmoe = "flexmoe"  # FlexMoE's replica moves (training.planner.flexmoe), replicated experts
     laer = "laer"  # LAER-MoE: FSEP with the paper's planner
@@ -42,8 +43,8 @@ class System:
     # Parameter / gradient communication runs beside compute (prefetch one layer ahead, gradients deferred one layer,
     # as training.fsep.schedule does under comm_opt and FSDP/DDP do with their prefetch and bucketing).
     overlap: bool = True
-    # Slots per device from E / N (Megatron EP: at least one expert per device, replicated across EP groups) rather
-    # than the parallel config's C.
+    # Slots per device from E / ep_degree (Megatron EP: whole experts, replicated across EP groups) rather than the
+    # parallel config's C.
     ep_slots: bool = False
 
 
