@@ -41,9 +41,10 @@ class Prefetch(Enum):
     (attention, norms, router) and, nested in it, the MoE layer, with FSDP forward prefetch and BACKWARD_PRE
     (galvatron/core/runtime/parallel.py, wrap_module_fsdp_manually), and sets FSDP's forward and backward prefetch
     limits to 2 units, or to FSDP's default 1 when ABLATION_APPROACH=no_comm_opt
-    (galvatron/core/runtime/moe/prefetch/fsdp_patch.py, new_init_exec_order_data). That limit is the only thing its
-    no_comm_opt switches: the restore and gradient all-to-alls keep their own streams and the gradient all-to-all
-    stays deferred (the same file's delayed-gradient executor does not read the flag).
+    (galvatron/core/runtime/moe/prefetch/fsdp_patch.py, new_init_exec_order_data). That is the flag's only effect on
+    communication (its one other read, prefetch/async_linear_programming.py, picks the planner's no_even / no_pq):
+    the restore and gradient all-to-alls keep their own streams, and fsdp_patch.py runs the deferred gradient
+    all-to-alls (get_delayed_gradient().execute_pending_gradinet) whatever the flag.
     """
 
     layer = "layer"  # limit 2: a layer's MoE weights are fetched from the start of the previous layer's experts
