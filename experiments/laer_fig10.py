@@ -18,8 +18,12 @@ C=4) always share the same devices and a rank's count is the sum over its group 
 as the counts sum per node to the node's own routes: the routing stays in the node). Only [node, group] sums are
 known, and the other systems' planners decide on the split inside a group, so the trace stays the load source.
 
-Writes breakdown.csv (per rank), breakdown_summary.csv, tokens.csv (per layer), tokens_summary.csv, fig10a.png,
-fig10b.png; the returned dict carries the headline rows.
+The all-to-all terms (`alltoall_terms`, alltoall_terms.csv): each system's mean all-to-all split into the wait for
+the busiest device's experts and the rest, ours and the paper's (its wait from its own token counts), to say which
+term a gap comes from.
+
+Writes breakdown.csv (per rank), breakdown_summary.csv, tokens.csv (per layer), tokens_summary.csv,
+alltoall_terms.csv, fig10a.png, fig10b.png; the returned dict carries the headline rows.
 """
 
 from __future__ import annotations
@@ -103,6 +107,29 @@ def breakdown_rows(model: str, system: str, ours: dict[str, np.ndarray],
     return rows, summary
 
 
+def alltoall_terms(model: str, system: str, results: list[SimResult],
+                   paper: list[tuple[int, float, float, float]] | None, paper_tokens: np.ndarray | None) -> dict:
+    """The mean per-rank all-to-all seconds split into the wait for the busiest device's experts and the rest (own
+    transfers and anything else), ours and the paper's. Ours: wait = the per-layer busiest expert time summed minus
+    the rank's own, averaged over ranks (`SimResult`). The paper's, from its own per-rank token counts [I, L, N]:
+    wait = (sum over layers of the busiest rank's routes / sum of the mean - 1) x its mean expert seconds, assuming
+    expert time proportional to routes (the simulator's GEMM model at these sizes); rest = its all-to-all - wait."""
+    a2a = float(np.mean([r.device_alltoall_s.mean() for r in results]))
+    expert = float(np.mean([r.device_expert_s.mean() for r in results]))
+    wait = float(np.mean([r.iteration.expert for r in results])) - expert
+    row = {"model": model, "system": system, "ours_alltoall_s": a2a, "ours_wait_s": wait, "ours_rest_s": a2a - wait,
+           "ours_imbalance": (wait + expert) / expert, "paper_alltoall_s": None, "paper_wait_s": None,
+           "paper_rest_s": None, "paper_imbalance": None}
+    if paper is not None and paper_tokens is not None:
+        p_a2a = float(np.mean([p[1] for p in paper]))
+        p_expert = float(np.mean([p[2] for p in paper]))
+        imbalance = float((paper_tokens.max(-1).sum(-1) / paper_tokens.mean(-1).sum(-1)).mean())  # over iterations
+        p_wait = (imbalance - 1.0) * p_expert
+        row.update({"paper_alltoall_s": p_a2a, "paper_wait_s": p_wait, "paper_rest_s": p_a2a - p_wait,
+                    "paper_imbalance": imbalance})
+    return row
+
+
 def paper_token_array(counts: dict[tuple[int, int, int], int]) -> np.ndarray:
     """[I, L, N] routes per (iteration, layer, rank) from `read_tokens`' dict; every cell must be present."""
     iters = sorted({i for i, _, _ in counts})
@@ -184,7 +211,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     samples = trace_samples(trace, int(fc.samples))
     run_ = PaperRun()
 
-    b_rows, b_summary, t_rows, t_summary = [], [], [], []
+    b_rows, b_summary, t_rows, t_summary, terms = [], [], [], [], []
     units = {}
     grid = [(m, s) for m in models for s in fc.systems]
     for name, system in tqdm(grid, desc="fig10", leave=False):
@@ -202,6 +229,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                                    run_.tokens_per_device(n) * model.top_k, paper)
         t_rows += rows
         t_summary.append(summary)
+        terms.append(alltoall_terms(name, system, results, p_breakdown.get((name, system)), paper))
     unit = set.intersection(*units.values()) if units else set()
     if units and unit:
         log.info("paper token counts: their sums per (layer, iteration) fit %s (models %s)", " or ".join(sorted(unit)),
@@ -210,13 +238,15 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         log.warning("paper token counts sum to neither the routes of one micro-batch nor the tokens of one iteration;"
                     " compared as routes of one micro-batch")
     for fname, rows in (("breakdown.csv", b_rows), ("breakdown_summary.csv", b_summary), ("tokens.csv", t_rows),
-                        ("tokens_summary.csv", t_summary)):
+                        ("tokens_summary.csv", t_summary), ("alltoall_terms.csv", terms)):
         write_csv(out_dir / fname, rows)
     log.info("%s", format_tables(b_summary, t_summary, len(samples)))
+    log.info("%s", format_terms(terms))
     settings = {"ours": f"simulated, mean of {len(samples)} trace samples", "paper": "32 A100, wikitext, aux 0"}
     plot_breakdown(b_summary, list(models), list(fc.systems), settings, out_dir / "fig10a.png")
     plot_tokens(t_rows, list(models), list(fc.systems), settings, out_dir / "fig10b.png")
-    return {"breakdown": b_summary, "tokens": t_summary, "paper_token_unit": sorted(unit), "samples": samples,
+    return {"breakdown": b_summary, "tokens": t_summary, "alltoall_terms": terms, "paper_token_unit": sorted(unit),
+            "samples": samples,
             "headline": headline(b_summary, t_summary)}
 
 
@@ -257,6 +287,19 @@ def format_tables(b_summary: list[dict], t_summary: list[dict], samples: int) ->
         lines.append(f"{r['model']:20s} {r['system']:10s} {r['ours_max_over_mean']:6.3f}"
                      f" {_f(r['paper_max_over_mean'], '6.3f'):>6s} {_f(r['error'], '+7.1%'):>7s}"
                      f" {r['ours_worst_layer']:10.3f} {_f(r['paper_worst_layer'], '11.3f'):>11s}")
+    return "\n".join(lines)
+
+
+def format_terms(terms: list[dict]) -> str:
+    lines = ["Fig. 10a all-to-all, mean per rank = wait for the busiest experts + rest (s per iteration); imbalance: "
+             "busiest over mean expert time (the paper's from its token counts)",
+             f"{'model':20s} {'system':10s} {'ours a2a':>8s} {'wait':>6s} {'rest':>6s} {'imb':>6s}"
+             f" {'paper a2a':>9s} {'wait':>6s} {'rest':>6s} {'imb':>6s}"]
+    for t in terms:
+        lines.append(f"{t['model']:20s} {t['system']:10s} {t['ours_alltoall_s']:8.2f} {t['ours_wait_s']:6.2f}"
+                     f" {t['ours_rest_s']:6.2f} {t['ours_imbalance']:6.3f} {_f(t['paper_alltoall_s'], '9.2f'):>9s}"
+                     f" {_f(t['paper_wait_s'], '6.2f'):>6s} {_f(t['paper_rest_s'], '6.2f'):>6s}"
+                     f" {_f(t['paper_imbalance'], '6.3f'):>6s}")
     return "\n".join(lines)
 
 

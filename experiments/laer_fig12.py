@@ -8,7 +8,11 @@ planner, `greedy_balancer_heuristic` in their csrc/greedy_balancer.cpp, which ke
 candidates):
 - FSDP: the FSDP+EP baseline (system fsdp_ep).
 - LAER: system laer.
-- no_comm_opt: laer with every parameter / gradient communication serialised (simulate's comm_opt=False).
+- no_comm_opt: laer with FSDP's default prefetch limit of 1 unit instead of 2 (simulate's prefetch=Prefetch.unit):
+  the one thing the artifact's ABLATION_APPROACH=no_comm_opt changes in its runtime (`training.sim.Prefetch` cites
+  the code). Weights are then fetched one FSDP unit ahead, hidden under the layer's own attention only; the
+  gradient all-to-all stays deferred. Our runtime's comm_opt=False (every communication synchronous,
+  training.fsep.schedule) is a stronger ablation: simulate's comm_opt=False, not a paper bar.
 - no_even: laer's planner with the priority-queue replica counts only (planner option candidates=priority).
 - no_pq: laer's planner with N*C/E replicas per expert only (candidates=even).
 
@@ -33,6 +37,7 @@ from experiments.laer_fig10 import error, paper_file
 from experiments.laer_paper import paper_model, read_ablation, simulate, trace_samples
 from experiments.tables import write_csv
 from training.planner.laer import ReplicaCandidates
+from training.sim import Prefetch
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ log = logging.getLogger(__name__)
 VARIANTS: dict[AblationVariant, dict] = {
     AblationVariant.FSDP: {"system": "fsdp_ep"},
     AblationVariant.LAER: {"system": "laer"},
-    AblationVariant.no_comm_opt: {"system": "laer", "comm_opt": False},
+    AblationVariant.no_comm_opt: {"system": "laer", "prefetch": Prefetch.unit},
     AblationVariant.no_even: {"system": "laer", "planner_options": {"candidates": ReplicaCandidates.priority}},
     AblationVariant.no_pq: {"system": "laer", "planner_options": {"candidates": ReplicaCandidates.even}},
 }

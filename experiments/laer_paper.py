@@ -19,7 +19,7 @@ from common.costmodel import ComputeModel
 from common.topology import PRESETS, ClusterSpec
 from common.traces import ExpertLoadTrace
 from training.model import ModelConfig, model_config
-from training.sim import SimResult, get_system, simulate_iteration, trace_loads
+from training.sim import Prefetch, SimResult, get_system, simulate_iteration, trace_loads
 from training.sim.calibration import PAPER, Calibration
 
 CONF_MODELS = Path(__file__).resolve().parents[1] / "conf" / "model"
@@ -89,12 +89,13 @@ def trace_samples(trace: ExpertLoadTrace, count: int) -> list[int]:
 def simulate(model: ModelConfig, system: str, trace: ExpertLoadTrace, samples: list[int], run: PaperRun = PaperRun(),
              slots: int | None = None, comm_opt: bool = True, planner_options: dict | None = None,
              cluster: ClusterSpec | None = None, compute: ComputeModel | None = None,
-             calibration: Calibration | None = None) -> list[SimResult]:
+             calibration: Calibration | None = None, prefetch: Prefetch = Prefetch.layer) -> list[SimResult]:
     """One simulated iteration of `model` under `system` per trace sample: loads are the sample rescaled to the model
     (`training.sim.trace_loads`, micro-batch 0 for every micro-batch), planned from the sample before it (the
     runtime plans from loads it has already seen; the trace keeps every 10th iteration). calibration: a
     `training.sim.calibration.Calibration` (default PAPER: recompute per system, flash attention and memory-bound
-    work, shared node NICs, GEMM efficiency); an explicit cluster / compute overrides its cluster / compute."""
+    work, shared node NICs, GEMM efficiency); an explicit cluster / compute overrides its cluster / compute.
+    comm_opt / prefetch: `training.sim.simulate_iteration`'s (prefetch=Prefetch.unit is the paper's no_comm_opt)."""
     calibration = calibration or PAPER
     cluster = cluster or calibration.cluster(PRESETS[run.cluster]())
     compute = compute or calibration.compute(cluster)
@@ -110,7 +111,7 @@ def simulate(model: ModelConfig, system: str, trace: ExpertLoadTrace, samples: l
         out.append(simulate_iteration(model, cluster, system, loads, slots or paper_slots(model), compute,
                                       comm_opt=comm_opt, recompute=recompute, microbatches=run.microbatches,
                                       seq_len=run.seq_len, plan_loads=before, planner_options=planner_options,
-                                      non_expert=calibration.non_expert, ep_degree=ep))
+                                      non_expert=calibration.non_expert, ep_degree=ep, prefetch=prefetch))
     return out
 
 

@@ -15,9 +15,10 @@ from hydra import compose, initialize_config_dir
 import experiments.run  # noqa: F401  (registers the schemas)
 from common.datapaths import REPO_ROOT
 from common.synthetic import EXPERT_NPZ, synthetic_expert_trace, write_expert_npz
-from experiments.laer_fig10 import breakdown_rows, token_rows, token_units
+from experiments.laer_fig10 import alltoall_terms, breakdown_rows, token_rows, token_units
 from experiments.laer_paper import PaperRun
 from experiments.planner_speed import headline as speed_headline
+from training.sim import Breakdown, SimResult, SystemName
 
 BREAKDOWN = "laer_moe_paper_results/breakdown_analysis_backup.csv"
 TOKENS = "laer_moe_paper_results/token_analysis_backup.csv"
@@ -150,3 +151,24 @@ def test_fig11_headline_takes_the_smallest_and_largest_paper_point():
     assert (small["setting"], small["ours"], small["error"]) == ("laer, N=64, C=1", 0.2, pytest.approx(1.0))
     assert (large["setting"], large["error"]) == ("laer, N=1024, C=16", pytest.approx(0.5))
     assert len(speed_headline(rows[1:2])) == 1
+
+
+def test_alltoall_terms_split_wait_from_rest():
+    """Ours: the wait is the busiest device's expert time (summed per layer) minus a rank's own; the rest is what
+    is left of its all-to-all. The paper's wait comes from its token counts: busiest over mean routes, minus 1, times
+    its mean expert seconds."""
+    zero = dict(attention=0.0, alltoall=0.0, param_comm=0.0, exposed=0.0, total=0.0)
+    layers = (Breakdown(expert=3.0, **zero), Breakdown(expert=5.0, **zero))  # busiest device per layer, 1 micro-batch
+    # Two devices, 2 micro-batches: busiest expert time 2 * (3 + 5) = 16 s; own expert 12 and 8 (mean 10), so
+    # the mean wait is 6; mean all-to-all 9, rest 3.
+    result = SimResult(SystemName.laer, layers, np.array([1, 1]), 0.0, 2, np.array([12.0, 8.0]),
+                       np.array([7.0, 11.0]))
+    # Paper: 2 ranks, one iteration, 2 layers: routes (3, 1) and (2, 2): busiest 3 + 2 = 5 over mean 2 + 2 = 4.
+    tokens = np.array([[[3, 1], [2, 2]]])
+    paper = [(0, 6.0, 9.0, 30.0), (1, 8.0, 11.0, 30.0)]  # mean all-to-all 7, mean expert 10
+    t = alltoall_terms("m", "laer", [result], paper, tokens)
+    assert (t["ours_alltoall_s"], t["ours_wait_s"], t["ours_rest_s"]) == pytest.approx((9.0, 6.0, 3.0))
+    assert t["ours_imbalance"] == pytest.approx(1.6)
+    assert t["paper_imbalance"] == pytest.approx(1.25)
+    assert (t["paper_alltoall_s"], t["paper_wait_s"], t["paper_rest_s"]) == pytest.approx((7.0, 2.5, 4.5))
+    assert alltoall_terms("m", "laer", [result], None, None)["paper_wait_s"] is None

@@ -9,7 +9,7 @@ from training.model import ModelConfig
 from training.planner import make_planner
 from training.planner.evaluate import evaluate
 from training.planner.objective import PlanObjective
-from training.sim import NonExpert, simulate_iteration
+from training.sim import NonExpert, Prefetch, simulate_iteration
 
 # H=4, F=8, 2 query and 2 KV heads of dimension 2 (q = kv = 4), S=4, E=2, top-1, V=16, 2 layers.
 MODEL = ModelConfig(vocab_size=16, hidden=4, ffn=8, num_layers=2, num_heads=2, num_kv_heads=2, num_experts=2,
@@ -88,6 +88,33 @@ def test_laer_restore_hidden_under_previous_layers_compute():
     assert [b.exposed for b in off.layers] == pytest.approx([3 * p, 3 * p], rel=1e-9)
     assert off.iteration_s - r.iteration_s == pytest.approx(6 * p - sum(exposed), rel=1e-9)
     assert off.iteration_s > r.iteration_s
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_laer_prefetch_one_unit_hides_under_own_attention_only(recompute):
+    """Prefetch.unit (FSDP prefetch limit 1, the paper's no_comm_opt): a layer's weights are fetched when its own
+    dense unit starts, so only its attention hides them (its recomputed attention in backward); the deferred
+    gradient all-to-all still runs beside the next layer's backward."""
+    peak, bw = 1e9, 1e8
+    cluster, compute = two_devices(peak, bw)
+    loads = np.array([[[6, 2], [2, 6]]] * 2)
+    kw = {"compute": compute, "recompute": recompute}
+    unit = simulate_iteration(MODEL, cluster, "laer", loads, 1, prefetch=Prefetch.unit, **kw)
+    layer = simulate_iteration(MODEL, cluster, "laer", loads, 1, **kw)
+    serial = simulate_iteration(MODEL, cluster, "laer", loads, 1, comm_opt=False, prefetch=Prefetch.unit, **kw)
+    a, x = 8 * ATTN_FLOPS / peak, expert_s(8, peak)
+    p = (48 * 2 + 40 * 2) / bw  # restore + dense all-gather, = gradient all-to-all + reduce-scatter (test above)
+    r = 1.0 if recompute else 0.0
+    w = (2 + r) * (a + x)
+    hidden = min(p, r * a)  # of each backward fetch, under the recomputed attention
+    assert p > a and p < x + a and hidden + p < w  # forward fetches partly hidden, gradients wholly
+    fwd = [p - a, p - a]
+    bwd = [(p - hidden) + max(0.0, hidden + p - w) + p, (p - hidden) + max(0.0, hidden - w)]  # + Gr_0 at the end
+    assert [b.exposed for b in unit.layers] == pytest.approx([f + b for f, b in zip(fwd, bwd)], rel=1e-9)
+    assert unit.layer_sum.exposed < serial.layer_sum.exposed
+    if not recompute:  # with recompute the layer order's last fetch is exposed whole: an edge effect of 2 layers
+        assert layer.layer_sum.exposed < unit.layer_sum.exposed
+    assert serial.layer_sum.exposed == pytest.approx(serial.layer_sum.param_comm, rel=1e-12)  # comm_opt off wins
 
 
 def test_fsep_balanced_equals_ep_expert_time():

@@ -13,11 +13,11 @@ from training.sim.costs import (
 )
 from training.sim.loads import trace_loads
 from training.sim.simulate import Breakdown, SimResult, simulate_iteration
-from training.sim.systems import SYSTEMS, DenseComm, ExpertComm, System, SystemName, get_system
+from training.sim.systems import SYSTEMS, DenseComm, ExpertComm, Prefetch, System, SystemName, get_system
 
 __all__ = [
     "DEFAULT_EFFICIENCY", "PAPER", "SYSTEMS", "Breakdown", "Bytes", "Calibration", "DenseComm", "ExpertComm",
-    "LayerCosts", "NonExpert", "SimResult", "System", "SystemName", "attention_time", "default_compute",
+    "LayerCosts", "NonExpert", "Prefetch", "SimResult", "System", "SystemName", "attention_time", "default_compute",
     "dense_flops_per_token", "dense_params", "get_system", "layer_costs",
     "profile_compute", "simulate_iteration", "trace_loads",
 ]

@@ -16,7 +16,14 @@ all-to-alls, whose links it would share):
             (launched when i's backward starts) and layer i+1's deferred gradients (waited when i's are launched):
             exposed_b_i = max(0, Pb_{i-1} + Gr_{i+1} - W_i); Pb_{L-1} (nothing before it) and Gr_0 (the end of the
             backward) are exposed whole, counted in layers L-1 and 0.
-  Without overlap every Pf, Pb, Gr is exposed whole in its own layer.
+  Prefetch.unit (the paper's no_comm_opt: FSDP prefetch limit 1 over the two FSDP units of a layer, `Prefetch`):
+  layer i's weights are fetched when its own dense unit starts, hidden only under its attention:
+            exposed_f_i = max(0, Pf_i - A_i); in backward under its recomputed attention, r A_i (nothing without
+            recompute), while layer i+1's deferred gradients still run beside layer i's backward on the same stream:
+            exposed_b_i = e_i + max(0, min(Pb_i, r A_i) + Gr_{i+1} - W_i), e_i = max(0, Pb_i - r A_i); Gr_0 exposed
+            whole in layer 0.
+  Without overlap (comm_opt False: training.fsep.schedule's synchronous mode) every Pf, Pb, Gr is exposed whole in
+  its own layer.
 Token all-to-alls are never hidden (no system here overlaps them with compute).
 
 Per device (SimResult.device_expert_s / device_alltoall_s, per iteration: all layers, all micro-batches), measured
@@ -43,7 +50,7 @@ from training.planner.objective import PlanObjective
 from training.routing import fsep_routing
 from training.sim.calibration import default_compute
 from training.sim.costs import Bytes, LayerCosts, NonExpert, layer_costs
-from training.sim.systems import System, SystemName, get_system
+from training.sim.systems import Prefetch, System, SystemName, get_system
 
 
 @dataclass(frozen=True)
@@ -101,8 +108,9 @@ class SimResult:
         return self.microbatches * (self.layer_sum.total + self.head_s)
 
 
-def _expose(costs: list[LayerCosts], overlap: bool, recompute: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(exposed forward [L], exposed backward [L]) seconds of parameter / gradient communication."""
+def _expose(costs: list[LayerCosts], overlap: bool, recompute: bool,
+            prefetch: Prefetch = Prefetch.layer) -> tuple[np.ndarray, np.ndarray]:
+    """(exposed forward [L], exposed backward [L]) seconds of parameter / gradient communication (module docstring)."""
     pf = np.array([c.param_fwd for c in costs])
     pb = np.array([c.param_bwd for c in costs])
     gr = np.array([c.grad for c in costs])
@@ -110,11 +118,18 @@ def _expose(costs: list[LayerCosts], overlap: bool, recompute: bool) -> tuple[np
         return pf, pb + gr
     a = np.array([c.attention_fwd for c in costs])
     x = np.array([c.expert_fwd for c in costs])
-    fwd = np.maximum(0.0, pf - np.concatenate([[0.0], x[:-1]]) - a)
-    w = (3.0 if recompute else 2.0) * (a + x)
-    stream = np.concatenate([[0.0], pb[:-1]]) + np.concatenate([gr[1:], [0.0]])
-    bwd = np.maximum(0.0, stream - w)
-    bwd[-1] += pb[-1]
+    r = 1.0 if recompute else 0.0
+    w = (2.0 + r) * (a + x)
+    later_grads = np.concatenate([gr[1:], [0.0]])  # Gr_{i+1}, deferred into layer i's backward
+    if prefetch is Prefetch.unit:
+        fwd = np.maximum(0.0, pf - a)
+        hidden = np.minimum(pb, r * a)  # the part of Pb_i the recomputed attention hides
+        bwd = (pb - hidden) + np.maximum(0.0, hidden + later_grads - w)
+    else:
+        fwd = np.maximum(0.0, pf - np.concatenate([[0.0], x[:-1]]) - a)
+        stream = np.concatenate([[0.0], pb[:-1]]) + later_grads
+        bwd = np.maximum(0.0, stream - w)
+        bwd[-1] += pb[-1]
     bwd[0] += gr[0]
     return fwd, bwd
 
@@ -124,13 +139,15 @@ def simulate_iteration(model: ModelConfig, cluster: ClusterSpec, system: str | S
                        comm_opt: bool = True, recompute: bool = False, microbatches: int = 1,
                        seq_len: int | None = None, plan_loads: np.ndarray | None = None, nbytes: Bytes | None = None,
                        planner_options: dict | None = None, non_expert: NonExpert | None = None,
-                       ep_degree: int | None = None) -> SimResult:
+                       ep_degree: int | None = None, prefetch: Prefetch = Prefetch.layer) -> SimResult:
     """Simulated training iteration.
 
     loads: [L, N, E] integer routes from source device i to expert j in layer l, one micro-batch (each device sends
     its tokens times k). plan_loads: what the planner plans each layer from (default: loads, an oracle plan; pass an
     earlier window for the lag the runtime has). comm_opt False serialises every parameter / gradient
-    communication (the paper's no_comm_opt ablation). compute: default `calibration.default_compute(cluster)`.
+    communication (training.fsep.schedule's comm_opt=False). prefetch: how far ahead an overlapping system fetches
+    weights under comm_opt (`Prefetch`; Prefetch.unit is what the paper's no_comm_opt ablation switches to).
+    compute: default `calibration.default_compute(cluster)`.
     non_expert: attention-kernel efficiency and memory-bound work beyond `compute` (default: none).
     ep_degree: devices per expert-parallel group of an `ep_slots` system (Megatron EP): device d holds the E/D
     consecutive experts of group rank d mod D, and the D-device groups repeat over data-parallel replicas; default
@@ -168,7 +185,7 @@ def simulate_iteration(model: ModelConfig, cluster: ClusterSpec, system: str | S
             routing = quota_routing(plan, layer_loads, g)
         costs.append(layer_costs(model, cluster, sys_, compute, layer_loads.sum(1) / model.top_k, routing,
                                  plan.layout, seq_len, nbytes or Bytes(), non_expert))
-    exp_f, exp_b = _expose(costs, sys_.overlap and comm_opt, recompute)  # Step 3
+    exp_f, exp_b = _expose(costs, sys_.overlap and comm_opt, recompute, Prefetch(prefetch))  # Step 3
     r = 1.0 if recompute else 0.0
     layers = tuple(
         Breakdown(attention=(3 + r) * k.attention_fwd, expert=(3 + r) * k.expert_fwd,

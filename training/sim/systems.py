@@ -34,6 +34,25 @@ class DenseComm(Enum):
     FSDP = "fsdp"  # sharded over all devices: all-gather in forward and backward, reduce-scatter of gradients
 
 
+class Prefetch(Enum):
+    """How far ahead an overlapping system launches a layer's parameter communication (under comm_opt).
+
+    The LAER-MoE paper's runtime (Hetu-Galvatron, laer-moe branch) wraps every layer as two FSDP units, the dense part
+    (attention, norms, router) and, nested in it, the MoE layer, with FSDP forward prefetch and BACKWARD_PRE
+    (galvatron/core/runtime/parallel.py, wrap_module_fsdp_manually), and sets FSDP's forward and backward prefetch
+    limits to 2 units, or to FSDP's default 1 when ABLATION_APPROACH=no_comm_opt
+    (galvatron/core/runtime/moe/prefetch/fsdp_patch.py, new_init_exec_order_data). That is the flag's only effect on
+    communication (its one other read, prefetch/async_linear_programming.py, picks the planner's no_even / no_pq):
+    the restore and gradient all-to-alls keep their own streams, and fsdp_patch.py runs the deferred gradient
+    all-to-alls (get_delayed_gradient().execute_pending_gradinet) whatever the flag.
+    """
+
+    layer = "layer"  # limit 2: a layer's MoE weights are fetched from the start of the previous layer's experts
+    # (training.fsep.schedule's order under comm_opt)
+    unit = "unit"  # limit 1 (the paper's no_comm_opt): fetched when the layer's own dense unit starts, so only
+    # its attention (and, in backward, its recomputed attention) hides them
+
+
 @dataclass(frozen=True)
 class System:
     name: SystemName
