@@ -332,7 +332,8 @@ class AblationVariant(Enum):
 
     FSDP = "FSDP"  # the FSDP+EP baseline (system fsdp_ep)
     LAER = "LAER"  # the paper's system
-    no_comm_opt = "no_comm_opt"  # LAER with every parameter / gradient communication serialised
+    no_comm_opt = "no_comm_opt"  # LAER with FSDP's prefetch limit 1 unit, not 2 (the artifact's flag; training.sim.Prefetch.unit)
+    serial_comm = "serial_comm"  # LAER with every parameter / gradient communication synchronous (our comm_opt=False); no paper bar
     no_even = "no_even"  # LAER's planner without its even replica-count candidate (priority queue only)
     no_pq = "no_pq"  # LAER's planner without its priority-queue candidate (N*C/E replicas per expert)
 

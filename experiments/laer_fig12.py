@@ -12,7 +12,7 @@ candidates):
   the one thing the artifact's ABLATION_APPROACH=no_comm_opt changes in its runtime (`training.sim.Prefetch` cites
   the code). Weights are then fetched one FSDP unit ahead, hidden under the layer's own attention only; the
   gradient all-to-all stays deferred. Our runtime's comm_opt=False (every communication synchronous,
-  training.fsep.schedule) is a stronger ablation: simulate's comm_opt=False, not a paper bar.
+  training.fsep.schedule) is a stronger ablation: variant serial_comm (simulate's comm_opt=False), no paper bar.
 - no_even: laer's planner with the priority-queue replica counts only (planner option candidates=priority).
 - no_pq: laer's planner with N*C/E replicas per expert only (candidates=even).
 
@@ -46,6 +46,7 @@ VARIANTS: dict[AblationVariant, dict] = {
     AblationVariant.FSDP: {"system": "fsdp_ep"},
     AblationVariant.LAER: {"system": "laer"},
     AblationVariant.no_comm_opt: {"system": "laer", "prefetch": Prefetch.unit},
+    AblationVariant.serial_comm: {"system": "laer", "comm_opt": False},
     AblationVariant.no_even: {"system": "laer", "planner_options": {"candidates": ReplicaCandidates.priority}},
     AblationVariant.no_pq: {"system": "laer", "planner_options": {"candidates": ReplicaCandidates.even}},
 }

@@ -38,14 +38,16 @@ def test_tiny_run_writes_table_plot_and_headline(tmp_path):
     results, out = _run(tmp_path)
     assert (out / "fig12.png").is_file() and (out / "results.json").is_file()
     rows = {r["variant"]: r for r in csv.DictReader(open(out / "fig12.csv"))}
-    assert set(rows) == {"FSDP", "LAER", "no_comm_opt", "no_even", "no_pq"}
+    assert set(rows) == {"FSDP", "LAER", "no_comm_opt", "serial_comm", "no_even", "no_pq"}
     by = {r["variant"]: r for r in results["rows"]}
     assert by["LAER"]["paper_s"] == 20.0 and by["FSDP"]["slowdown_paper"] == 1.5
     assert by["no_pq"]["paper_s"] is None and by["no_pq"]["slowdown_paper"] is None  # not in the paper file here
     # Serialising the parameter / gradient communication cannot make LAER faster.
     assert by["no_comm_opt"]["ours_s"] >= by["LAER"]["ours_s"]
+    # Synchronous communication exposes at least what a one-unit prefetch does.
+    assert by["serial_comm"]["ours_s"] >= by["no_comm_opt"]["ours_s"]
     settings = [h["setting"] for h in results["headline"]]
-    assert settings[0].startswith("LAER") and len(settings) == 5  # LAER's time, then 4 slowdowns
+    assert settings[0].startswith("LAER") and len(settings) == 6  # LAER's time, then 5 slowdowns
 
 
 def test_missing_paper_file_one_warning_and_empty_columns(tmp_path, caplog):
