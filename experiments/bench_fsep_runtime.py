@@ -14,8 +14,9 @@
                       largest at the end of the forward, restored memory may peak later in the backward)
     On a GPU (`experiments/device/fsep_cuda_step.py`) torch.cuda.max_memory_allocated measures the real peak.
 (b) Step time (forward+backward of an L-layer decoder) with the communication schedule on (comm_opt: restore of
-    layer i+1 before layer i's compute, deferred gradient all-to-all, separate restore group) and off (the paper's
-    no_comm_opt), in free and keep modes, the four timed in turn one step per round (so a shared machine's drift
+    layer i+1 before layer i's compute, deferred gradient all-to-all, separate restore group) and off (every
+    transfer synchronous: stronger than the artifact's no_comm_opt, which only lowers FSDP's prefetch to one unit;
+    training.sim.Prefetch), in free and keep modes, the four timed in turn one step per round (so a shared machine's drift
     falls on all alike); median over rounds of the max over ranks of wall clock, process CPU time (every thread of
     the rank: compute and gloo's copies) and main-thread CPU time. The no_comm_opt cost is put
     beside the paper's Fig. 12 ablation (ablation_analysis_backup.csv: LAER against no_comm_opt, 8.6%).
