@@ -39,32 +39,21 @@ from tqdm import tqdm
 from common.datapaths import ensure_files, locate_data_dir
 from common.traces import load_expert_trace
 from experiments import plotting
-from experiments.laer_paper import PaperRun, paper_model, read_breakdown, read_tokens, simulate, trace_samples
-from experiments.tables import write_csv
+from experiments.laer_paper import (
+    PaperRun,
+    paper_csv,
+    paper_model,
+    read_breakdown,
+    read_tokens,
+    simulate,
+    trace_samples,
+)
+from experiments.tables import headline_row, rel_error, write_csv
 from training.sim import SimResult, get_system
 
 log = logging.getLogger(__name__)
 
 QUANTITIES = ("alltoall", "expert", "total")
-
-
-def error(ours: float | None, paper: float | None) -> float | None:
-    """(ours - paper) / paper, or None when either is missing (or the paper's is 0)."""
-    if ours is None or paper is None or paper == 0:
-        return None
-    return (ours - paper) / paper
-
-
-def paper_file(cfg: DictConfig, out_dir: Path, name: str) -> Path | None:
-    """Path of a paper result CSV (relative to paths.data_dir), or None with one warning naming it when it is
-    missing: the paper columns then stay empty (no synthetic stand-in is made for the paper's numbers)."""
-    try:
-        files = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [name], cfg.paths.fallback,
-                             synthetic_dir=out_dir / "synthetic_data")
-    except FileNotFoundError:
-        log.warning("paper results %s not found (paths.data_dir): the paper columns stay empty", name)
-        return None
-    return files.path(name)
 
 
 def per_rank(results: list[SimResult]) -> dict[str, np.ndarray]:
@@ -91,7 +80,7 @@ def breakdown_rows(model: str, system: str, ours: dict[str, np.ndarray],
         row = {"model": model, "system": system, "rank": d}
         for q in QUANTITIES:
             p = None if ref[q] is None else float(ref[q][d])
-            row.update({f"ours_{q}_s": float(ours[q][d]), f"paper_{q}_s": p, f"{q}_error": error(float(ours[q][d]), p)})
+            row.update({f"ours_{q}_s": float(ours[q][d]), f"paper_{q}_s": p, f"{q}_error": rel_error(float(ours[q][d]), p)})
         rows.append(row)
     summary = []
     for q in QUANTITIES:
@@ -102,7 +91,7 @@ def breakdown_rows(model: str, system: str, ours: dict[str, np.ndarray],
                         "paper_min": None if p is None else float(p.min()),
                         "paper_mean": None if p is None else float(p.mean()),
                         "paper_max": None if p is None else float(p.max()),
-                        "error_of_mean": None if p is None else error(float(o.mean()), float(p.mean())),
+                        "error_of_mean": None if p is None else rel_error(float(o.mean()), float(p.mean())),
                         "mean_abs_rank_error": None if errs is None else float(np.abs(errs).mean())})
     return rows, summary
 
@@ -174,11 +163,11 @@ def token_rows(model: str, system: str, ours_max: np.ndarray, mean_per_device: f
         pm = None if paper is None else float(p_max[:, la].mean())
         pr = None if paper is None else float(p_ratio[:, la].mean())
         rows.append({"model": model, "system": system, "layer": la, "ours_max": o_max, "paper_max": pm,
-                     "max_error": error(o_max, pm), "ours_max_over_mean": o_r, "paper_max_over_mean": pr,
-                     "max_over_mean_error": error(o_r, pr)})
+                     "max_error": rel_error(o_max, pm), "ours_max_over_mean": o_r, "paper_max_over_mean": pr,
+                     "max_over_mean_error": rel_error(o_r, pr)})
     o, p = float(ours_ratio.mean()), None if paper is None else float(p_ratio.mean())
     summary = {"model": model, "system": system, "ours_max_over_mean": o, "paper_max_over_mean": p,
-               "error": error(o, p), "ours_worst_layer": float(ours_ratio.mean(0).max()),
+               "error": rel_error(o, p), "ours_worst_layer": float(ours_ratio.mean(0).max()),
                "paper_worst_layer": None if paper is None else float(p_ratio.mean(0).max()),
                "paper_iterations": 0 if paper is None else int(paper.shape[0])}
     return rows, summary
@@ -204,8 +193,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     files = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [fc.expert_trace], cfg.paths.fallback,
                          synthetic_dir=out_dir / "synthetic_data", seed=cfg.seed)
     trace = load_expert_trace(files.path(fc.expert_trace))
-    b_path = paper_file(cfg, out_dir, fc.breakdown_results)
-    t_path = paper_file(cfg, out_dir, fc.token_results)
+    b_path = paper_csv(cfg, fc.breakdown_results)
+    t_path = paper_csv(cfg, fc.token_results)
     p_breakdown = read_breakdown(b_path) if b_path is not None else {}
     p_tokens = read_tokens(t_path) if t_path is not None else {}
     samples = trace_samples(trace, int(fc.samples))
@@ -255,14 +244,13 @@ def headline(b_summary: list[dict], t_summary: list[dict]) -> list[dict]:
     out = []
     for r in b_summary:
         if r["system"] in ("fsdp_ep", "laer") and r["quantity"] == "alltoall":
-            out.append({"figure": "Fig. 10a", "setting": f"{r['system']}, {r['model']}",
-                        "metric": "all-to-all s per iteration (mean over ranks)", "ours": r["ours_mean"],
-                        "paper": r["paper_mean"], "error": r["error_of_mean"]})
+            out.append(headline_row("Fig. 10a", f"{r['system']}, {r['model']}",
+                                    "all-to-all s per iteration (mean over ranks)", r["ours_mean"], r["paper_mean"]))
     for r in t_summary:
         if r["system"] in ("fsdp_ep", "laer"):
-            out.append({"figure": "Fig. 10b", "setting": f"{r['system']}, {r['model']}",
-                        "metric": "max / mean tokens per device (mean over layers)", "ours": r["ours_max_over_mean"],
-                        "paper": r["paper_max_over_mean"], "error": r["error"]})
+            out.append(headline_row("Fig. 10b", f"{r['system']}, {r['model']}",
+                                    "max / mean tokens per device (mean over layers)", r["ours_max_over_mean"],
+                                    r["paper_max_over_mean"]))
     return out
 
 

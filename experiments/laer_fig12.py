@@ -33,9 +33,8 @@ from common.datapaths import ensure_files, locate_data_dir
 from common.traces import load_expert_trace
 from experiments import plotting
 from experiments.config import AblationVariant
-from experiments.laer_fig10 import error, paper_file
-from experiments.laer_paper import paper_model, read_ablation, simulate, trace_samples
-from experiments.tables import write_csv
+from experiments.laer_paper import paper_csv, paper_model, read_ablation, simulate, trace_samples
+from experiments.tables import headline_row, rel_error, write_csv
 from training.planner.laer import ReplicaCandidates
 from training.sim import Prefetch
 
@@ -60,8 +59,8 @@ def ablation_rows(ours: dict[str, float], paper: dict[str, float]) -> list[dict]
         p = paper.get(v)
         slow = t / ours["LAER"] if "LAER" in ours else None
         slow_p = p / paper["LAER"] if p is not None and "LAER" in paper else None
-        rows.append({"variant": v, "ours_s": t, "paper_s": p, "error": error(t, p), "slowdown_ours": slow,
-                     "slowdown_paper": slow_p, "slowdown_error": error(slow, slow_p)})
+        rows.append({"variant": v, "ours_s": t, "paper_s": p, "error": rel_error(t, p), "slowdown_ours": slow,
+                     "slowdown_paper": slow_p, "slowdown_error": rel_error(slow, slow_p)})
     return rows
 
 
@@ -79,7 +78,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     files = ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [fc.expert_trace], cfg.paths.fallback,
                          synthetic_dir=out_dir / "synthetic_data", seed=cfg.seed)
     trace = load_expert_trace(files.path(fc.expert_trace))
-    path = paper_file(cfg, out_dir, fc.paper_results)
+    path = paper_csv(cfg, fc.paper_results)
     paper = read_ablation(path) if path is not None else {}
     samples = trace_samples(trace, int(fc.samples))
 
@@ -99,12 +98,11 @@ def headline(rows: list[dict]) -> list[dict]:
     out = []
     for r in sorted(rows, key=lambda r: r["variant"] != "LAER"):  # LAER first
         if r["variant"] == "LAER":
-            out.append({"figure": "Fig. 12", "setting": "LAER, mixtral-8x7b-e8k2", "metric": "iteration time (s)",
-                        "ours": r["ours_s"], "paper": r["paper_s"], "error": r["error"]})
+            out.append(headline_row("Fig. 12", "LAER, mixtral-8x7b-e8k2", "iteration time (s)", r["ours_s"],
+                                    r["paper_s"]))
         elif r["slowdown_ours"] is not None:
-            out.append({"figure": "Fig. 12", "setting": f"{r['variant']}, mixtral-8x7b-e8k2",
-                        "metric": "slowdown vs LAER (x)", "ours": r["slowdown_ours"], "paper": r["slowdown_paper"],
-                        "error": r["slowdown_error"]})
+            out.append(headline_row("Fig. 12", f"{r['variant']}, mixtral-8x7b-e8k2", "slowdown vs LAER (x)",
+                                    r["slowdown_ours"], r["slowdown_paper"]))
     return out
 
 

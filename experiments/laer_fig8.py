@@ -28,11 +28,20 @@ from omegaconf import DictConfig
 from scipy.stats import gmean
 from tqdm import tqdm
 
-from common.datapaths import Fallback, ensure_files, locate_data_dir
+from common.datapaths import ensure_files, locate_data_dir
 from common.traces import load_expert_trace
 from experiments import plotting
-from experiments.laer_paper import AUX_LOSSES, DATASETS, MODELS, paper_model, read_e2e, simulate, trace_samples
-from experiments.tables import write_csv
+from experiments.laer_paper import (
+    AUX_LOSSES,
+    DATASETS,
+    MODELS,
+    paper_csv,
+    paper_model,
+    read_e2e,
+    simulate,
+    trace_samples,
+)
+from experiments.tables import headline_row, rel_error, write_csv
 from training.sim import SimResult, SystemName
 
 log = logging.getLogger(__name__)
@@ -47,10 +56,6 @@ def speedup_pairs(systems: list[str]) -> list[tuple[str, str]]:
     pairs += [("laer", b) for b in ("fsdp_ep", "flexmoe")]
     pairs += [("laer_plus", "laer")]
     return [p for p in dict.fromkeys(pairs) if p[0] in systems and p[1] in systems]
-
-
-def rel_error(ours: float, paper: float | None) -> float | None:
-    return None if paper is None else (ours - paper) / paper
 
 
 TERMS = ("attention", "expert", "alltoall", "exposed")  # training.sim.Breakdown fields that sum to an iteration
@@ -113,18 +118,16 @@ def headline(summary: list[dict], speedups: list[dict]) -> list[dict]:
     """The rows a reader checks first: each system's geometric-mean speedup over megatron_ep, and LAER over FSDP+EP
     on Mixtral-8x7B e8k2 (the paper's geometric mean over its four settings)."""
     models = len({r["model"] for r in speedups})
-    rows = [{"figure": "Fig. 8", "setting": (f"geo-mean over {s['settings']} settings" if s["settings"] else
-                                             f"geo-mean over {models} model(s), no paper number"),
-             "metric": f"speedup of {s['system']} over {s['baseline']}", "ours": s["geomean_ours"],
-             "paper": s["geomean_paper"], "error": s["geomean_error"]}
+    rows = [headline_row("Fig. 8", (f"geo-mean over {s['settings']} settings" if s["settings"] else
+                                    f"geo-mean over {models} model(s), no paper number"),
+                         f"speedup of {s['system']} over {s['baseline']}", s["geomean_ours"], s["geomean_paper"])
             for s in summary if s["baseline"] == BASELINE or s["system"] == "laer_plus"]
     sel = [r for r in speedups if (r["model"], r["system"], r["baseline"]) == ("mixtral-8x7b-e8k2", "laer", "fsdp_ep")]
     if sel:
         p = [r["paper"] for r in sel if r["paper"] is not None]
         paper = float(gmean(p)) if p else None
-        rows.append({"figure": "Fig. 8", "setting": "mixtral-8x7b-e8k2 (paper: geo-mean of its 4 settings)",
-                     "metric": "speedup of laer over fsdp_ep", "ours": sel[0]["ours"], "paper": paper,
-                     "error": rel_error(sel[0]["ours"], paper)})
+        rows.append(headline_row("Fig. 8", "mixtral-8x7b-e8k2 (paper: geo-mean of its 4 settings)",
+                                 "speedup of laer over fsdp_ep", sel[0]["ours"], paper))
     return rows
 
 
@@ -144,17 +147,10 @@ def _check(f: DictConfig) -> tuple[list[str], list[str], int]:
     return models, systems, int(f.samples)
 
 
-def _paper(cfg: DictConfig, data_dir) -> tuple[dict, str | None]:
-    """read_e2e of fig8.paper_csv (fetched when missing, unless paths.fallback is none), else {} and one warning:
-    never a stand-in for the paper's numbers."""
-    name = cfg.fig8.paper_csv
-    fallback = Fallback.none if cfg.paths.fallback is Fallback.none else Fallback.download
-    try:
-        path = ensure_files(data_dir, [name], fallback).path(name)
-    except FileNotFoundError as e:
-        log.warning("fig8: no paper numbers, the paper columns stay empty: %s", e)
-        return {}, None
-    return read_e2e(path), str(path)
+def _paper(cfg: DictConfig) -> tuple[dict, str | None]:
+    """read_e2e of fig8.paper_csv, else {} (the paper columns stay empty; `laer_paper.paper_csv` warns)."""
+    path = paper_csv(cfg, cfg.fig8.paper_csv)
+    return ({}, None) if path is None else (read_e2e(path), str(path))
 
 
 def run(cfg: DictConfig, out_dir: Path) -> dict:
@@ -166,7 +162,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
                          seed=cfg.seed)
     trace = load_expert_trace(files.path(f.expert_trace))
     samples = trace_samples(trace, count)
-    paper, paper_path = _paper(cfg, data_dir)
+    paper, paper_path = _paper(cfg)
     options = {"laer_plus": {} if f.laer_plus_budget_s is None else {"time_budget_s": float(f.laer_plus_budget_s)}}
     log.info("fig8: %d models x %s, trace iterations %s (%s); paper: %s", len(models), systems,
              [int(trace.iterations[s]) for s in samples], files.describe(), paper_path or "none")

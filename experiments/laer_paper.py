@@ -9,6 +9,8 @@ Method names: the CSVs' (megatron, FSDP, FLEX, LAER) are our simulator's systems
 from __future__ import annotations
 
 import csv
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from common.costmodel import ComputeModel
+from common.datapaths import Fallback, ensure_files, locate_data_dir
 from common.topology import PRESETS, ClusterSpec
 from common.traces import ExpertLoadTrace
 from training.model import ModelConfig, model_config
@@ -23,6 +26,8 @@ from training.sim import Prefetch, SimResult, get_system, simulate_iteration, tr
 from training.sim.calibration import PAPER, Calibration
 
 CONF_MODELS = Path(__file__).resolve().parents[1] / "conf" / "model"
+log = logging.getLogger(__name__)
+
 RESULTS_DIR = "laer_moe_paper_results"  # relative to paths.data_dir
 
 # Paper model name -> conf/model file stem.
@@ -113,6 +118,18 @@ def simulate(model: ModelConfig, system: str, trace: ExpertLoadTrace, samples: l
                                       seq_len=run.seq_len, plan_loads=before, planner_options=planner_options,
                                       non_expert=calibration.non_expert, ep_degree=ep, prefetch=prefetch))
     return out
+
+
+def paper_csv(cfg, name: str) -> Path | None:
+    """One of the paper's result CSVs (`name` relative to paths.data_dir), fetched when missing unless paths.fallback
+    is none; else None and one warning naming it: the paper columns then stay empty (there is never a stand-in for
+    the paper's numbers)."""
+    fallback = Fallback.none if Fallback(cfg.paths.fallback) is Fallback.none else Fallback.download
+    try:
+        return ensure_files(locate_data_dir(cfg.paths.data_dir, os.environ), [name], fallback).path(name)
+    except FileNotFoundError as e:
+        log.warning("paper results %s not found, the paper columns stay empty: %s", name, e)
+        return None
 
 
 def _rows(path: Path, columns: tuple[str, ...]) -> list[dict]:

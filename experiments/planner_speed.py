@@ -27,7 +27,7 @@ from tqdm import tqdm
 from common.datapaths import ensure_files, locate_data_dir
 from experiments import plotting
 from experiments.config import LoadKind
-from experiments.tables import write_csv
+from experiments.tables import headline_row, write_csv
 from training.planner import kernels, make_planner
 
 log = logging.getLogger(__name__)
@@ -121,9 +121,8 @@ def headline(rows: list[dict]) -> list[dict]:
     for alg in dict.fromkeys(r["algorithm"] for r in rows):
         timed = sorted((r for r in rows if r["algorithm"] == alg and r["paper_s"] != ""), key=lambda r: (r["N"], r["C"]))
         ends = timed[:1] + timed[1:][-1:]  # the smallest and the largest, once each
-        out += [{"figure": "Fig. 11", "setting": f"{alg}, N={r['N']}, C={r['C']}",
-                 "metric": "planner solve time (s, CPU)", "ours": r["cpu_s"], "paper": r["paper_s"],
-                 "error": (r["cpu_s"] - r["paper_s"]) / r["paper_s"]} for r in ends]
+        out += [headline_row("Fig. 11", f"{alg}, N={r['N']}, C={r['C']}", "planner solve time (s, CPU)", r["cpu_s"],
+                             r["paper_s"]) for r in ends]
     return out
 
 
