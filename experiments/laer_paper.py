@@ -22,6 +22,7 @@ from common.datapaths import Fallback, ensure_files, locate_data_dir
 from common.topology import PRESETS, ClusterSpec
 from common.traces import ExpertLoadTrace
 from training.model import ModelConfig, model_config
+from training.planner.flexmoe import FlexMoE
 from training.sim import Prefetch, SimResult, get_system, simulate_iteration, trace_loads
 from training.sim.calibration import PAPER, Calibration
 
@@ -109,15 +110,47 @@ def simulate(model: ModelConfig, system: str, trace: ExpertLoadTrace, samples: l
     ep = calibration.ep_degree  # where it does not divide N and E (a resized cluster), Megatron's default min(N, E)
     ep = ep if ep and n % ep == 0 and model.num_experts % ep == 0 else None
     tpd = run.tokens_per_device(n)
+    c = slots or paper_slots(model)
+    carried = get_system(system).planner == FlexMoE.name
     out = []
     for s in samples:
         loads = trace_loads(trace, n, model.num_layers, model.num_experts, model.top_k, tpd, s)
         before = trace_loads(trace, n, model.num_layers, model.num_experts, model.top_k, tpd, s - 1)
-        out.append(simulate_iteration(model, cluster, system, loads, slots or paper_slots(model), compute,
+        options = planner_options
+        if carried:
+            start = carried_layouts(model, trace, s, n, c, cluster.devices_per_node, tpd, planner_options)
+            options = {**(planner_options or {}), "start": start}
+        out.append(simulate_iteration(model, cluster, system, loads, c, compute,
                                       comm_opt=comm_opt, recompute=recompute, microbatches=run.microbatches,
-                                      seq_len=run.seq_len, plan_loads=before, planner_options=planner_options,
+                                      seq_len=run.seq_len, plan_loads=before, planner_options=options,
                                       non_expert=calibration.non_expert, ep_degree=ep, prefetch=prefetch))
     return out
+
+
+# FlexMoE's layout persists and the runtime re-plans it every iteration (Galvatron's dispatcher hands the solver its
+# current placement each step); the trace keeps every 10th iteration, so each sample stands for 10 re-plans.
+FLEX_REPLANS_PER_SAMPLE = 10
+# Samples of re-planning (from the static layout) before a simulated iteration: measured to converge well within it
+# on the paper's models (the layout stops changing after a few samples), so an older start changes nothing.
+FLEX_WARMUP_SAMPLES = 10
+
+
+def carried_layouts(model: ModelConfig, trace: ExpertLoadTrace, sample: int, n: int, c: int, g: int, tpd: int,
+                    planner_options: dict | None = None, warmup: int = FLEX_WARMUP_SAMPLES,
+                    replans: int = FLEX_REPLANS_PER_SAMPLE) -> np.ndarray:
+    """FlexMoE's per-layer layouts [L, N, C] just before the re-plan `simulate` makes from sample - 1: the static
+    layout re-planned `replans` times on each of the `warmup` samples before that (the last of them one time less:
+    `simulate_iteration` makes that re-plan). The moves need only the routed tokens, so the default objective."""
+    planner = FlexMoE(n, c, g, **{k: v for k, v in (planner_options or {}).items() if k == "max_moves"})
+    layouts = [planner.static_layout(model.num_experts)] * model.num_layers
+    for t in range(max(0, sample - warmup), sample):
+        loads = trace_loads(trace, n, model.num_layers, model.num_experts, model.top_k, tpd, t)
+        for _ in range(replans - (t == sample - 1)):
+            moved = [planner.step(x, y).layout.slots for x, y in zip(loads, layouts)]
+            if all(np.array_equal(a, b) for a, b in zip(moved, layouts)):
+                break  # a re-plan on the same loads from the same layout repeats itself
+            layouts = moved
+    return np.stack(layouts)
 
 
 def paper_csv(cfg, name: str) -> Path | None:

@@ -213,3 +213,42 @@ def test_async_planner_deterministic_and_newest_wins():
     with pytest.raises(ValueError, match="negative"):
         with AsyncPlanner(make_planner("laer", 4, 4, 2)) as ap:
             ap.submit(0, -np.ones((1, 4, 8)))
+
+
+def test_flexmoe_layout_carries_moves_across_plans():
+    # One node of 4 devices, C = 2, E = 4, all tokens from d0: totals e0..e3 = 240, 80, 80, 40 (every split exact).
+    # Static FSDP+EP: d0 {0,2} d1 {1,3} d2 {0,2} d3 {1,3}; tokens 120+40, 40+20, 120+40, 40+20 = [160, 60, 160, 60].
+    # Round 1: per replica 120, 40, 40, 20: hot e0, donor e3 (last, more replicas than the 1 node); idlest holder of
+    #   e3 is d1; e0 grows on d0 (first holder with room), whose other expert e2 moves to d1 in e3's slot:
+    #   d0 {0,0} d1 {1,2} d2 {0,2} d3 {1,3}; e0 80 per replica: [160, 40+40, 80+40, 40+40] = [160, 80, 120, 80];
+    #   max unchanged but max/min 2.67 -> 2: kept.
+    # Round 2: replicas 3, 2, 2, 1, per replica 80, 40, 40, 40: hot e0, donor e2 (e3 has one replica); idlest holder
+    #   d1; e0 grows on d2 (d0 is full of e0), whose other expert is e2 itself: d2 {0,0}, d1 keeps {1,2}:
+    #   e0 60 per replica: [120, 80+40, 120, 40+40] = [120, 120, 120, 80]; max 160 -> 120: kept.
+    # Round 3: per replica 60, 40, 80, 40: hot e2, donor e1; d1 {2,2}: [120, 80, 120, 120], neither max nor max/min
+    #   (1.5) lower: rejected, so the layout is a fixed point.
+    loads = np.zeros((4, 4), dtype=np.int64)
+    loads[0] = [240, 80, 80, 40]
+    one = make_planner("flexmoe", 4, 2, 4, max_moves=1)
+    np.testing.assert_array_equal(one.static_layout(4), [[0, 2], [1, 3], [0, 2], [1, 3]])
+    first = one.plan(loads)
+    np.testing.assert_array_equal(first.layout.slots, [[0, 0], [1, 2], [0, 2], [1, 3]])
+    np.testing.assert_array_equal(first.device_tokens, [160, 80, 120, 80])
+    # The next plan starts from the layout the first left, not from the static one.
+    second = make_planner("flexmoe", 4, 2, 4, max_moves=1, start=first.layout.slots).plan(loads)
+    np.testing.assert_array_equal(second.layout.slots, [[0, 0], [1, 2], [0, 0], [1, 3]])
+    np.testing.assert_array_equal(second.device_tokens, [120, 120, 120, 80])
+    np.testing.assert_array_equal(one.step(loads, second.layout.slots).layout.slots, second.layout.slots)
+    # Two rounds in one plan reach the same layout; one per layer ([L, N, C]) is taken in call order.
+    np.testing.assert_array_equal(make_planner("flexmoe", 4, 2, 4).plan(loads).layout.slots, second.layout.slots)
+    layered = make_planner("flexmoe", 4, 2, 4, max_moves=1, start=np.stack([one.static_layout(4), first.layout.slots]))
+    got = [layered.plan(loads).layout.slots for _ in range(3)]
+    for g, want in zip(got, [first, second, first]):
+        np.testing.assert_array_equal(g, want.layout.slots)
+
+
+def test_flexmoe_bad_start_clear_errors():
+    with pytest.raises(ValueError, match="start must be an integer layout"):
+        make_planner("flexmoe", 4, 2, 4, start=np.zeros((4, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="hold every one"):
+        make_planner("flexmoe", 4, 2, 4, start=np.zeros((4, 2), dtype=np.int64)).plan(np.ones((4, 4), dtype=np.int64))

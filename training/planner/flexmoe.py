@@ -1,4 +1,11 @@
-"""FlexMoE's heuristic as the LAER-MoE authors re-implemented it: small replica moves from a static layout.
+"""FlexMoE's heuristic as the LAER-MoE authors re-implemented it (Galvatron's `MoEOptimizer.flexmoe_method`).
+
+The layout persists: each plan starts from the layout the previous one left (the runtime passes its current placement
+to the solver every iteration) and moves a few replicas, so over many steps the layout drifts towards balance. One
+plan is at most `max_moves` rounds of FlexMoE's MakeSchedulingPlan; a round moves one replica per node, all nodes the
+same pair: the expert with the most tokens per replica gains a replica in every node and the one with the fewest
+(among those with more replicas than nodes, so every node may keep one) loses one. A round is kept while it lowers
+the busiest device's tokens or the busiest / idlest ratio; the first round that does neither ends the plan.
 
 Notation: N devices, E experts, C slots per device, G devices per node, K nodes.
 """
@@ -16,48 +23,112 @@ from training.planner.lpt import PlacementRule, lpt_place
 class FlexMoE(Planner):
     name = "flexmoe"
 
-    def __init__(self, *args, max_moves: int = 10, **kw):
+    def __init__(self, *args, max_moves: int = 10, start=None, **kw):
+        """max_moves: rounds per plan (one replica move per node each). start: the layout [N, C] every plan starts
+        from, or one per layer [L, N, C] taken in call order (call i starts from start[i mod L], the order
+        `training.sim.simulate_iteration` plans a model's layers in); default the static FSDP+EP layout."""
         super().__init__(*args, **kw)
         if max_moves < 0:
             raise ValueError(f"flexmoe: max_moves must be >= 0, got {max_moves}")
-        self.max_moves = max_moves  # moves per node per plan
+        self.max_moves = max_moves
+        self._starts = None if start is None else _check_starts(start, self.n, self.c)
+        self._calls = 0
 
     def _plan(self, loads: np.ndarray) -> Plan:
-        e = loads.shape[1]
-        # 1. Start from the static FSDP+EP layout (FlexMoE adjusts an existing layout a little at a time).
-        if e % self.c == 0:
-            slots = fsdp_ep_placement(self.n, e, self.c).slots.copy()
-        else:
-            w = loads.sum(0)
-            slots = lpt_place(w, waterfill_replicas(np.ones(e), self.n * self.c), self.n, self.c, self.g,
-                              PlacementRule.FREE_NODES)
+        return self.step(loads, self._start(loads.shape[1]))
+
+    def step(self, loads: np.ndarray, slots: np.ndarray) -> Plan:
+        """One plan: at most max_moves rounds from the layout slots [N, C] (holding every expert) on loads [N, E]."""
+        loads = np.asarray(loads, dtype=np.int64)
+        slots = _check_layout(slots, self.n, self.c, loads.shape[1])
         obj, tokens = self.score(loads, slots)
-        node_src = loads.reshape(self.k, self.g, e).sum(1)  # [K, E] tokens from each node's sources
-        # 2. Per node: move one replica from the least-loaded local expert to the most-loaded one while the
-        #    device max/min improves, at most max_moves times.
+        totals = loads.sum(0)
+        for _ in range(self.max_moves):
+            if _ratio(tokens) <= 1.0:
+                break
+            trial = self._round(totals, slots, tokens)
+            if trial is None:
+                break
+            t_obj, t_tokens = self.score(loads, trial)
+            if not (t_tokens.max() < tokens.max() or _ratio(t_tokens) < _ratio(tokens)):
+                break
+            slots, obj, tokens = trial, t_obj, t_tokens
+        return self.fsep_plan(loads, slots, (obj, tokens))
+
+    def _start(self, e: int) -> np.ndarray:
+        if self._starts is None:
+            return self.static_layout(e)
+        slots = self._starts[self._calls % len(self._starts)]
+        self._calls += 1
+        return slots
+
+    def static_layout(self, e: int) -> np.ndarray:
+        """The layout [N, C] a run starts from: FSDP+EP's."""
+        if e % self.c == 0:
+            return fsdp_ep_placement(self.n, e, self.c).slots.copy()
+        # No FSDP+EP layout exists when C does not divide E: the replicas spread as evenly as the slots allow.
+        return lpt_place(np.ones(e), waterfill_replicas(np.ones(e), self.n * self.c), self.n, self.c, self.g,
+                         PlacementRule.FREE_NODES)
+
+    def _round(self, totals: np.ndarray, slots: np.ndarray, tokens: np.ndarray) -> np.ndarray | None:
+        """One MakeSchedulingPlan round on slots, or None when no pair of experts can trade a replica."""
+        e = totals.size
+        reps = np.bincount(slots.ravel(), minlength=e)
+        per = totals // reps  # tokens per replica, floored as the authors' solver does
+        order = np.argsort(-per, kind="stable")  # ties: lower expert id first
+        hot = int(order[0])
+        # The donor keeps one replica per node, so it must hold more than K.
+        spare = order[reps[order] > self.k]
+        if not spare.size or int(spare[-1]) == hot:
+            return None
+        cold = int(spare[-1])
+        new = slots.copy()
         for m in range(self.k):
             devs = np.arange(m * self.g, (m + 1) * self.g)
-            for _ in range(self.max_moves):
-                local = np.zeros(e, dtype=np.int64)
-                np.add.at(local, slots[devs].ravel(), 1)
-                r_all = np.bincount(slots.ravel(), minlength=e)
-                per = np.where(local > 0, node_src[m] / np.maximum(local, 1), np.inf)
-                hot = int(np.argmax(np.where(np.isfinite(per), per, -1) if np.isfinite(per).any() else per))
-                # The donor must keep a replica somewhere else.
-                donors = np.where((local > 0) & (r_all > 1) & (np.arange(e) != hot), per, np.inf)
-                if not np.isfinite(donors).any():
-                    break
-                cold = int(np.argmin(donors))
-                holders = devs[(slots[devs] == cold).any(1)]
-                d = holders[np.argmin(tokens[holders])]
-                c = int(np.flatnonzero(slots[d] == cold)[0])
-                trial = slots.copy()
-                trial[d, c] = hot
-                t_obj, t_tokens = self.score(loads, trial)
-                if _ratio(t_tokens) >= _ratio(tokens):
-                    break
-                slots, obj, tokens = trial, t_obj, t_tokens
-        return self.fsep_plan(loads, slots, (obj, tokens))
+            held = new[devs]
+            donors = devs[(held == cold).any(1)]
+            if not donors.size:
+                continue
+            dst = int(donors[np.argmin(tokens[donors])])  # the idlest device holding the donor
+            n_hot = (held == hot).sum(1)
+            growers = devs[(n_hot > 0) & (n_hot < self.c)]
+            if not growers.size or int(growers[0]) == dst:
+                # No device of the node can take a second copy: the hot expert takes the donor's slot on dst.
+                _swap(new, dst, cold, hot)
+                continue
+            # The hot expert grows where it already is (its weights stay put); that device's next-busiest expert
+            # moves to dst, into the donor's slot.
+            src = int(growers[0])
+            others = np.unique(new[src][new[src] != hot])
+            moved = int(others[np.argmax(per[others])])
+            _swap(new, src, moved, hot)
+            _swap(new, dst, cold, moved)
+        return new
+
+
+def _swap(slots: np.ndarray, device: int, old: int, new: int) -> None:
+    c = int(np.flatnonzero(slots[device] == old)[0])
+    slots[device, c] = new
+
+
+def _check_starts(start, n: int, c: int) -> np.ndarray:
+    s = np.asarray(start)
+    if s.ndim == 2:
+        s = s[None]
+    if s.ndim != 3 or s.shape[1:] != (n, c) or s.dtype.kind not in "iu":
+        raise ValueError(f"flexmoe: start must be an integer layout [N={n}, C={c}] or [L, N, C], got "
+                         f"shape {list(s.shape)} dtype {s.dtype}")
+    return s.astype(np.int64)
+
+
+def _check_layout(slots, n: int, c: int, e: int) -> np.ndarray:
+    s = np.asarray(slots)
+    if s.shape != (n, c) or s.dtype.kind not in "iu" or s.min() < 0 or s.max() >= e:
+        raise ValueError(f"flexmoe: a start layout must be [N={n}, C={c}] of expert ids < E={e}, got shape "
+                         f"{list(s.shape)}")
+    if np.bincount(s.ravel(), minlength=e).min() == 0:
+        raise ValueError(f"flexmoe: a start layout must hold every one of the E={e} experts")
+    return s.astype(np.int64)
 
 
 def _ratio(tokens: np.ndarray) -> float:
