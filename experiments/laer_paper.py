@@ -130,8 +130,8 @@ def simulate(model: ModelConfig, system: str, trace: ExpertLoadTrace, samples: l
 # FlexMoE's layout persists and the runtime re-plans it every iteration (Galvatron's dispatcher hands the solver its
 # current placement each step); the trace keeps every 10th iteration, so each sample stands for 10 re-plans.
 FLEX_REPLANS_PER_SAMPLE = 10
-# Samples of re-planning (from the static layout) before a simulated iteration: measured to converge well within it
-# on the paper's models (the layout stops changing after a few samples), so an older start changes nothing.
+# Samples of re-planning (from the static layout) before a simulated iteration: on mixtral-8x7b-e8k2 the mean
+# max/mean tokens settles (1.84 static -> 1.70) within about 10 samples and holds over 60, so an older start adds little.
 FLEX_WARMUP_SAMPLES = 10
 
 

@@ -122,3 +122,31 @@ def test_bad_values_name_their_key(tmp_path, override, key):
     with pytest.raises(ValueError, match=f"config key '{key}'") as e:
         experiments.run.run(_compose([override]), tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_flexmoe_layouts_carry_over_the_samples_before():
+    # The layout FlexMoE's run has at a sample: the static one re-planned `replans` times on each of the `warmup`
+    # samples before it, the last of them one time less (simulate_iteration makes that re-plan itself).
+    from common.traces import ExpertLoadTrace
+    from experiments.laer_paper import PaperRun, carried_layouts, paper_model
+    from training.planner.flexmoe import FlexMoE
+    from training.sim import trace_loads
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 50, (4, 4, 2, 1, 8))
+    counts[..., 0] += 400  # one hot expert, so the moves have something to do
+    trace = ExpertLoadTrace(counts, np.arange(4) * 10)
+    model = paper_model(MODEL)
+    n, c, g = 16, 2, 8  # 4 replicas per expert over 2 nodes: donors exist
+    tpd = PaperRun().tokens_per_device(n)
+    planner = FlexMoE(n, c, g)
+    static = np.stack([planner.static_layout(model.num_experts)] * model.num_layers)
+    np.testing.assert_array_equal(carried_layouts(model, trace, 3, n, c, g, tpd, warmup=0), static)
+    want = list(static)
+    for t, times in ((1, 2), (2, 1)):
+        loads = trace_loads(trace, n, model.num_layers, model.num_experts, model.top_k, tpd, t)
+        for _ in range(times):
+            want = [planner.step(x, y).layout.slots for x, y in zip(loads, want)]
+    got = carried_layouts(model, trace, 3, n, c, g, tpd, warmup=2, replans=2)
+    np.testing.assert_array_equal(got, np.stack(want))
+    assert not np.array_equal(got, static)
