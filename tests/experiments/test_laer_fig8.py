@@ -137,7 +137,7 @@ def test_flexmoe_layouts_carry_over_the_samples_before():
     counts[..., 0] += 400  # one hot expert, so the moves have something to do
     trace = ExpertLoadTrace(counts, np.arange(4) * 10)
     model = paper_model(MODEL)
-    n, c, g = 16, 2, 8  # 4 replicas per expert over 2 nodes: donors exist
+    n, c, g = 16, 1, 16  # one node, 2 replicas per expert: the hot one takes a donor's device
     tpd = PaperRun().tokens_per_device(n)
     planner = FlexMoE(n, c, g)
     static = np.stack([planner.static_layout(model.num_experts)] * model.num_layers)
