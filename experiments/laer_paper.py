@@ -98,7 +98,8 @@ def simulate(model: ModelConfig, system: str, trace: ExpertLoadTrace, samples: l
              calibration: Calibration | None = None, prefetch: Prefetch = Prefetch.layer) -> list[SimResult]:
     """One simulated iteration of `model` under `system` per trace sample: loads are the sample rescaled to the model
     (`training.sim.trace_loads`, micro-batch 0 for every micro-batch), planned from the sample before it (the
-    runtime plans from loads it has already seen; the trace keeps every 10th iteration). calibration: a
+    runtime plans from loads it has already seen; the trace keeps every 10th iteration); FlexMoE's plan starts from
+    the layout its run would have by then (`carried_layouts`), the others' from scratch. calibration: a
     `training.sim.calibration.Calibration` (default PAPER: recompute per system, flash attention and memory-bound
     work, shared node NICs, GEMM efficiency); an explicit cluster / compute overrides its cluster / compute.
     comm_opt / prefetch: `training.sim.simulate_iteration`'s (prefetch=Prefetch.unit is the paper's no_comm_opt)."""

@@ -87,7 +87,7 @@ class FlexMoE(Planner):
             devs = np.arange(m * self.g, (m + 1) * self.g)
             held = new[devs]
             donors = devs[(held == cold).any(1)]
-            if not donors.size:
+            if not donors.size:  # the authors' solver assumes a copy in every node; here the node just sits out
                 continue
             dst = int(donors[np.argmin(tokens[donors])])  # the idlest device holding the donor
             n_hot = (held == hot).sum(1)
