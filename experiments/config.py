@@ -30,6 +30,12 @@ from serving.switching import SwitchOptions
 from training.train_config import DataConfig, Parallel, PlannerConfig, TrainerConfig
 
 
+def require(ok: bool, key: str, what: str, value) -> None:
+    """The one-line error for a value the schema's types cannot rule out: `config key '<key>' <what>, got <value>`."""
+    if not ok:
+        raise ValueError(f"config key '{key}' {what}, got {value}")
+
+
 @dataclass
 class PathsConfig:
     # Where the real traces live (wins over $LOADWISE_DATA_DIR). null: $LOADWISE_DATA_DIR, else ../shared/data beside

@@ -28,6 +28,7 @@ from common.datapaths import Source, ensure_files, locate_data_dir
 from common.stats import type_rates
 from common.traces import load_request_trace
 from experiments import plotting
+from experiments.config import require
 from experiments.tables import write_csv
 from serving.predict import PredictorKind, make_predictor, poisson_floor, rolling_forecast, rrmse
 from serving.workload import build_workload
@@ -47,19 +48,16 @@ def check_config(cfg: DictConfig) -> None:
     """One-line errors naming the key, for values the schema's types cannot rule out."""
     p = cfg.predict
 
-    def need(ok: bool, key: str, what: str, value) -> None:
-        if not ok:
-            raise ValueError(f"config key 'predict.{key}' {what}, got {value}")
-
-    need(len(p.traces) > 0, "traces", "must list at least one trace", list(p.traces))
-    need(len(p.bins_s) > 0 and all(b > 0 for b in p.bins_s), "bins_s", "must list bin sizes > 0", list(p.bins_s))
-    need(0 < p.head_share < 1, "head_share", "must lie in (0, 1)", p.head_share)
-    need(p.window >= 1, "window", "must be >= 1", p.window)
-    need(p.min_train_pairs >= 1, "min_train_pairs", "must be >= 1", p.min_train_pairs)
-    need(p.num_types >= 1, "num_types", "must be >= 1", p.num_types)
-    need(len(p.predictors) > 0, "predictors", "must list at least one predictor", list(p.predictors))
-    need(0 < p.ema_alpha <= 1, "ema_alpha", "must lie in (0, 1]", p.ema_alpha)
-    need(p.seasonal_period_s is None or p.seasonal_period_s > 0, "seasonal_period_s", "must be > 0 or null",
+    require(len(p.traces) > 0, "predict.traces", "must list at least one trace", list(p.traces))
+    require(len(p.bins_s) > 0 and all(b > 0 for b in p.bins_s), "predict.bins_s", "must list bin sizes > 0",
+            list(p.bins_s))
+    require(0 < p.head_share < 1, "predict.head_share", "must lie in (0, 1)", p.head_share)
+    require(p.window >= 1, "predict.window", "must be >= 1", p.window)
+    require(p.min_train_pairs >= 1, "predict.min_train_pairs", "must be >= 1", p.min_train_pairs)
+    require(p.num_types >= 1, "predict.num_types", "must be >= 1", p.num_types)
+    require(len(p.predictors) > 0, "predict.predictors", "must list at least one predictor", list(p.predictors))
+    require(0 < p.ema_alpha <= 1, "predict.ema_alpha", "must lie in (0, 1]", p.ema_alpha)
+    require(p.seasonal_period_s is None or p.seasonal_period_s > 0, "predict.seasonal_period_s", "must be > 0 or null",
          p.seasonal_period_s)
 
 

@@ -33,6 +33,7 @@ from common.datapaths import ensure_files, locate_data_dir
 from common.topology import get_cluster
 from common.traces import RequestTrace, load_request_trace
 from experiments import plotting, reference
+from experiments.config import require
 from experiments.tables import headline_row, write_csv
 from serving.costmodel import CostModel, CostModelKind, ReplicaConfig, get_model, load_perf_table
 from serving.costmodel.calibrate import roofline_errors
@@ -56,47 +57,43 @@ def check_config(cfg: DictConfig) -> None:
     """One-line errors naming the key, for values the schema's types cannot rule out."""
     o = cfg.oserve
 
-    def need(ok: bool, key: str, what: str, value) -> None:
-        if not ok:
-            raise ValueError(f"config key '{key}' {what}, got {value}")
-
-    need(len(o.rate_points) > 0, "oserve.rate_points", "must list at least one rate point", list(o.rate_points))
-    need(all(x > 0 for x in o.rate_points), "oserve.rate_points", "must all be > 0", list(o.rate_points))
-    need(len(o.gpu_counts) > 0 and all(g >= 1 for g in o.gpu_counts), "oserve.gpu_counts", "must list GPU counts >= 1",
-         list(o.gpu_counts))
-    need(cfg.workload.num_types >= 1, "workload.num_types", "must be >= 1", cfg.workload.num_types)
-    need(all(0 <= x <= 1 for x in o.sensitivity_mix), "oserve.sensitivity_mix", "must be shares in [0, 1]",
+    require(len(o.rate_points) > 0, "oserve.rate_points", "must list at least one rate point", list(o.rate_points))
+    require(all(x > 0 for x in o.rate_points), "oserve.rate_points", "must all be > 0", list(o.rate_points))
+    require(len(o.gpu_counts) > 0 and all(g >= 1 for g in o.gpu_counts), "oserve.gpu_counts",
+            "must list GPU counts >= 1", list(o.gpu_counts))
+    require(cfg.workload.num_types >= 1, "workload.num_types", "must be >= 1", cfg.workload.num_types)
+    require(all(0 <= x <= 1 for x in o.sensitivity_mix), "oserve.sensitivity_mix", "must be shares in [0, 1]",
          list(o.sensitivity_mix))
-    need(o.sensitivity_requests >= 10, "oserve.sensitivity_requests", "must be >= 10", o.sensitivity_requests)
-    need(o.max_model_len >= 128, "oserve.max_model_len", "must be >= 128 tokens (shorter cannot hold the traces' "
+    require(o.sensitivity_requests >= 10, "oserve.sensitivity_requests", "must be >= 10", o.sensitivity_requests)
+    require(o.max_model_len >= 128, "oserve.max_model_len", "must be >= 128 tokens (shorter cannot hold the traces' "
          "requests)", o.max_model_len)
-    need(o.slo.ttft_s > 0, "oserve.slo.ttft_s", "must be > 0", o.slo.ttft_s)
-    need(o.slo.tpot_s > 0, "oserve.slo.tpot_s", "must be > 0", o.slo.tpot_s)
+    require(o.slo.ttft_s > 0, "oserve.slo.ttft_s", "must be > 0", o.slo.ttft_s)
+    require(o.slo.tpot_s > 0, "oserve.slo.tpot_s", "must be > 0", o.slo.tpot_s)
     s = o.scheduler
-    need(s.patience >= 0, "oserve.scheduler.patience", "must be >= 0", s.patience)
-    need(s.max_steps >= 1, "oserve.scheduler.max_steps", "must be >= 1", s.max_steps)
-    need(s.finalists >= 0, "oserve.scheduler.finalists", "must be >= 0", s.finalists)
-    need(0 <= s.headroom <= 1, "oserve.scheduler.headroom", "must lie in [0, 1]", s.headroom)
-    need(s.tpot_target_s is None or s.tpot_target_s > 0, "oserve.scheduler.tpot_target_s", "must be > 0 or null",
+    require(s.patience >= 0, "oserve.scheduler.patience", "must be >= 0", s.patience)
+    require(s.max_steps >= 1, "oserve.scheduler.max_steps", "must be >= 1", s.max_steps)
+    require(s.finalists >= 0, "oserve.scheduler.finalists", "must be >= 0", s.finalists)
+    require(0 <= s.headroom <= 1, "oserve.scheduler.headroom", "must lie in [0, 1]", s.headroom)
+    require(s.tpot_target_s is None or s.tpot_target_s > 0, "oserve.scheduler.tpot_target_s", "must be > 0 or null",
          s.tpot_target_s)
-    need(s.max_batched_tokens >= 1, "oserve.scheduler.max_batched_tokens", "must be >= 1", s.max_batched_tokens)
-    need(o.replay_s >= 0, "oserve.replay_s", "must be >= 0", o.replay_s)
-    need(all(t >= 1 and t & (t - 1) == 0 for t in o.fixed_tps), "oserve.fixed_tps",
+    require(s.max_batched_tokens >= 1, "oserve.scheduler.max_batched_tokens", "must be >= 1", s.max_batched_tokens)
+    require(o.replay_s >= 0, "oserve.replay_s", "must be >= 0", o.replay_s)
+    require(all(t >= 1 and t & (t - 1) == 0 for t in o.fixed_tps), "oserve.fixed_tps",
          "must be powers of two (a TP degree divides a node)", list(o.fixed_tps))
-    need(o.plan_rate_quantile is None or 0 <= o.plan_rate_quantile <= 1, "oserve.plan_rate_quantile",
+    require(o.plan_rate_quantile is None or 0 <= o.plan_rate_quantile <= 1, "oserve.plan_rate_quantile",
          "must lie in [0, 1] or be null", o.plan_rate_quantile)
-    need(o.plan_rate_window_s > 0, "oserve.plan_rate_window_s", "must be > 0", o.plan_rate_window_s)
-    need(0 <= o.arxiv_share <= 1, "oserve.arxiv_share", "must lie in [0, 1]", o.arxiv_share)
+    require(o.plan_rate_window_s > 0, "oserve.plan_rate_window_s", "must be > 0", o.plan_rate_window_s)
+    require(0 <= o.arxiv_share <= 1, "oserve.arxiv_share", "must lie in [0, 1]", o.arxiv_share)
     h = o.heatmap
-    need(all(0 <= x <= 1 for x in h.long_shares), "oserve.heatmap.long_shares", "must be shares in [0, 1]",
+    require(all(0 <= x <= 1 for x in h.long_shares), "oserve.heatmap.long_shares", "must be shares in [0, 1]",
          list(h.long_shares))
-    need(all(x > 0 for x in h.loads), "oserve.heatmap.loads", "must all be > 0", list(h.loads))
-    need(all(x > 0 for x in h.slo_scales), "oserve.heatmap.slo_scales", "must all be > 0", list(h.slo_scales))
-    need(h.burst_cv > 0, "oserve.heatmap.burst_cv", "must be > 0", h.burst_cv)
-    need(h.requests >= 10, "oserve.heatmap.requests", "must be >= 10", h.requests)
+    require(all(x > 0 for x in h.loads), "oserve.heatmap.loads", "must all be > 0", list(h.loads))
+    require(all(x > 0 for x in h.slo_scales), "oserve.heatmap.slo_scales", "must all be > 0", list(h.slo_scales))
+    require(h.burst_cv > 0, "oserve.heatmap.burst_cv", "must be > 0", h.burst_cv)
+    require(h.requests >= 10, "oserve.heatmap.requests", "must be >= 10", h.requests)
     for key in ("num_nodes", "devices_per_node"):
         v = cfg.cluster[key]
-        need(v is None or v >= 1, f"cluster.{key}", "must be >= 1 or null", v)
+        require(v is None or v >= 1, f"cluster.{key}", "must be >= 1 or null", v)
 
 
 def load_traces(cfg: DictConfig, data_dir: Path) -> dict[str, RequestTrace]:

@@ -34,6 +34,7 @@ from common.datapaths import ensure_files, locate_data_dir
 from common.stats import type_rates
 from common.traces import RequestTrace, load_request_trace
 from experiments import plotting, reference
+from experiments.config import require
 from experiments.oserve_spatial import (
     _data_path,
     best_static,
@@ -71,27 +72,24 @@ def check_config(cfg: DictConfig) -> None:
     check_spatial_subset(cfg)
     t = cfg.temporal
 
-    def need(ok: bool, key: str, what: str, value) -> None:
-        if not ok:
-            raise ValueError(f"config key '{key}' {what}, got {value}")
-
     names = [s.value for s in PhaseSource]
-    need(len(t.cycles) > 0 or t.user_trace, "temporal.cycles", "must list at least one cycle", list(t.cycles))
+    require(len(t.cycles) > 0 or t.user_trace, "temporal.cycles", "must list at least one cycle", list(t.cycles))
     for c in t.cycles:
-        need(len(c) > 0 and all(s in names for s in c), "temporal.cycles", f"entries must be lists of {names}", list(c))
-    need(t.num_phases >= 1, "temporal.num_phases", "must be >= 1", t.num_phases)
-    need(t.phase_s > 0, "temporal.phase_s", "must be > 0", t.phase_s)
-    need(0 <= t.change <= 1, "temporal.change", "must lie in [0, 1]", t.change)
-    need(all(0 <= c <= 1 for c in t.sensitivity_changes), "temporal.sensitivity_changes", "must lie in [0, 1]",
+        require(len(c) > 0 and all(s in names for s in c), "temporal.cycles", f"entries must be lists of {names}",
+                list(c))
+    require(t.num_phases >= 1, "temporal.num_phases", "must be >= 1", t.num_phases)
+    require(t.phase_s > 0, "temporal.phase_s", "must be > 0", t.phase_s)
+    require(0 <= t.change <= 1, "temporal.change", "must lie in [0, 1]", t.change)
+    require(all(0 <= c <= 1 for c in t.sensitivity_changes), "temporal.sensitivity_changes", "must lie in [0, 1]",
          list(t.sensitivity_changes))
-    need(t.load > 0, "temporal.load", "must be > 0", t.load)
-    need(t.window >= 1, "temporal.window", "must be >= 1", t.window)
-    need(t.migration_interval_s > 0, "temporal.migration_interval_s", "must be > 0", t.migration_interval_s)
-    need(t.migration_threshold >= 0, "temporal.migration_threshold", "must be >= 0", t.migration_threshold)
-    need(t.migration_max_moves >= 0, "temporal.migration_max_moves", "must be >= 0", t.migration_max_moves)
-    need(t.p99_bin_s > 0, "temporal.p99_bin_s", "must be > 0", t.p99_bin_s)
-    need(t.rebuild_s >= 0, "temporal.rebuild_s", "must be >= 0", t.rebuild_s)
-    need(t.train_phases >= 1, "temporal.train_phases", "must be >= 1", t.train_phases)
+    require(t.load > 0, "temporal.load", "must be > 0", t.load)
+    require(t.window >= 1, "temporal.window", "must be >= 1", t.window)
+    require(t.migration_interval_s > 0, "temporal.migration_interval_s", "must be > 0", t.migration_interval_s)
+    require(t.migration_threshold >= 0, "temporal.migration_threshold", "must be >= 0", t.migration_threshold)
+    require(t.migration_max_moves >= 0, "temporal.migration_max_moves", "must be >= 0", t.migration_max_moves)
+    require(t.p99_bin_s > 0, "temporal.p99_bin_s", "must be > 0", t.p99_bin_s)
+    require(t.rebuild_s >= 0, "temporal.rebuild_s", "must be >= 0", t.rebuild_s)
+    require(t.train_phases >= 1, "temporal.train_phases", "must be >= 1", t.train_phases)
     try:
         check_controller(library_config(cfg.controller, ControllerConfig))
     except ValueError as e:
