@@ -120,7 +120,7 @@ def simulate(model: ModelConfig, system: str, trace: ExpertLoadTrace, samples: l
         options = planner_options
         if carried:
             start = carried_layouts(model, trace, s, n, c, cluster.devices_per_node, tpd, planner_options)
-            options = {**(planner_options or {}), "start": start}
+            options = [{**(planner_options or {}), "start": layer} for layer in start]
         out.append(simulate_iteration(model, cluster, system, loads, c, compute,
                                       comm_opt=comm_opt, recompute=recompute, microbatches=run.microbatches,
                                       seq_len=run.seq_len, plan_loads=before, planner_options=options,

@@ -239,12 +239,11 @@ def test_flexmoe_layout_carries_moves_across_plans():
     np.testing.assert_array_equal(second.layout.slots, [[0, 0], [1, 2], [0, 0], [1, 3]])
     np.testing.assert_array_equal(second.device_tokens, [120, 120, 120, 80])
     np.testing.assert_array_equal(one.step(loads, second.layout.slots).layout.slots, second.layout.slots)
-    # Two rounds in one plan reach the same layout; one per layer ([L, N, C]) is taken in call order.
+    # Two rounds in one plan reach the same layout; a planner keeps no state between plans (a start per layer is one
+    # planner per layer: tests/training/test_sim.py).
     np.testing.assert_array_equal(make_planner("flexmoe", 4, 2, 4).plan(loads).layout.slots, second.layout.slots)
-    layered = make_planner("flexmoe", 4, 2, 4, max_moves=1, start=np.stack([one.static_layout(4), first.layout.slots]))
-    got = [layered.plan(loads).layout.slots for _ in range(3)]
-    for g, want in zip(got, [first, second, first]):
-        np.testing.assert_array_equal(g, want.layout.slots)
+    for _ in range(2):
+        np.testing.assert_array_equal(one.plan(loads).layout.slots, first.layout.slots)
 
 
 def test_flexmoe_bad_start_clear_errors():

@@ -215,3 +215,25 @@ def test_ep_degree_groups_consecutive_experts():
     assert r.device_expert_s.tolist() == pytest.approx([3 * expert_s(24, 1e9 * 0.6), 3 * expert_s(8, 1e9 * 0.6)] * 2)
     with pytest.raises(ValueError, match="^ep_degree=3"):
         simulate_iteration(model, cluster, "megatron_ep", loads, 1, ep_degree=3)
+
+
+def test_per_layer_planner_options_plan_each_layer_from_its_own():
+    # FlexMoE's persisted layout differs per layer: with one start per layer, layer l is planned as a planner built
+    # from start l plans it (tests/training/test_planner_cases.py's hand case: from the static layout one round
+    # reaches a busiest device of 160 routes, from that round's layout 120).
+    model = ModelConfig(vocab_size=16, hidden=4, ffn=8, num_layers=2, num_heads=2, num_kv_heads=2, num_experts=4,
+                        top_k=1, max_seq_len=4)
+    cluster = ClusterSpec("1x4", 1, 4, DeviceSpec("d", 1e12, 1e12, 1e12), intra_bw=1e11, inter_bw=1e11)
+    compute = ComputeModel(1e12, default_efficiency=1.0)
+    loads = np.zeros((2, 4, 4), dtype=np.int64)
+    loads[:, 0] = [240, 80, 80, 40]
+    objective = PlanObjective.for_model(cluster, model.hidden, model.ffn, False, compute)
+    static = make_planner("flexmoe", 4, 2, 4, objective, max_moves=1)
+    starts = [static.static_layout(4), static.plan(loads[0]).layout.slots]
+    res = simulate_iteration(model, cluster, "flexmoe", loads, 2, compute,
+                             planner_options=[{"max_moves": 1, "start": s} for s in starts])
+    want = [make_planner("flexmoe", 4, 2, 4, objective, max_moves=1, start=s).plan(loads[0]).device_tokens.max()
+            for s in starts]
+    assert res.max_tokens.tolist() == want == [160, 120]
+    with pytest.raises(ValueError, match="^planner_options: one dict, or one per layer"):
+        simulate_iteration(model, cluster, "flexmoe", loads, 2, compute, planner_options=[{"max_moves": 1}])

@@ -25,17 +25,16 @@ class FlexMoE(Planner):
 
     def __init__(self, *args, max_moves: int = 10, start=None, **kw):
         """max_moves: rounds per plan (one replica move per node each). start: the layout [N, C] every plan starts
-        from, or one per layer [L, N, C] taken in call order (call i starts from start[i mod L], the order
-        `training.sim.simulate_iteration` plans a model's layers in); default the static FSDP+EP layout."""
+        from (the layout the run has now; one planner per layer where layers differ, as `training.sim.
+        simulate_iteration` builds from per-layer options); default the static FSDP+EP layout."""
         super().__init__(*args, **kw)
         if max_moves < 0:
             raise ValueError(f"flexmoe: max_moves must be >= 0, got {max_moves}")
         self.max_moves = max_moves
-        self._starts = None if start is None else _check_starts(start, self.n, self.c)
-        self._calls = 0
+        self.start = None if start is None else _check_start(start, self.n, self.c)
 
     def _plan(self, loads: np.ndarray) -> Plan:
-        return self.step(loads, self._start(loads.shape[1]))
+        return self.step(loads, self.static_layout(loads.shape[1]) if self.start is None else self.start)
 
     def step(self, loads: np.ndarray, slots: np.ndarray) -> Plan:
         """One plan: at most max_moves rounds from the layout slots [N, C] (holding every expert) on loads [N, E]."""
@@ -54,13 +53,6 @@ class FlexMoE(Planner):
                 break
             slots, obj, tokens = trial, t_obj, t_tokens
         return self.fsep_plan(loads, slots, (obj, tokens))
-
-    def _start(self, e: int) -> np.ndarray:
-        if self._starts is None:
-            return self.static_layout(e)
-        slots = self._starts[self._calls % len(self._starts)]
-        self._calls += 1
-        return slots
 
     def static_layout(self, e: int) -> np.ndarray:
         """The layout [N, C] a run starts from: FSDP+EP's."""
@@ -111,13 +103,11 @@ def _swap(slots: np.ndarray, device: int, old: int, new: int) -> None:
     slots[device, c] = new
 
 
-def _check_starts(start, n: int, c: int) -> np.ndarray:
+def _check_start(start, n: int, c: int) -> np.ndarray:
     s = np.asarray(start)
-    if s.ndim == 2:
-        s = s[None]
-    if s.ndim != 3 or s.shape[1:] != (n, c) or s.dtype.kind not in "iu":
-        raise ValueError(f"flexmoe: start must be an integer layout [N={n}, C={c}] or [L, N, C], got "
-                         f"shape {list(s.shape)} dtype {s.dtype}")
+    if s.shape != (n, c) or s.dtype.kind not in "iu":
+        raise ValueError(f"flexmoe: start must be an integer layout [N={n}, C={c}], got shape {list(s.shape)} "
+                         f"dtype {s.dtype}")
     return s.astype(np.int64)
 
 

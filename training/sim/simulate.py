@@ -37,6 +37,7 @@ alltoall_d + expert_d is the same busiest-expert time on every device, plus its 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -138,7 +139,7 @@ def simulate_iteration(model: ModelConfig, cluster: ClusterSpec, system: str | S
                        loads: np.ndarray, slots_per_device: int, compute: ComputeModel | None = None,
                        comm_opt: bool = True, recompute: bool = False, microbatches: int = 1,
                        seq_len: int | None = None, plan_loads: np.ndarray | None = None, nbytes: Bytes | None = None,
-                       planner_options: dict | None = None, non_expert: NonExpert | None = None,
+                       planner_options: dict | Sequence[dict] | None = None, non_expert: NonExpert | None = None,
                        ep_degree: int | None = None, prefetch: Prefetch = Prefetch.layer) -> SimResult:
     """Simulated training iteration.
 
@@ -147,7 +148,9 @@ def simulate_iteration(model: ModelConfig, cluster: ClusterSpec, system: str | S
     earlier window for the lag the runtime has). comm_opt False serialises every parameter / gradient
     communication (training.fsep.schedule's comm_opt=False). prefetch: how far ahead an overlapping system fetches
     weights under comm_opt (`Prefetch`; Prefetch.unit is what the paper's no_comm_opt ablation switches to).
-    compute: default `calibration.default_compute(cluster)`.
+    compute: default `calibration.default_compute(cluster)`. planner_options: keyword options of the system's planner,
+    one dict for every layer or a sequence of L (layer l planned by a planner built from the l-th: a FlexMoE layout
+    that persists differs per layer).
     non_expert: attention-kernel efficiency and memory-bound work beyond `compute` (default: none).
     ep_degree: devices per expert-parallel group of an `ep_slots` system (Megatron EP): device d holds the E/D
     consecutive experts of group rank d mod D, and the D-device groups repeat over data-parallel replicas; default
@@ -175,9 +178,15 @@ def simulate_iteration(model: ModelConfig, cluster: ClusterSpec, system: str | S
     compute = compute or default_compute(cluster)
     seq_len = seq_len or model.max_seq_len
     objective = PlanObjective.for_model(cluster, model.hidden, model.ffn, recompute, compute)
-    planner = make_planner(sys_.planner, n, int(c), g, objective, **(planner_options or {}))
+    if planner_options is None or isinstance(planner_options, Mapping):
+        planners = [make_planner(sys_.planner, n, int(c), g, objective, **(planner_options or {}))] * model.num_layers
+    elif len(planner_options) == model.num_layers:
+        planners = [make_planner(sys_.planner, n, int(c), g, objective, **o) for o in planner_options]
+    else:
+        raise ValueError(f"planner_options: one dict, or one per layer (L={model.num_layers}), got "
+                         f"{len(planner_options)}")
     costs = []
-    for layer_loads, layer_plan_loads in zip(loads, plan_loads):  # Step 1, 2
+    for planner, layer_loads, layer_plan_loads in zip(planners, loads, plan_loads):  # Step 1, 2
         plan = planner.plan(layer_plan_loads) if ep_layout is None else planner.fsep_plan(layer_plan_loads, ep_layout)
         if plan.fsep_routed:
             routing = fsep_routing(layer_loads, plan.layout, g)
