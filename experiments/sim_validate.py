@@ -31,7 +31,7 @@ from common.datapaths import ensure_files, locate_data_dir
 from common.topology import local_cpu
 from common.traces import ExpertLoadTrace, load_expert_trace
 from experiments import laer_paper, plotting
-from experiments.tables import write_csv
+from experiments.tables import headline_row, rel_error, write_csv
 from training.model import model_config
 from training.sim import PAPER, Bytes, Calibration, SimResult, profile_compute, simulate_iteration
 
@@ -77,7 +77,7 @@ def breakdown_rows(trace: ExpertLoadTrace, samples: list[int], breakdown: dict, 
         paper = paper_terms(breakdown, model, system)
         for term, o, p in zip(("alltoall", "expert", "total"), ours, paper):
             rows.append({"part": f"breakdown ({role})", "model": model, "system": system, "dataset": "", "aux_loss": "",
-                         "metric": f"{term}_s", "ours": o, "paper": p, "error": (o - p) / p})
+                         "metric": f"{term}_s", "ours": o, "paper": p, "error": rel_error(o, p)})
     return rows
 
 
@@ -109,7 +109,7 @@ def e2e_rows(trace: ExpertLoadTrace, samples: list[int], e2e: dict, calibration:
     for (dataset, model, aux, system), paper in sorted(e2e.items()):
         o = ours[(model, system)]
         rows.append({"part": "e2e (held out)", "model": model, "system": system, "dataset": dataset, "aux_loss": aux,
-                     "metric": "iteration_s", "ours": o, "paper": paper, "error": (o - paper) / paper})
+                     "metric": "iteration_s", "ours": o, "paper": paper, "error": rel_error(o, paper)})
         if system == "laer":
             for base in BASELINES:
                 if (dataset, model, aux, base) in e2e:
@@ -117,7 +117,7 @@ def e2e_rows(trace: ExpertLoadTrace, samples: list[int], e2e: dict, calibration:
                     s = ours[(model, base)] / o
                     rows.append({"part": "e2e (held out)", "model": model, "system": f"laer_vs_{base}",
                                  "dataset": dataset, "aux_loss": aux, "metric": "speedup", "ours": s, "paper": p,
-                                 "error": (s - p) / p})
+                                 "error": rel_error(s, p)})
     return rows
 
 
@@ -278,15 +278,15 @@ def cpu_rows(measured: dict, trace: ExpertLoadTrace, profile: Path) -> list[dict
                 cpu, wall = meas[bench][key]
                 rows.append({"bench": bench, "config": _label(key),
                              "metric": "step_s", "simulated": s, "measured_cpu": cpu, "measured_wall": wall,
-                             "error_cpu": (s - cpu) / cpu, "error_wall": (s - wall) / wall})
+                             "error_cpu": rel_error(s, cpu), "error_wall": rel_error(s, wall)})
     for bench, a, b in RATIOS:
         if bench in sim and {a, b} <= set(sim[bench]) and {a, b} <= set(meas[bench]):
             s = sim[bench][a] / sim[bench][b]
             cpu = meas[bench][a][0] / meas[bench][b][0]
             wall = meas[bench][a][1] / meas[bench][b][1]
             rows.append({"bench": bench, "config": f"{_label(a)} : {_label(b)}", "metric": "ratio", "simulated": s,
-                         "measured_cpu": cpu, "measured_wall": wall, "error_cpu": (s - cpu) / cpu,
-                         "error_wall": (s - wall) / wall})
+                         "measured_cpu": cpu, "measured_wall": wall, "error_cpu": rel_error(s, cpu),
+                         "error_wall": rel_error(s, wall)})
     return rows
 
 
@@ -345,13 +345,12 @@ def _headline(paper_rows: list[dict], cpu: list[dict]) -> list[dict]:
     out = []
     for r in paper_rows:
         if r["metric"] == "speedup" and r["dataset"] == "C4" and r["aux_loss"] == 0.0 and r["model"] == FIT_MODEL:
-            out.append({"figure": "sim vs paper", "setting": f"{r['model']} C4 aux 0 {r['system']}",
-                        "metric": "speedup", "ours": r["ours"], "paper": r["paper"], "error": r["error"]})
+            out.append(headline_row("sim vs paper", f"{r['model']} C4 aux 0 {r['system']}", "speedup", r["ours"],
+                                    r["paper"]))
     for r in cpu:
         if r["metric"] == "ratio":
-            out.append({"figure": "sim vs CPU bench", "setting": f"{r['bench']} {r['config']}",
-                        "metric": "step-time ratio (CPU clock)", "ours": r["simulated"], "paper": r["measured_cpu"],
-                        "error": r["error_cpu"]})
+            out.append(headline_row("sim vs CPU bench", f"{r['bench']} {r['config']}", "step-time ratio (CPU clock)",
+                                    r["simulated"], r["measured_cpu"]))
     return out
 
 
